@@ -1,0 +1,43 @@
+# lookbook: the two commands a person needs are `make run` and `make test`.
+# Everything is fetched from package registries (PyPI, crates.io) by set-up;
+# nothing is downloaded at build time.
+
+CARGO        ?= cargo
+FASHION_DATA ?= $(abspath ../shared/data/fashion-sample)
+export LOOKBOOK_FASHION_DATA ?= $(FASHION_DATA)
+
+.PHONY: setup models test-models run test lint fmt bench eval clean
+
+## set-up: ONNX Runtime library + default model (idempotent), then the release binary
+setup: models
+	$(CARGO) build --release --locked
+
+models:
+	bash models/setup.sh
+
+test-models:
+	bash models/setup.sh --with-test-models
+
+## run: set-up if needed, then serve with the embedded store and default model
+run: setup
+	./target/release/lookbook serve
+
+## test: set-up if needed, then the whole test suite (unit, integration on real photos)
+test: setup test-models
+	$(CARGO) test --release --locked -- --nocapture
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+bench: setup
+	$(CARGO) bench --locked
+
+eval: setup
+	./target/release/lookbook eval $(LOOKBOOK_FASHION_DATA)
+
+clean:
+	rm -rf target .cache models/*.onnx

@@ -1,0 +1,226 @@
+//! A typed client over the generated tonic client, for the CLI commands.
+//!
+//! It speaks in domain-ish types (ids, scores, attribute maps) so that the
+//! command-line code never touches prost or tonic.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bytes::Bytes;
+use futures::Stream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::proto::{self, recommender_client::RecommenderClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server address {url:?}: {source}")]
+    Address {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("server answered {code:?}: {message}")]
+    Rpc { code: String, message: String },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Rpc {
+            code: format!("{:?}", s.code()),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+/// One product to import.
+#[derive(Debug, Clone)]
+pub struct ImportItem {
+    pub id: String,
+    pub image: Bytes,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImportSummary {
+    pub added: u64,
+    pub replaced: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub catalog_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerStats {
+    pub catalog_size: u64,
+    pub model: String,
+    pub dim: u32,
+    pub deleted_pending: u64,
+}
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub enum SimilarTo {
+    Product(String),
+    Image(Bytes),
+    Embedding(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: RecommenderClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`). Message limits
+    /// are raised to `max_message_bytes` so real photos fit.
+    pub async fn connect(url: &str, max_message_bytes: usize) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|source| ClientError::Address {
+                url: url.to_owned(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            inner: RecommenderClient::new(channel)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        })
+    }
+
+    /// Streams `items` through `AddProducts` (one call, durable batches).
+    pub async fn import(
+        &mut self,
+        items: impl Stream<Item = ImportItem> + Send + 'static,
+    ) -> Result<ImportSummary, ClientError> {
+        use futures::StreamExt;
+        let requests = items.map(|item| proto::AddProductRequest {
+            product_id: item.id,
+            image: item.image,
+            embedding: None,
+            attributes: item.attributes.into_iter().collect(),
+        });
+        let r = self.inner.add_products(requests).await?.into_inner();
+        Ok(ImportSummary {
+            added: r.added,
+            replaced: r.replaced,
+            failed: r.failed,
+            errors: r.errors,
+            catalog_size: r.catalog_size,
+        })
+    }
+
+    pub async fn similar(&mut self, to: SimilarTo, k: u32) -> Result<Vec<Hit>, ClientError> {
+        use proto::recommend_similar_request::Query;
+        let query = match to {
+            SimilarTo::Product(id) => Query::ProductId(id),
+            SimilarTo::Image(bytes) => Query::Image(bytes),
+            SimilarTo::Embedding(values) => Query::Embedding(proto::Embedding { values }),
+        };
+        let r = self
+            .inner
+            .recommend_similar(proto::RecommendSimilarRequest {
+                query: Some(query),
+                k,
+                filter: None,
+                exclude_ids: Vec::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.items
+            .into_iter()
+            .map(|i| Hit {
+                id: i.product_id,
+                score: i.score,
+                attributes: i.attributes.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    pub async fn stats(&mut self) -> Result<ServerStats, ClientError> {
+        let s = self
+            .inner
+            .get_stats(proto::GetStatsRequest {})
+            .await?
+            .into_inner();
+        Ok(ServerStats {
+            catalog_size: s.catalog_size,
+            model: s.model,
+            dim: s.dim,
+            deleted_pending: s.deleted_pending,
+        })
+    }
+
+    /// Embeds encoded images; returns one vector per image.
+    pub async fn embed(&mut self, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, ClientError> {
+        let r = self
+            .inner
+            .embed(proto::EmbedRequest { images })
+            .await?
+            .into_inner();
+        Ok(r.embeddings.into_iter().map(|e| e.values).collect())
+    }
+
+    /// A product's attributes and embedding, `None` if unknown.
+    pub async fn product(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(BTreeMap<String, String>, Vec<f32>)>, ClientError> {
+        match self
+            .inner
+            .get_product(proto::GetProductRequest {
+                product_id: id.to_owned(),
+            })
+            .await
+        {
+            Ok(r) => {
+                let p = r.into_inner();
+                Ok(Some((
+                    p.attributes.into_iter().collect(),
+                    p.embedding.map(|e| e.values).unwrap_or_default(),
+                )))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Streams precomputed embeddings through `AddProducts`.
+    pub async fn import_embeddings(
+        &mut self,
+        items: impl Stream<Item = (String, Vec<f32>, BTreeMap<String, String>)> + Send + 'static,
+    ) -> Result<ImportSummary, ClientError> {
+        use futures::StreamExt;
+        let requests = items.map(|(id, values, attributes)| proto::AddProductRequest {
+            product_id: id,
+            image: Bytes::new(),
+            embedding: Some(proto::Embedding { values }),
+            attributes: attributes.into_iter().collect(),
+        });
+        let r = self.inner.add_products(requests).await?.into_inner();
+        Ok(ImportSummary {
+            added: r.added,
+            replaced: r.replaced,
+            failed: r.failed,
+            errors: r.errors,
+            catalog_size: r.catalog_size,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! The one mapping from errors to gRPC status codes.
+//!
+//! Matches are exhaustive on purpose (no catch-all arm): adding an error
+//! variant anywhere in the core fails to compile here until someone decides
+//! what a caller should see for it. Caller mistakes get a message they can
+//! act on; internal failures are logged with their full chain and returned
+//! as a bare INTERNAL so nothing about the host leaks.
+
+use std::fmt::Write as _;
+
+use tonic::{Code, Status};
+
+use super::convert::InvalidRequest;
+use crate::{
+    catalog::CatalogError, encoder::EncoderError, index::IndexError, store::StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// What the caller is told, and whether the cause is ours.
+struct Public {
+    code: Code,
+    message: String,
+    internal: bool,
+}
+
+impl Public {
+    fn caller(code: Code, message: impl ToString) -> Self {
+        Self {
+            code,
+            message: message.to_string(),
+            internal: false,
+        }
+    }
+
+    fn internal() -> Self {
+        Self {
+            code: Code::Internal,
+            message: "internal error".to_owned(),
+            internal: true,
+        }
+    }
+}
+
+fn encoder(e: &EncoderError) -> Public {
+    match e {
+        EncoderError::EmptyImage { .. }
+        | EncoderError::UndecodableImage { .. }
+        | EncoderError::ImageTooLarge { .. }
+        | EncoderError::TooManyImages { .. } => Public::caller(Code::InvalidArgument, e),
+        EncoderError::Overloaded => Public::caller(Code::ResourceExhausted, e),
+        EncoderError::ShuttingDown => Public::caller(Code::Unavailable, e),
+        EncoderError::Ort { .. }
+        | EncoderError::Runtime(_)
+        | EncoderError::Manifest { .. }
+        | EncoderError::Model { .. }
+        | EncoderError::Library { .. }
+        | EncoderError::Config { .. } => Public::internal(),
+    }
+}
+
+fn store(e: &StoreError) -> Public {
+    match e {
+        StoreError::CreateDir { .. }
+        | StoreError::Open { .. }
+        | StoreError::Db { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::TooLarge { .. } => Public::internal(),
+    }
+}
+
+fn index(e: &IndexError) -> Public {
+    // Every index failure reaching a request is a bug or an I/O problem on
+    // our side: requests are validated (dimension, finiteness) before.
+    match e {
+        IndexError::DimensionMismatch { .. }
+        | IndexError::InvalidVector { .. }
+        | IndexError::InvalidParams { .. }
+        | IndexError::Io { .. }
+        | IndexError::CorruptDump { .. }
+        | IndexError::DumpUnsupported { .. }
+        | IndexError::Internal { .. } => Public::internal(),
+    }
+}
+
+impl ApiError {
+    fn public(&self) -> Public {
+        match self {
+            Self::Invalid(e) => Public::caller(Code::InvalidArgument, e),
+            Self::Catalog(e) => match e {
+                CatalogError::NotFound(_) => Public::caller(Code::NotFound, e),
+                CatalogError::Encoder(e) => encoder(e),
+                CatalogError::Store(e) => store(e),
+                CatalogError::Index(e) => index(e),
+                CatalogError::ModelMismatch { .. } => {
+                    Public::caller(Code::FailedPrecondition, e)
+                }
+                CatalogError::BadModelOutput(_)
+                | CatalogError::DataDir { .. }
+                | CatalogError::Task(_) => Public::internal(),
+            },
+        }
+    }
+
+    /// The message a caller may see (used for per-item bulk errors);
+    /// internal causes are logged here and summarised.
+    pub fn public_message(self) -> String {
+        Status::from(self).message().to_owned()
+    }
+}
+
+/// `e`, then each `source()` in turn, for logs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let _ = write!(out, ": {cause}");
+        next = cause.source();
+    }
+    out
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let public = e.public();
+        if public.internal {
+            tracing::error!(error = %chain(&e), "request failed");
+        } else {
+            tracing::debug!(code = ?public.code, error = %e, "request rejected");
+        }
+        Status::new(public.code, public.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ProductId;
+
+    #[test]
+    fn caller_errors_keep_their_message_and_internal_ones_do_not_leak() {
+        let s = Status::from(ApiError::Invalid(InvalidRequest::MissingQuery));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("product_id"));
+
+        let id = ProductId::parse("42", 8).unwrap();
+        let s = Status::from(ApiError::Catalog(CatalogError::NotFound(id)));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("42"));
+
+        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(EncoderError::Runtime(
+            "secret /var/lib path".into(),
+        ))));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret"));
+
+        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(EncoderError::Overloaded)));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+    }
+}

@@ -1,0 +1,269 @@
+//! The `lookbook.v1.Recommender` gRPC service: convert, delegate to the
+//! core, convert back. No business logic lives here.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    convert::{EmbedImages, RequestLimits, requested_id},
+    error::ApiError,
+    proto::{self, recommender_server::Recommender as RecommenderRpc},
+};
+use crate::{
+    catalog::{NewProduct, ProductView},
+    domain::Embedding,
+    recommend::{Recommendation, Recommender, SimilarQuery},
+};
+
+/// Items of a bulk import committed per durable transaction: large enough
+/// to amortise the fsync, small enough that one batch of photos stays a
+/// bounded amount of memory.
+const IMPORT_BATCH: usize = 32;
+/// Per-item errors reported back from a bulk import; the count of failures
+/// is always exact, the list is capped so one bad file cannot make the
+/// response huge.
+const MAX_REPORTED_ERRORS: usize = 100;
+
+/// What the service needs once start-up has finished.
+#[derive(Debug)]
+pub struct Ready {
+    pub recommender: Recommender,
+    pub limits: RequestLimits,
+}
+
+/// The service is registered before the model and index finish loading so
+/// that health checks answer from the first second; until then every call
+/// gets UNAVAILABLE.
+#[derive(Debug, Clone)]
+pub struct RecommenderService {
+    ready: Arc<OnceCell<Ready>>,
+}
+
+impl RecommenderService {
+    pub fn new(ready: Arc<OnceCell<Ready>>) -> Self {
+        Self { ready }
+    }
+
+    fn ready(&self) -> Result<&Ready, Status> {
+        self.ready
+            .get()
+            .ok_or_else(|| Status::unavailable("the service is still loading its model and index"))
+    }
+}
+
+fn embedding_to_proto(e: &Embedding) -> proto::Embedding {
+    proto::Embedding {
+        values: e.as_slice().to_vec(),
+    }
+}
+
+fn recommendation_to_proto(r: Recommendation) -> proto::Recommendation {
+    proto::Recommendation {
+        product_id: r.id.to_string(),
+        score: r.score,
+        attributes: r
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn product_to_proto(p: ProductView) -> proto::Product {
+    proto::Product {
+        product_id: p.id.to_string(),
+        attributes: p
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        embedding: Some(embedding_to_proto(&p.embedding)),
+    }
+}
+
+#[tonic::async_trait]
+impl RecommenderRpc for RecommenderService {
+    async fn embed(
+        &self,
+        request: Request<proto::EmbedRequest>,
+    ) -> Result<Response<proto::EmbedResponse>, Status> {
+        let ready = self.ready()?;
+        let EmbedImages(images) = EmbedImages::try_from(request.into_inner()).map_err(ApiError::from)?;
+        let catalog = ready.recommender.catalog();
+        let embeddings = catalog.embed(images).await.map_err(ApiError::from)?;
+        Ok(Response::new(proto::EmbedResponse {
+            embeddings: embeddings.iter().map(embedding_to_proto).collect(),
+            model: catalog.model().to_owned(),
+            dim: catalog.dim(),
+        }))
+    }
+
+    async fn add_product(
+        &self,
+        request: Request<proto::AddProductRequest>,
+    ) -> Result<Response<proto::AddProductResponse>, Status> {
+        let ready = self.ready()?;
+        let product =
+            NewProduct::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
+        let outcome = ready
+            .recommender
+            .catalog()
+            .add(product)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::AddProductResponse {
+            created: outcome.created,
+            catalog_size: outcome.catalog_size,
+        }))
+    }
+
+    async fn add_products(
+        &self,
+        request: Request<Streaming<proto::AddProductRequest>>,
+    ) -> Result<Response<proto::AddProductsResponse>, Status> {
+        let ready = self.ready()?;
+        let catalog = ready.recommender.catalog();
+        let mut stream = request.into_inner();
+        let mut summary = ImportSummary::default();
+        let mut batch: Vec<(usize, NewProduct)> = Vec::with_capacity(IMPORT_BATCH);
+        let mut position = 0usize;
+        // A transport error ends the stream: what was committed stays
+        // committed (each batch is durable) and the error goes back.
+        while let Some(item) = stream.next().await {
+            let item = item?;
+            let id = item.product_id.clone();
+            match NewProduct::try_from((item, &ready.limits)) {
+                Ok(p) => batch.push((position, p)),
+                Err(e) => summary.fail(position, &id, &e.to_string()),
+            }
+            position += 1;
+            if batch.len() >= IMPORT_BATCH {
+                summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;
+            }
+        }
+        summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;
+        Ok(Response::new(summary.into_proto()))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<proto::GetProductRequest>,
+    ) -> Result<Response<proto::Product>, Status> {
+        let ready = self.ready()?;
+        let id = requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
+        let product = ready
+            .recommender
+            .catalog()
+            .get(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(product_to_proto(product)))
+    }
+
+    async fn delete_product(
+        &self,
+        request: Request<proto::DeleteProductRequest>,
+    ) -> Result<Response<proto::DeleteProductResponse>, Status> {
+        let ready = self.ready()?;
+        let id = requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
+        let (deleted, catalog_size) = ready
+            .recommender
+            .catalog()
+            .delete(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::DeleteProductResponse {
+            deleted,
+            catalog_size,
+        }))
+    }
+
+    async fn recommend_similar(
+        &self,
+        request: Request<proto::RecommendSimilarRequest>,
+    ) -> Result<Response<proto::RecommendResponse>, Status> {
+        let ready = self.ready()?;
+        let query =
+            SimilarQuery::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
+        let items = ready
+            .recommender
+            .similar(query)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::RecommendResponse {
+            items: items.into_iter().map(recommendation_to_proto).collect(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::Stats>, Status> {
+        let stats = self.ready()?.recommender.catalog().stats();
+        Ok(Response::new(proto::Stats {
+            catalog_size: stats.catalog_size,
+            model: stats.model,
+            dim: stats.dim,
+            deleted_pending: stats.deleted_pending,
+        }))
+    }
+}
+
+#[derive(Debug, Default)]
+struct ImportSummary {
+    added: u64,
+    replaced: u64,
+    failed: u64,
+    errors: Vec<String>,
+    catalog_size: u64,
+}
+
+impl ImportSummary {
+    fn fail(&mut self, position: usize, id: &str, reason: &str) {
+        self.failed += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            let id: String = id.chars().take(64).collect();
+            self.errors.push(format!("item {position} (id {id:?}): {reason}"));
+        }
+    }
+
+    fn into_proto(self) -> proto::AddProductsResponse {
+        proto::AddProductsResponse {
+            added: self.added,
+            replaced: self.replaced,
+            failed: self.failed,
+            errors: self.errors,
+            catalog_size: self.catalog_size,
+        }
+    }
+}
+
+/// Commits the buffered items; item-level failures go into the summary,
+/// failures of the whole batch (store down, shutting down) end the call.
+async fn flush(
+    catalog: &crate::catalog::Catalog,
+    batch: &mut Vec<(usize, NewProduct)>,
+    summary: &mut ImportSummary,
+) -> Result<u64, Status> {
+    if batch.is_empty() {
+        return Ok(catalog.len());
+    }
+    let items: Vec<(usize, NewProduct)> = std::mem::take(batch);
+    let (positions, products): (Vec<usize>, Vec<NewProduct>) = items.into_iter().unzip();
+    let ids: Vec<String> = products.iter().map(|p| p.id.to_string()).collect();
+    let outcome = catalog.add_batch(products).await.map_err(ApiError::from)?;
+    for ((position, id), result) in positions.iter().zip(&ids).zip(outcome.results) {
+        match result {
+            Ok(true) => summary.added += 1,
+            Ok(false) => summary.replaced += 1,
+            Err(e) => {
+                let reason = ApiError::from(e).public_message();
+                summary.fail(*position, id, &reason);
+            }
+        }
+    }
+    Ok(outcome.catalog_size)
+}

@@ -1,0 +1,174 @@
+//! Service wiring: bind, load, serve, drain.
+//!
+//! The port is bound first and health answers NOT_SERVING while the model
+//! and index load, so orchestrators can tell "starting" from "dead"; the
+//! recommender turns SERVING only once both are loaded. On shutdown the
+//! server stops taking calls, drains in-flight ones (bounded by the grace
+//! period), and writes the index dump so the next start skips the rebuild.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, Ready, TransportSettings, convert::RequestLimits},
+    catalog::{Catalog, CatalogError, StartupReport},
+    config::Config,
+    encoder::{Encoder, EncoderError},
+    recommend::Recommender,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load the model: {0}")]
+    Encoder(#[from] EncoderError),
+    #[error("cannot open the catalogue: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Serve(#[from] api::ServeError),
+    #[error("start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A bound but not yet serving server; lets callers (tests, `main`) learn
+/// the real port before start-up work begins.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: Config,
+}
+
+impl Bound {
+    pub async fn bind(config: Config) -> Result<Self, AppError> {
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            addr,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` fires, then drains and dumps the index.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let Self {
+            listener,
+            addr,
+            config,
+        } = self;
+        let (readiness, server) = api::start(
+            listener,
+            TransportSettings {
+                max_message_bytes: config.server.max_message_bytes,
+                shutdown_grace: config.server.shutdown_grace,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(%addr, "listening (NOT_SERVING until the model and index are loaded)");
+
+        let loaded = tokio::select! {
+            loaded = load(&config) => loaded,
+            () = shutdown.cancelled() => {
+                tracing::info!("shutdown requested during start-up");
+                return finish(server).await;
+            }
+        };
+        let (catalog, report) = match loaded {
+            Ok(v) => v,
+            Err(error) => {
+                shutdown.cancel();
+                // The start-up error is the one worth reporting.
+                let _ = finish(server).await;
+                return Err(error);
+            }
+        };
+        tracing::info!(
+            products = report.products,
+            index_from_dump = report.index_from_dump,
+            seconds = format_args!("{:.2}", report.seconds),
+            model = catalog.model(),
+            dim = catalog.dim(),
+            "catalogue loaded"
+        );
+        let catalog = Arc::new(catalog);
+        let limits = RequestLimits {
+            dim: catalog.dim() as usize,
+            max_k: config.limits.max_k,
+            max_product_id_bytes: config.limits.max_product_id_bytes,
+            max_attributes: config.limits.max_attributes,
+            max_attribute_bytes: config.limits.max_attribute_bytes,
+        };
+        let maintenance = tokio::spawn(Arc::clone(&catalog).maintain(
+            config.index.maintenance_interval,
+            shutdown.clone(),
+        ));
+        readiness
+            .serving(Ready {
+                recommender: Recommender::new(
+                    Arc::clone(&catalog),
+                    config.server.search_concurrency,
+                    config.index.exact_threshold,
+                ),
+                limits,
+            })
+            .await;
+        tracing::info!(%addr, "SERVING");
+
+        shutdown.cancelled().await;
+        readiness.not_serving().await;
+        tracing::info!("draining in-flight calls");
+        let served = finish(server).await;
+        if let Err(error) = maintenance.await {
+            tracing::error!(%error, "maintenance task failed");
+        }
+        match catalog.dump_index().await {
+            Ok(()) => tracing::info!("index dump written"),
+            // Not fatal: the next start rebuilds from the store.
+            Err(error) => tracing::error!(%error, "cannot write the index dump"),
+        }
+        served
+    }
+}
+
+async fn finish(
+    server: tokio::task::JoinHandle<Result<(), api::ServeError>>,
+) -> Result<(), AppError> {
+    server.await??;
+    Ok(())
+}
+
+/// Loads the encoder (blocking: reads and optimises the ONNX graph) and
+/// the catalogue.
+async fn load(config: &Config) -> Result<(Catalog, StartupReport), AppError> {
+    let encoder_config = config.encoder();
+    let encoder = tokio::task::spawn_blocking(move || Encoder::load(&encoder_config)).await??;
+    tracing::info!(
+        model = encoder.model_name(),
+        dim = encoder.dim(),
+        "model loaded"
+    );
+    let (catalog, report) = Catalog::open(
+        config.storage.data_dir.clone(),
+        encoder,
+        config.index_params(),
+    )
+    .await?;
+    Ok((catalog, report))
+}

@@ -1,0 +1,487 @@
+//! The product catalogue: the one place that keeps the durable store, the
+//! vector index and the in-memory attribute table in step.
+//!
+//! Writes go store first (durable), then attributes, then the index, under a
+//! single writer lock, so that an acknowledged product is both on disk and
+//! visible to the very next query, and a product is never searchable before
+//! its attributes (which filters need) are known. Reads never take the
+//! writer lock. Blocking work (redb commits, index inserts, scans) runs on
+//! tokio's blocking pool, never on the async workers.
+
+mod attributes;
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{Attributes, Embedding, InvalidEmbedding, ProductId},
+    encoder::{Encoder, EncoderError},
+    index::{IndexError, IndexParams, VectorIndex},
+    store::{Store, StoreError, StoredProduct, Upsert},
+};
+
+pub use attributes::AttributeTable;
+
+/// File name of the redb database inside the data directory.
+const STORE_FILE: &str = "catalog.redb";
+/// Folder of the index dump inside the data directory.
+const INDEX_DUMP_DIR: &str = "index";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("product {0} not found")]
+    NotFound(ProductId),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("model produced an unusable embedding: {0}")]
+    BadModelOutput(InvalidEmbedding),
+    #[error(
+        "the data directory holds a catalogue embedded with model {stored:?} (dim {stored_dim}), \
+         but the configured model is {configured:?} (dim {configured_dim}); re-import into a fresh \
+         data directory or configure the original model"
+    )]
+    ModelMismatch {
+        stored: String,
+        stored_dim: u32,
+        configured: String,
+        configured_dim: u32,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a product is embedded from.
+#[derive(Debug, Clone)]
+pub enum ProductContent {
+    Image(Bytes),
+    Embedding(Embedding),
+}
+
+/// A validated upsert request.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub id: ProductId,
+    pub content: ProductContent,
+    pub attributes: Attributes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddOutcome {
+    pub created: bool,
+    pub catalog_size: u64,
+}
+
+/// Per-item result of a bulk add; failures carry the item's error so the
+/// caller can report it and go on.
+#[derive(Debug)]
+pub struct BulkOutcome {
+    pub results: Vec<Result<bool, CatalogError>>,
+    pub catalog_size: u64,
+}
+
+/// A product as returned to callers.
+#[derive(Debug, Clone)]
+pub struct ProductView {
+    pub id: ProductId,
+    pub attributes: Arc<Attributes>,
+    pub embedding: Embedding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogStats {
+    pub catalog_size: u64,
+    pub model: String,
+    pub dim: u32,
+    pub deleted_pending: u64,
+}
+
+/// How the catalogue came up; logged and printed at start.
+#[derive(Debug, Clone, Copy)]
+pub struct StartupReport {
+    pub products: u64,
+    pub index_from_dump: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    store: Arc<Store>,
+    index: Arc<VectorIndex>,
+    attributes: Arc<AttributeTable>,
+    encoder: Encoder,
+    dump_dir: PathBuf,
+    /// Serialises writers so the store, attribute table and index apply
+    /// changes in the same order; held across the blocking commit.
+    writer: Mutex<()>,
+    model: String,
+    dim: u32,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalogue in `data_dir`: loads every stored
+    /// product, then the index from its dump when the dump matches the store,
+    /// otherwise rebuilds the index from the stored vectors.
+    pub async fn open(
+        data_dir: PathBuf,
+        encoder: Encoder,
+        params: IndexParams,
+    ) -> Result<(Self, StartupReport), CatalogError> {
+        let started = Instant::now();
+        let model = encoder.model_name().to_owned();
+        let dim = u32::try_from(encoder.dim()).map_err(|_| {
+            CatalogError::BadModelOutput(InvalidEmbedding::WrongDimension {
+                got: encoder.dim(),
+                expected: u32::MAX as usize,
+            })
+        })?;
+        let dim_usize = encoder.dim();
+        let dump_dir = data_dir.join(INDEX_DUMP_DIR);
+        let (store, index, attributes, from_dump) = tokio::task::spawn_blocking({
+            let model = model.clone();
+            let dump_dir = dump_dir.clone();
+            move || -> Result<_, CatalogError> {
+                std::fs::create_dir_all(&data_dir).map_err(|source| CatalogError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+                let store = Store::open(&data_dir.join(STORE_FILE))?;
+                match store.catalog_model()? {
+                    Some((stored, stored_dim)) if stored != model || stored_dim != dim => {
+                        return Err(CatalogError::ModelMismatch {
+                            stored,
+                            stored_dim,
+                            configured: model,
+                            configured_dim: dim,
+                        });
+                    }
+                    Some(_) => {}
+                    None => store.set_catalog_model(&model, dim)?,
+                }
+                let attributes = AttributeTable::default();
+                let mut items = Vec::new();
+                store.scan(&mut |p: StoredProduct| {
+                    let id: Arc<str> = Arc::from(p.id);
+                    attributes.insert(Arc::clone(&id), p.attributes);
+                    items.push((id, Arc::<[f32]>::from(p.embedding)));
+                    Ok(())
+                })?;
+                let version = store.version()?;
+                let loaded = match VectorIndex::load(&dump_dir, dim_usize, params.clone(), version)
+                {
+                    Ok(Some(index)) if index.len() == items.len() => Some(index),
+                    Ok(Some(index)) => {
+                        tracing::warn!(
+                            dump = index.len(),
+                            store = items.len(),
+                            "index dump disagrees with the store; rebuilding"
+                        );
+                        None
+                    }
+                    Ok(None) => {
+                        tracing::info!("no current index dump; building the index from the store");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "index dump unusable; rebuilding from the store");
+                        None
+                    }
+                };
+                let from_dump = loaded.is_some();
+                let index = match loaded {
+                    Some(index) => index,
+                    None => VectorIndex::build(dim_usize, params, items)?,
+                };
+                Ok((store, index, attributes, from_dump))
+            }
+        })
+        .await??;
+        let report = StartupReport {
+            products: index.len() as u64,
+            index_from_dump: from_dump,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((
+            Self {
+                store: Arc::new(store),
+                index: Arc::new(index),
+                attributes: Arc::new(attributes),
+                encoder,
+                dump_dir,
+                writer: Mutex::new(()),
+                model,
+                dim,
+            },
+            report,
+        ))
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn dim(&self) -> u32 {
+        self.dim
+    }
+
+    pub(crate) fn index(&self) -> &VectorIndex {
+        &self.index
+    }
+
+    pub(crate) fn attributes(&self) -> &AttributeTable {
+        &self.attributes
+    }
+
+    pub fn len(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Embeds images on the encoder's bounded pool and wraps the results.
+    pub async fn embed(&self, images: Vec<Bytes>) -> Result<Vec<Embedding>, CatalogError> {
+        let raw = self.encoder.embed(images).await?;
+        raw.iter()
+            .map(|v| Embedding::normalize(v, self.dim as usize).map_err(CatalogError::BadModelOutput))
+            .collect()
+    }
+
+    /// Upserts one product; returns once it is durable and searchable.
+    pub async fn add(&self, product: NewProduct) -> Result<AddOutcome, CatalogError> {
+        let embedding = match product.content {
+            ProductContent::Embedding(e) => e,
+            ProductContent::Image(bytes) => {
+                let mut v = self.embed(vec![bytes]).await?;
+                // `embed` returns exactly one embedding per image it was given.
+                v.pop().ok_or(CatalogError::BadModelOutput(InvalidEmbedding::Zero))?
+            }
+        };
+        let mut outcome = self
+            .commit(vec![(product.id, product.attributes, embedding)])
+            .await?;
+        let created = outcome
+            .results
+            .pop()
+            .ok_or(CatalogError::BadModelOutput(InvalidEmbedding::Zero))??;
+        Ok(AddOutcome {
+            created,
+            catalog_size: outcome.catalog_size,
+        })
+    }
+
+    /// Upserts a batch: images are embedded together (an image that fails
+    /// to decode fails only its own item), then every good item is committed
+    /// in one durable transaction.
+    pub async fn add_batch(&self, products: Vec<NewProduct>) -> Result<BulkOutcome, CatalogError> {
+        let mut results: Vec<Option<Result<bool, CatalogError>>> =
+            (0..products.len()).map(|_| None).collect();
+        let mut embeddings: Vec<Option<Embedding>> = vec![None; products.len()];
+        let mut pending: Vec<(usize, Bytes)> = Vec::new();
+        for (i, p) in products.iter().enumerate() {
+            match &p.content {
+                ProductContent::Embedding(e) => embeddings[i] = Some(e.clone()),
+                ProductContent::Image(b) => pending.push((i, b.clone())),
+            }
+        }
+        // The encoder fails a whole call on the first bad image and names
+        // its position; drop that item and retry the rest. Bad images are
+        // rare in practice, so this costs nothing on the happy path.
+        while !pending.is_empty() {
+            let images = pending.iter().map(|(_, b)| b.clone()).collect();
+            match self.embed(images).await {
+                Ok(done) => {
+                    for ((i, _), e) in pending.drain(..).zip(done) {
+                        embeddings[i] = Some(e);
+                    }
+                }
+                Err(CatalogError::Encoder(err)) => match image_index(&err) {
+                    Some(pos) if pos < pending.len() => {
+                        let (i, _) = pending.remove(pos);
+                        results[i] = Some(Err(CatalogError::Encoder(err)));
+                    }
+                    _ => return Err(CatalogError::Encoder(err)),
+                },
+                Err(other) => return Err(other),
+            }
+        }
+        let mut order = Vec::new();
+        let mut items = Vec::new();
+        for (i, (p, e)) in products.into_iter().zip(embeddings).enumerate() {
+            if let Some(e) = e {
+                order.push(i);
+                items.push((p.id, p.attributes, e));
+            }
+        }
+        let committed = self.commit(items).await?;
+        for (i, r) in order.into_iter().zip(committed.results) {
+            results[i] = Some(r);
+        }
+        Ok(BulkOutcome {
+            results: results
+                .into_iter()
+                .map(|r| r.unwrap_or(Ok(false)))
+                .collect(),
+            catalog_size: committed.catalog_size,
+        })
+    }
+
+    /// Durably stores, then publishes, a batch of embedded products.
+    async fn commit(
+        &self,
+        items: Vec<(ProductId, Attributes, Embedding)>,
+    ) -> Result<BulkOutcome, CatalogError> {
+        if items.is_empty() {
+            return Ok(BulkOutcome {
+                results: Vec::new(),
+                catalog_size: self.len(),
+            });
+        }
+        let _writer = self.writer.lock().await;
+        let store = Arc::clone(&self.store);
+        let index = Arc::clone(&self.index);
+        let attributes = Arc::clone(&self.attributes);
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || -> Result<BulkOutcome, CatalogError> {
+            let stored: Vec<StoredProduct> = items
+                .iter()
+                .map(|(id, attrs, e)| StoredProduct {
+                    id: id.as_str().to_owned(),
+                    attributes: attrs.clone(),
+                    embedding: e.as_slice().to_vec(),
+                    model: model.clone(),
+                })
+                .collect();
+            let upserts = store.put_batch(&stored)?;
+            // Attributes before vectors: a point must never be searchable
+            // without the attributes that filters are evaluated on.
+            let mut vectors = Vec::with_capacity(items.len());
+            for (id, attrs, e) in items {
+                attributes.insert(Arc::clone(id.as_arc()), attrs);
+                vectors.push((Arc::clone(id.as_arc()), Arc::clone(e.as_arc())));
+            }
+            index.upsert_batch(vectors)?;
+            Ok(BulkOutcome {
+                results: upserts
+                    .into_iter()
+                    .map(|u| Ok(matches!(u, Upsert::Created)))
+                    .collect(),
+                catalog_size: index.len() as u64,
+            })
+        })
+        .await?
+    }
+
+    pub async fn get(&self, id: &ProductId) -> Result<ProductView, CatalogError> {
+        let embedding = self
+            .index
+            .get(id.as_str())
+            .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+        let attributes = self
+            .attributes
+            .get(id.as_str())
+            .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+        Ok(ProductView {
+            id: id.clone(),
+            attributes,
+            embedding: Embedding::from_trusted(embedding),
+        })
+    }
+
+    /// Deletes a product; `Ok(false)` if it did not exist.
+    pub async fn delete(&self, id: &ProductId) -> Result<(bool, u64), CatalogError> {
+        let _writer = self.writer.lock().await;
+        let store = Arc::clone(&self.store);
+        let index = Arc::clone(&self.index);
+        let attributes = Arc::clone(&self.attributes);
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || -> Result<(bool, u64), CatalogError> {
+            let deleted = store.delete(id.as_str())?;
+            // Vector before attributes: the reverse of insertion.
+            index.remove(id.as_str());
+            attributes.remove(id.as_str());
+            Ok((deleted, index.len() as u64))
+        })
+        .await?
+    }
+
+    pub fn stats(&self) -> CatalogStats {
+        CatalogStats {
+            catalog_size: self.len(),
+            model: self.model.clone(),
+            dim: self.dim,
+            deleted_pending: self.index.dead_points() as u64,
+        }
+    }
+
+    /// Rebuilds the index in the background once enough points are dead.
+    /// Runs until `shutdown` fires.
+    pub async fn maintain(self: Arc<Self>, every: std::time::Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.index.needs_rebuild() {
+                continue;
+            }
+            let index = Arc::clone(&self.index);
+            match tokio::task::spawn_blocking(move || index.rebuild()).await {
+                Ok(stats) => tracing::info!(?stats, "index rebuilt"),
+                Err(error) => tracing::error!(%error, "index rebuild task failed"),
+            }
+        }
+    }
+
+    /// Writes the index dump so the next start can skip the rebuild. Holds
+    /// the writer lock so the dump and the store version it records agree.
+    pub async fn dump_index(&self) -> Result<(), CatalogError> {
+        let _writer = self.writer.lock().await;
+        let store = Arc::clone(&self.store);
+        let index = Arc::clone(&self.index);
+        let dir = self.dump_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), CatalogError> {
+            let version = store.version()?;
+            index.dump(&dir, version)?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// Position of the offending image for per-image encoder errors; `None`
+/// for failures of the whole call.
+fn image_index(e: &EncoderError) -> Option<usize> {
+    match e {
+        EncoderError::EmptyImage { index }
+        | EncoderError::UndecodableImage { index, .. }
+        | EncoderError::ImageTooLarge { index, .. } => Some(*index),
+        EncoderError::TooManyImages { .. }
+        | EncoderError::Overloaded
+        | EncoderError::ShuttingDown
+        | EncoderError::Ort { .. }
+        | EncoderError::Runtime(_)
+        | EncoderError::Manifest { .. }
+        | EncoderError::Model { .. }
+        | EncoderError::Library { .. }
+        | EncoderError::Config { .. } => None,
+    }
+}

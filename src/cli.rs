@@ -1,0 +1,400 @@
+//! The `lookbook` command line: `serve`, and the client-side tools
+//! `import`, `similar` and `eval`.
+//!
+//! Client commands talk to a running server through [`crate::api::client`]
+//! so they exercise exactly what platform services call; `eval` runs the
+//! model and index in-process because it measures them, not the transport.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::client::{Client, ImportItem, SimilarTo},
+    app::Bound,
+    config::{Config, Overrides},
+    dataset::{self, ARTICLE_TYPE},
+    encoder::Encoder,
+    eval,
+    index::VectorIndex,
+    loadgen::{self, LoadSpec, Rpc},
+};
+
+/// Photos sent per `AddProducts` stream item batch; the server commits in
+/// its own batches, this only bounds how many files are read ahead.
+const READ_AHEAD: usize = 16;
+/// Client-side message limit; matches the server's default.
+const CLIENT_MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "lookbook", version, about = "Visual and personalized product recommendations over gRPC")]
+pub struct Cli {
+    /// Configuration file (default: ./lookbook.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Address to listen on [default: 0.0.0.0:50051].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where the store and index dump live [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Bulk-load a catalogue folder (images/<id>.jpg + styles.csv) into a running server.
+    Import {
+        dir: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Import only the first N products.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print the products most similar to a product or a photo.
+    Similar {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        product: Option<String>,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(short, default_value_t = 10)]
+        k: u32,
+    },
+    /// Closed-loop load against a running server: QPS and latency percentiles.
+    Bench {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, value_enum, default_value = "similar")]
+        rpc: Rpc,
+        /// Catalogue folder: its ids are the `similar` queries, its photos the `embed` payloads.
+        #[arg(long)]
+        catalog: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Measured seconds (after warm-up).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(short, default_value_t = 10)]
+        k: u32,
+    },
+    /// Grow a running server's catalogue to TOTAL products with synthetic
+    /// products clustered like the real ones (noisy copies of real embeddings).
+    Synth {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Catalogue folder whose (already imported) products are the cluster centres.
+        #[arg(long)]
+        catalog: PathBuf,
+        #[arg(long)]
+        total: usize,
+        /// Norm of the noise added to each copied embedding.
+        #[arg(long, default_value_t = 0.35)]
+        noise: f32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Measure precision@1/5/10 (same articleType) and HNSW recall@10 on a catalogue folder.
+    Eval {
+        dir: PathBuf,
+        /// Evaluate only the first N products.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArg {
+    /// gRPC address of a running lookbook server.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { listen, data_dir } => {
+            let config = Config::load(cli.config.as_deref(), &Overrides { listen, data_dir })?;
+            crate::telemetry::init(&config.telemetry);
+            serve(config).await
+        }
+        Command::Import { dir, server, limit } => import(&dir, &server.server, limit).await,
+        Command::Similar {
+            server,
+            product,
+            image,
+            k,
+        } => similar(&server.server, product, image, k).await,
+        Command::Bench {
+            server,
+            rpc,
+            catalog,
+            concurrency,
+            duration,
+            warmup,
+            k,
+        } => {
+            let spec = LoadSpec {
+                rpc,
+                concurrency: concurrency.max(1),
+                warmup: Duration::from_secs_f64(warmup.max(0.0)),
+                duration: Duration::from_secs_f64(duration.max(0.1)),
+                k,
+            };
+            bench(&server.server, &catalog, &spec).await
+        }
+        Command::Synth {
+            server,
+            catalog,
+            total,
+            noise,
+            seed,
+        } => synth(&server.server, &catalog, total, noise, seed).await,
+        Command::Eval { dir, limit } => {
+            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
+            crate::telemetry::init(&config.telemetry);
+            evaluate(&config, &dir, limit).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let bound = Bound::bind(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            shutdown.cancel();
+        }
+    });
+    bound.run(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn import(dir: &Path, server: &str, limit: Option<usize>) -> Result<()> {
+    let (mut entries, missing) = dataset::read_catalog(dir)?;
+    if let Some(limit) = limit {
+        entries.truncate(limit);
+    }
+    if entries.is_empty() {
+        bail!("{} lists no products with an image", dir.join("styles.csv").display());
+    }
+    let mut client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    let bar = ProgressBar::new(entries.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} products  {per_sec}  eta {eta}")
+            .context("progress bar template")?,
+    );
+    let started = Instant::now();
+    let progress = bar.clone();
+    let items = futures::stream::iter(entries)
+        .map(|e| async move {
+            match tokio::fs::read(&e.image).await {
+                Ok(bytes) => Some(ImportItem {
+                    id: e.id,
+                    image: Bytes::from(bytes),
+                    attributes: e.attributes,
+                }),
+                Err(error) => {
+                    tracing::warn!(path = %e.image.display(), %error, "skipping unreadable image");
+                    None
+                }
+            }
+        })
+        .buffered(READ_AHEAD)
+        .filter_map(futures::future::ready)
+        .inspect(move |_| progress.inc(1));
+    let summary = client.import(items).await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let total = summary.added + summary.replaced;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    writeln!(
+        out,
+        "imported {total} products ({} new, {} replaced, {} failed, {missing} rows without an image) in {secs:.1} s ({:.1}/s); catalogue size {}",
+        summary.added,
+        summary.replaced,
+        summary.failed,
+        total as f64 / secs.max(1e-9),
+        summary.catalog_size
+    )?;
+    for e in &summary.errors {
+        writeln!(out, "  error: {e}")?;
+    }
+    Ok(())
+}
+
+async fn similar(server: &str, product: Option<String>, image: Option<PathBuf>, k: u32) -> Result<()> {
+    let to = match (product, image) {
+        (Some(id), None) => SimilarTo::Product(id),
+        (None, Some(path)) => SimilarTo::Image(Bytes::from(
+            tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        )),
+        _ => bail!("give exactly one of --product or --image"),
+    };
+    let mut client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    let hits = client.similar(to, k).await?;
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header([
+        "#", "product", "score", "articleType", "baseColour", "name",
+    ]);
+    for (i, h) in hits.iter().enumerate() {
+        let attr = |k: &str| h.attributes.get(k).cloned().unwrap_or_default();
+        table.add_row([
+            (i + 1).to_string(),
+            h.id.clone(),
+            format!("{:.4}", h.score),
+            attr(ARTICLE_TYPE),
+            attr("baseColour"),
+            attr("productDisplayName"),
+        ]);
+    }
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{table}")?;
+    Ok(())
+}
+
+async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<()> {
+    let (mut entries, _) = dataset::read_catalog(dir)?;
+    if let Some(limit) = limit {
+        entries.truncate(limit);
+    }
+    let encoder_config = config.encoder();
+    let params = config.index_params();
+    let report = tokio::task::spawn_blocking(move || -> Result<_> {
+        let encoder = Encoder::load(&encoder_config)?;
+        let started = Instant::now();
+        let mut items = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(16) {
+            let images = chunk
+                .iter()
+                .map(|e| std::fs::read(&e.image).with_context(|| format!("cannot read {}", e.image.display())))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            let vectors = encoder.embed_blocking(&refs)?;
+            for (e, v) in chunk.iter().zip(vectors) {
+                let label = e.attributes.get(ARTICLE_TYPE).cloned().unwrap_or_default();
+                items.push((Arc::<str>::from(e.id.as_str()), Arc::<[f32]>::from(v), label));
+            }
+        }
+        let embed_secs = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let index = VectorIndex::build(
+            encoder.dim(),
+            params,
+            items.iter().map(|(id, v, _)| (Arc::clone(id), Arc::clone(v))).collect(),
+        )?;
+        let build_secs = started.elapsed().as_secs_f64();
+        Ok((eval::evaluate(&items, &index), encoder.model_name().to_owned(), embed_secs, build_secs))
+    })
+    .await??;
+    let (r, model, embed_secs, build_secs) = report;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "model {model}: {} products embedded in {embed_secs:.1} s ({:.1} images/s), index built in {build_secs:.2} s", r.products, r.products as f64 / embed_secs.max(1e-9))?;
+    writeln!(out, "queries: {} products of {} articleTypes with >= {} images", r.queries, r.classes, eval::MIN_CLASS_SIZE)?;
+    for (k, p) in &r.precision {
+        writeln!(out, "precision@{k:<2} (same articleType): {p:.4}")?;
+    }
+    writeln!(out, "HNSW recall@10 vs exact search:   {:.4}", r.recall_at_10)?;
+    Ok(())
+}
+
+async fn bench(server: &str, catalog: &Path, spec: &LoadSpec) -> Result<()> {
+    let (entries, _) = dataset::read_catalog(catalog)?;
+    if entries.is_empty() {
+        bail!("{} lists no products with an image", catalog.display());
+    }
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let images = match spec.rpc {
+        Rpc::Embed => entries
+            .iter()
+            .take(256)
+            .map(|e| std::fs::read(&e.image).map(Bytes::from).with_context(|| format!("cannot read {}", e.image.display())))
+            .collect::<Result<Vec<_>>>()?,
+        Rpc::Similar => Vec::new(),
+    };
+    let client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    let r = loadgen::run(client, spec, Arc::new(ids), Arc::new(images)).await?;
+    use std::io::Write;
+    writeln!(
+        std::io::stdout().lock(),
+        "rpc={:?} concurrency={} duration={:.0}s requests={} errors={} qps={:.1} p50={:.3}ms p95={:.3}ms p99={:.3}ms max={:.3}ms",
+        spec.rpc, spec.concurrency, r.seconds, r.requests, r.errors, r.qps, r.p50, r.p95, r.p99, r.max
+    )?;
+    Ok(())
+}
+
+async fn synth(server: &str, catalog: &Path, total: usize, noise: f32, seed: u64) -> Result<()> {
+    let (entries, _) = dataset::read_catalog(catalog)?;
+    let mut client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    let mut bases = Vec::with_capacity(entries.len());
+    for e in &entries {
+        if let Some((attrs, v)) = client.product(&e.id).await? {
+            bases.push((e.id.clone(), attrs, v));
+        }
+    }
+    if bases.is_empty() {
+        bail!("none of the products in {} is in the server's catalogue; import it first", catalog.display());
+    }
+    let current = client.stats().await?.catalog_size as usize;
+    let count = total.saturating_sub(current);
+    let items = loadgen::synthesize(&bases, count, noise, seed);
+    let summary = client.import_embeddings(futures::stream::iter(items)).await?;
+    use std::io::Write;
+    writeln!(
+        std::io::stdout().lock(),
+        "added {} synthetic products around {} real ones (noise {noise}); catalogue size {}",
+        summary.added, bases.len(), summary.catalog_size
+    )?;
+    Ok(())
+}

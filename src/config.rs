@@ -1,0 +1,387 @@
+//! Typed, layered configuration.
+//!
+//! Layers, lowest first: built-in defaults < a TOML file (`lookbook.toml` in
+//! the working directory if present, or the file given with `--config`) <
+//! environment variables `LOOKBOOK__SECTION__KEY` (e.g.
+//! `LOOKBOOK__SERVER__LISTEN=0.0.0.0:50051`). This is the only module that
+//! reads the process environment, so every knob is visible in one type and
+//! can be validated before anything binds a port or loads a model.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{encoder::EncoderConfig, index::IndexParams};
+
+/// Environment prefix; `__` separates nesting levels.
+const ENV_PREFIX: &str = "LOOKBOOK";
+/// Read when present and no `--config` was given.
+const DEFAULT_FILE: &str = "lookbook.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole service configuration. Every field has a default, so an empty
+/// file (or none) gives a working local set-up from the repository root.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub model: ModelConfig,
+    pub index: IndexConfig,
+    pub limits: LimitsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted gRPC message. Real catalogue photos run to several
+    /// MiB, so the default is well above tonic's 4 MiB.
+    pub max_message_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight calls to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Bound on concurrently executing CPU-bound searches; further callers
+    /// wait (asynchronously) for a slot.
+    pub search_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Holds the redb database and the index dump.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model manifest (`models/<name>.toml`); switching models is changing this.
+    pub manifest: PathBuf,
+    /// `libonnxruntime.so` to load at run time (`ort`'s `load-dynamic`).
+    pub onnxruntime_library: PathBuf,
+    /// Inference threads, each owning one ONNX Runtime session.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// Encoding jobs allowed to wait for a worker before callers get
+    /// RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Decompression-bomb guard, checked from the image header before decode.
+    pub max_pixels: u64,
+    /// Most images in one `Embed` call.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// HNSW `M`: links per node.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    /// Rebuild in the background once this share of index points is dead.
+    pub rebuild_dead_ratio: f64,
+    /// ... and at least this many points are dead.
+    pub rebuild_min_dead: usize,
+    /// Filters admitting at most this many products are answered by exact
+    /// search over the admitted set instead of filtered HNSW.
+    pub exact_threshold: usize,
+    /// How often the background task checks whether a rebuild is due.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest `k` a recommendation call may ask for.
+    pub max_k: u32,
+    /// Longest accepted product id, in bytes.
+    pub max_product_id_bytes: usize,
+    /// Most attributes on one product, and longest key/value in bytes.
+    pub max_attributes: usize,
+    pub max_attribute_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `tracing_subscriber` filter directive, e.g. `info,lookbook=debug`.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            model: ModelConfig::default(),
+            index: IndexConfig::default(),
+            limits: LimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            max_message_bytes: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(20),
+            search_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            manifest: PathBuf::from("models/efficientnet_lite2.toml"),
+            onnxruntime_library: PathBuf::from(".cache/onnxruntime/libonnxruntime.so.1.31.1"),
+            workers: 1,
+            intra_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_capacity: 64,
+            max_pixels: 40_000_000,
+            max_batch: 64,
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        let p = IndexParams::default();
+        Self {
+            m: p.max_nb_connection,
+            ef_construction: p.ef_construction,
+            ef_search: p.ef_search,
+            rebuild_dead_ratio: p.rebuild_dead_ratio,
+            rebuild_min_dead: p.rebuild_min_dead,
+            exact_threshold: p.exact_threshold,
+            maintenance_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_k: 1000,
+            max_product_id_bytes: 256,
+            max_attributes: 64,
+            max_attribute_bytes: 1024,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Command-line values that override every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults < file < environment < `overrides`, then validates.
+    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::MissingFile(path.to_path_buf()));
+                }
+                builder = builder.add_source(config::File::from(path).required(true));
+            }
+            None => {
+                builder =
+                    builder.add_source(config::File::with_name(DEFAULT_FILE).required(false));
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut cfg: Self = builder.build()?.try_deserialize()?;
+        if let Some(listen) = overrides.listen {
+            cfg.server.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            cfg.storage.data_dir.clone_from(dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects values that would only fail later, deep inside a request.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            }
+        }
+        fn positive(field: &'static str, v: usize) -> Result<(), ConfigError> {
+            if v == 0 {
+                Err(invalid(field, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        }
+        // 1 MiB is far below any real photo; smaller limits are a typo.
+        if self.server.max_message_bytes < 1024 * 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1 MiB"));
+        }
+        positive("server.search_concurrency", self.server.search_concurrency)?;
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        if self.model.manifest.as_os_str().is_empty() {
+            return Err(invalid("model.manifest", "must not be empty"));
+        }
+        positive("model.workers", self.model.workers)?;
+        positive("model.intra_threads", self.model.intra_threads)?;
+        positive("model.queue_capacity", self.model.queue_capacity)?;
+        positive("model.max_batch", self.model.max_batch)?;
+        if self.model.max_pixels == 0 {
+            return Err(invalid("model.max_pixels", "must be at least 1"));
+        }
+        if !(2..=256).contains(&self.index.m) {
+            return Err(invalid("index.m", "must be in 2..=256"));
+        }
+        positive("index.ef_construction", self.index.ef_construction)?;
+        positive("index.ef_search", self.index.ef_search)?;
+        if !(self.index.rebuild_dead_ratio > 0.0 && self.index.rebuild_dead_ratio <= 1.0) {
+            return Err(invalid("index.rebuild_dead_ratio", "must be in (0, 1]"));
+        }
+        if self.index.maintenance_interval.is_zero() {
+            return Err(invalid("index.maintenance_interval", "must be positive"));
+        }
+        if self.limits.max_k == 0 {
+            return Err(invalid("limits.max_k", "must be at least 1"));
+        }
+        positive("limits.max_product_id_bytes", self.limits.max_product_id_bytes)?;
+        positive("limits.max_attribute_bytes", self.limits.max_attribute_bytes)?;
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
+            .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            manifest: self.model.manifest.clone(),
+            onnxruntime_library: self.model.onnxruntime_library.clone(),
+            workers: self.model.workers,
+            intra_threads: self.model.intra_threads,
+            queue_capacity: self.model.queue_capacity,
+            max_pixels: self.model.max_pixels,
+            max_batch: self.model.max_batch,
+        }
+    }
+
+    pub fn index_params(&self) -> IndexParams {
+        IndexParams {
+            max_nb_connection: self.index.m,
+            ef_construction: self.index.ef_construction,
+            ef_search: self.index.ef_search,
+            rebuild_dead_ratio: self.index.rebuild_dead_ratio,
+            rebuild_min_dead: self.index.rebuild_min_dead,
+            exact_threshold: self.index.exact_threshold,
+            ..IndexParams::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().expect("defaults must be valid");
+    }
+
+    #[test]
+    fn file_layer_overrides_defaults_and_cli_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:7000\"\n[limits]\nmax_k = 50\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(cfg.limits.max_k, 50);
+        let over = Overrides {
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/tmp/x")),
+        };
+        let cfg = Config::load(Some(&path), &over).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(cfg.storage.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_field_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[index]\nrebuild_dead_ratio = 1.5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("index.rebuild_dead_ratio"), "{err}");
+
+        std::fs::write(&path, "[server]\nlisten = \"not an address\"\n").unwrap();
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+
+        std::fs::write(&path, "[server]\nno_such_key = 1\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(
+            Some(std::path::Path::new("/nonexistent/lookbook.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}

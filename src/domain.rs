@@ -1,0 +1,285 @@
+//! Validated domain types shared by the core layers.
+//!
+//! Everything that crosses from a request into the core is one of these, so
+//! the core never re-checks ids, dimensions or finiteness: a value of these
+//! types is valid by construction.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::Arc,
+};
+
+/// Product attributes (articleType, gender, baseColour, ...). Ordered so
+/// that responses and stored values are deterministic.
+pub type Attributes = BTreeMap<String, String>;
+
+/// A product id: non-empty, at most the configured number of bytes, and free
+/// of control characters (they break logs and CSV round trips).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProductId(Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidProductId {
+    #[error("product id is empty")]
+    Empty,
+    #[error("product id is {len} bytes, the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("product id contains a control character")]
+    ControlCharacter,
+}
+
+impl ProductId {
+    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidProductId> {
+        if raw.is_empty() {
+            return Err(InvalidProductId::Empty);
+        }
+        if raw.len() > max_bytes {
+            return Err(InvalidProductId::TooLong {
+                len: raw.len(),
+                max: max_bytes,
+            });
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(InvalidProductId::ControlCharacter);
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// For ids read back from our own store or index, which were validated
+    /// when they were written.
+    pub fn from_trusted(raw: Arc<str>) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An L2-normalised, finite embedding. Cosine similarity between two of
+/// these is their dot product.
+#[derive(Clone, PartialEq)]
+pub struct Embedding(Arc<[f32]>);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidEmbedding {
+    #[error("embedding has {got} values, the model's dimension is {expected}")]
+    WrongDimension { got: usize, expected: usize },
+    #[error("embedding value {index} is not finite")]
+    NotFinite { index: usize },
+    #[error("embedding is all zeros and has no direction")]
+    Zero,
+}
+
+impl Embedding {
+    /// Validates and L2-normalises a caller-supplied vector.
+    pub fn normalize(values: &[f32], dim: usize) -> Result<Self, InvalidEmbedding> {
+        if values.len() != dim {
+            return Err(InvalidEmbedding::WrongDimension {
+                got: values.len(),
+                expected: dim,
+            });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(InvalidEmbedding::NotFinite { index });
+        }
+        // Accumulate in f64: a sum of 2048 squares in f32 loses enough
+        // precision to leave norms visibly off 1.
+        let norm = values
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            return Err(InvalidEmbedding::Zero);
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "each normalised component is within [-1, 1]"
+        )]
+        let unit: Arc<[f32]> = values
+            .iter()
+            .map(|&v| (f64::from(v) / norm) as f32)
+            .collect();
+        Ok(Self(unit))
+    }
+
+    /// For vectors read back from our own store or index, which were
+    /// normalised when they were written.
+    pub fn from_trusted(values: Arc<[f32]>) -> Self {
+        Self(values)
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+
+    pub fn as_arc(&self) -> &Arc<[f32]> {
+        &self.0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Embedding(dim={})", self.0.len())
+    }
+}
+
+/// Matches when `attributes[key]` is one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeFilter {
+    pub key: String,
+    /// Never empty: an empty set would match nothing (in `must`) or
+    /// everything (in `must_not`), which is always a caller mistake.
+    pub values: BTreeSet<String>,
+}
+
+impl AttributeFilter {
+    pub fn matches(&self, attributes: &Attributes) -> bool {
+        attributes
+            .get(&self.key)
+            .is_some_and(|v| self.values.contains(v))
+    }
+}
+
+/// A conjunction of `must` clauses and negated `must_not` clauses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub must: Vec<AttributeFilter>,
+    pub must_not: Vec<AttributeFilter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidFilter {
+    #[error("filter clause has an empty key")]
+    EmptyKey,
+    #[error("filter clause on {key:?} lists no values")]
+    NoValues { key: String },
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.must.is_empty() && self.must_not.is_empty()
+    }
+
+    pub fn matches(&self, attributes: &Attributes) -> bool {
+        self.must.iter().all(|c| c.matches(attributes))
+            && !self.must_not.iter().any(|c| c.matches(attributes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn product_id_rules() {
+        assert_eq!(ProductId::parse("", 8), Err(InvalidProductId::Empty));
+        assert_eq!(
+            ProductId::parse("123456789", 8),
+            Err(InvalidProductId::TooLong { len: 9, max: 8 })
+        );
+        assert_eq!(
+            ProductId::parse("a\nb", 8),
+            Err(InvalidProductId::ControlCharacter)
+        );
+        assert_eq!(ProductId::parse("1563", 8).unwrap().as_str(), "1563");
+    }
+
+    #[test]
+    fn embedding_rules() {
+        assert_eq!(
+            Embedding::normalize(&[1.0, 2.0], 3),
+            Err(InvalidEmbedding::WrongDimension {
+                got: 2,
+                expected: 3
+            })
+        );
+        assert_eq!(
+            Embedding::normalize(&[1.0, f32::NAN, 0.0], 3),
+            Err(InvalidEmbedding::NotFinite { index: 1 })
+        );
+        assert_eq!(
+            Embedding::normalize(&[0.0, f32::INFINITY, 0.0], 3),
+            Err(InvalidEmbedding::NotFinite { index: 1 })
+        );
+        assert_eq!(
+            Embedding::normalize(&[0.0; 3], 3),
+            Err(InvalidEmbedding::Zero)
+        );
+        let e = Embedding::normalize(&[3.0, 4.0, 0.0], 3).unwrap();
+        assert_eq!(e.as_slice(), &[0.6, 0.8, 0.0]);
+    }
+
+    #[test]
+    fn filter_semantics() {
+        let attrs: Attributes = [("articleType", "Shirts"), ("gender", "Men")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let clause = |k: &str, vs: &[&str]| AttributeFilter {
+            key: k.to_owned(),
+            values: vs.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        let f = Filter {
+            must: vec![clause("articleType", &["Shirts", "Tshirts"])],
+            must_not: vec![clause("gender", &["Women"])],
+        };
+        assert!(f.matches(&attrs));
+        let f = Filter {
+            must: vec![],
+            must_not: vec![clause("gender", &["Men"])],
+        };
+        assert!(!f.matches(&attrs));
+        let f = Filter {
+            must: vec![clause("season", &["Summer"])],
+            must_not: vec![],
+        };
+        assert!(!f.matches(&attrs), "a missing key never satisfies must");
+        assert!(Filter::default().matches(&attrs));
+    }
+
+    proptest! {
+        #[test]
+        fn normalized_embeddings_are_unit_or_rejected(values in prop::collection::vec(any::<f32>(), 1..64)) {
+            let dim = values.len();
+            match Embedding::normalize(&values, dim) {
+                Ok(e) => {
+                    let norm: f64 = e.as_slice().iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+                    prop_assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+                }
+                Err(InvalidEmbedding::NotFinite { index }) => prop_assert!(!values[index].is_finite()),
+                Err(InvalidEmbedding::Zero) => prop_assert!(values.iter().all(|v| *v == 0.0) || values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() == 0.0),
+                Err(e @ InvalidEmbedding::WrongDimension { .. }) => prop_assert!(false, "{e}"),
+            }
+        }
+
+        #[test]
+        fn product_ids_within_limits_round_trip(raw in "[a-zA-Z0-9_\\-./]{1,64}") {
+            let id = ProductId::parse(&raw, 64).unwrap();
+            prop_assert_eq!(id.as_str(), raw.as_str());
+        }
+    }
+}

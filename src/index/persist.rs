@@ -1,0 +1,648 @@
+//! Crash-safe dumps of the index for fast restart.
+//!
+//! hnsw_rs's `file_dump` truncates files in place without fsync, and its
+//! loader panics (or even calls `process::exit`, or reads past a buffer) on a
+//! damaged file. So:
+//!
+//! * a dump is written into `<dir>/.tmp-*`, fsynced, renamed to `<dir>/gen-*`;
+//!   then `<dir>/MANIFEST` is replaced atomically (write temp, fsync, rename,
+//!   fsync dir). The manifest rename is the commit point: a crash before it
+//!   leaves the previous dump in force. Older `gen-*`/`.tmp-*` are then deleted.
+//! * the manifest (TOML) records format version, platform (hnsw_rs writes
+//!   native-endian `usize`s), dim, graph params, the caller's store version,
+//!   the key of every point id, the tombstoned ids, and the length and
+//!   SHA-256 of each graph file. Its first line holds the SHA-256 of the rest.
+//! * `load` checks all of that, and re-hashes the graph files, before hnsw_rs
+//!   sees a byte; `catch_unwind` around the loader is only a last resort.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hnsw_rs::api::AnnT;
+use hnsw_rs::prelude::HnswIo;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::distance::UnitCosineDistance;
+use super::generation::{Generation, Graph, resolve_range};
+use super::slots::{Slot, SlotTable};
+use super::{HNSW_MAX_LAYERS, IndexError, IndexParams, VectorIndex};
+
+const MANIFEST: &str = "MANIFEST";
+const MANIFEST_TMP: &str = "MANIFEST.tmp";
+const HEADER_PREFIX: &str = "# lookbook vector index manifest, sha256 of the rest: ";
+/// Bump on any change to the manifest, the file layout or `UnitCosineDistance`'s name.
+const FORMAT_VERSION: u32 = 1;
+const GEN_PREFIX: &str = "gen-";
+const TMP_PREFIX: &str = ".tmp-";
+const BASENAME: &str = "graph";
+const GRAPH_SUFFIXES: [&str; 2] = [".hnsw.graph", ".hnsw.data"];
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format_version: u32,
+    platform: String,
+    dim: usize,
+    /// Decimal string: TOML integers are i64 and the caller's version is u64.
+    store_version: String,
+    point_count: usize,
+    live_count: usize,
+    created_unix_ms: u64,
+    /// Folder (inside the dump dir) holding the hnsw_rs files.
+    data_dir: String,
+    /// hnsw_rs basename of the files; empty when there are no points.
+    hnsw_basename: String,
+    /// Tombstoned point ids, ascending.
+    dead: Vec<usize>,
+    /// Key of each point id (dead ones included), indexed by id.
+    keys: Vec<String>,
+    graph: GraphParams,
+    files: Vec<FileEntry>,
+}
+
+/// The parameters that shape the graph; a dump made with others is stale.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphParams {
+    max_nb_connection: usize,
+    ef_construction: usize,
+    max_layer: usize,
+}
+
+impl From<&IndexParams> for GraphParams {
+    fn from(p: &IndexParams) -> Self {
+        Self {
+            max_nb_connection: p.max_nb_connection,
+            ef_construction: p.ef_construction,
+            max_layer: p.max_layer,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    name: String,
+    len: u64,
+    sha256: String,
+}
+
+fn platform() -> String {
+    let endian = if cfg!(target_endian = "little") {
+        "le"
+    } else {
+        "be"
+    };
+    format!("{}-{endian}-{}bit", std::env::consts::ARCH, usize::BITS)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IndexError {
+    let path = path.to_path_buf();
+    move |source| IndexError::Io { op, path, source }
+}
+
+fn corrupt(dir: &Path, reason: impl Into<String>) -> IndexError {
+    IndexError::CorruptDump {
+        dir: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String), IndexError> {
+    let mut file = File::open(path).map_err(io_err("open for checksum", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(io_err("read for checksum", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hex(&hasher.finalize())))
+}
+
+fn sync_file(path: &Path) -> Result<(), IndexError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("fsync", path))
+}
+
+/// Makes renames/creations inside `dir` durable (POSIX needs the directory
+/// itself fsynced for that).
+fn sync_dir(dir: &Path) -> Result<(), IndexError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{nanos}-{}-{n}", std::process::id())
+}
+
+/// A name we wrote ourselves: no separators, no `..`, so joining it to the
+/// dump dir cannot escape it even if the manifest was tampered with.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+fn render_manifest(manifest: &Manifest) -> Result<String, IndexError> {
+    let body = toml::to_string(manifest).map_err(|e| IndexError::Internal {
+        reason: format!("serialising the manifest: {e}"),
+    })?;
+    Ok(format!(
+        "{HEADER_PREFIX}{}\n{body}",
+        sha256_hex(body.as_bytes())
+    ))
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("manifest is not UTF-8: {e}"))?;
+    let (header, body) = text.split_once('\n').ok_or("manifest has no header line")?;
+    let expected = header
+        .strip_prefix(HEADER_PREFIX)
+        .ok_or("manifest header is not ours")?;
+    if sha256_hex(body.as_bytes()) != expected {
+        return Err("manifest checksum mismatch".into());
+    }
+    toml::from_str(body).map_err(|e| format!("manifest does not parse: {e}"))
+}
+
+impl VectorIndex {
+    pub(super) fn dump_to(&self, dir: &Path, store_version: u64) -> Result<(), IndexError> {
+        let _one_dump_at_a_time = self.dump_running.lock();
+        let started = Instant::now();
+        fs::create_dir_all(dir).map_err(io_err("create dump dir", dir))?;
+        let tmp = dir.join(unique_name(TMP_PREFIX));
+        fs::create_dir(&tmp).map_err(io_err("create temp dir", &tmp))?;
+        let data_dir = unique_name(GEN_PREFIX);
+        let result = self.write_dump(dir, &tmp, &data_dir, store_version);
+        match &result {
+            Ok(points) => {
+                info!(dir = %dir.display(), points, store_version, elapsed = ?started.elapsed(), "index dumped");
+                collect_garbage(dir, &data_dir);
+            }
+            Err(_) => {
+                // Best effort: whichever of the two exists is unreferenced.
+                let _ = fs::remove_dir_all(&tmp);
+                let _ = fs::remove_dir_all(dir.join(&data_dir));
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Returns the number of points dumped.
+    fn write_dump(
+        &self,
+        dir: &Path,
+        tmp: &Path,
+        data_dir: &str,
+        store_version: u64,
+    ) -> Result<usize, IndexError> {
+        // Snapshot the graph and its key table under the writer lock so both
+        // describe the same set of points; searches continue meanwhile.
+        let (keys, dead, live_count, hnsw_basename) = {
+            let _writer = self.writer.lock();
+            let generation = self.current.load_full();
+            let n = generation.slots.len();
+            if n > 0 && generation.graph.get_max_level() != HNSW_MAX_LAYERS {
+                return Err(IndexError::DumpUnsupported {
+                    reason: format!(
+                        "hnsw_rs can only dump graphs with max_layer = {HNSW_MAX_LAYERS}"
+                    ),
+                });
+            }
+            if generation.graph.get_nb_point() != n {
+                return Err(IndexError::Internal {
+                    reason: format!(
+                        "graph has {} points, slot table {n}",
+                        generation.graph.get_nb_point()
+                    ),
+                });
+            }
+            let mut keys = Vec::with_capacity(n);
+            let mut dead = Vec::new();
+            for id in 0..n {
+                let slot = generation
+                    .slots
+                    .get(id)
+                    .ok_or_else(|| IndexError::Internal {
+                        reason: format!("slot {id} of {n} missing"),
+                    })?;
+                keys.push(slot.key.to_string());
+                if !slot.is_live() {
+                    dead.push(id);
+                }
+            }
+            let basename = if n == 0 {
+                String::new()
+            } else {
+                catch_unwind(AssertUnwindSafe(|| {
+                    generation.graph.file_dump(tmp, BASENAME)
+                }))
+                .map_err(|_| IndexError::Internal {
+                    reason: "hnsw_rs file_dump panicked".into(),
+                })?
+                .map_err(|e| IndexError::Internal {
+                    reason: format!("hnsw_rs file_dump failed: {e:#}"),
+                })?
+            };
+            (keys, dead, generation.live(), basename)
+        };
+        let point_count = keys.len();
+
+        let mut files = Vec::new();
+        if !hnsw_basename.is_empty() {
+            for suffix in GRAPH_SUFFIXES {
+                let name = format!("{hnsw_basename}{suffix}");
+                let path = tmp.join(&name);
+                sync_file(&path)?;
+                let (len, sha256) = sha256_file(&path)?;
+                files.push(FileEntry { name, len, sha256 });
+            }
+        }
+        sync_dir(tmp)?;
+        let final_dir = dir.join(data_dir);
+        fs::rename(tmp, &final_dir).map_err(io_err("rename temp dir", &final_dir))?;
+        sync_dir(dir)?;
+
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            platform: platform(),
+            dim: self.dim,
+            store_version: store_version.to_string(),
+            point_count,
+            live_count,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            data_dir: data_dir.to_string(),
+            hnsw_basename,
+            dead,
+            keys,
+            graph: GraphParams::from(&self.params),
+            files,
+        };
+        let text = render_manifest(&manifest)?;
+        let tmp_manifest = dir.join(MANIFEST_TMP);
+        let mut file =
+            File::create(&tmp_manifest).map_err(io_err("create manifest", &tmp_manifest))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("write manifest", &tmp_manifest))?;
+        drop(file);
+        let manifest_path = dir.join(MANIFEST);
+        fs::rename(&tmp_manifest, &manifest_path)
+            .map_err(io_err("rename manifest", &manifest_path))?;
+        sync_dir(dir)?;
+        Ok(point_count)
+    }
+}
+
+/// Deletes dump folders other than `keep` (older dumps, crashed temp dirs).
+fn collect_garbage(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name != keep
+            && (name.starts_with(GEN_PREFIX) || name.starts_with(TMP_PREFIX))
+            && let Err(e) = fs::remove_dir_all(entry.path())
+        {
+            warn!(path = %entry.path().display(), error = %e, "could not delete an old index dump");
+        }
+    }
+}
+
+pub(super) fn load_from(
+    dir: &Path,
+    dim: usize,
+    params: IndexParams,
+    expected_store_version: u64,
+) -> Result<Option<VectorIndex>, IndexError> {
+    let started = Instant::now();
+    let params = params.sanitized();
+    let manifest_path = dir.join(MANIFEST);
+    let bytes = match fs::read(&manifest_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            debug!(dir = %dir.display(), "no index dump");
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err("read manifest", &manifest_path)(e)),
+    };
+    let manifest = parse_manifest(&bytes).map_err(|reason| corrupt(dir, reason))?;
+
+    let stale = |why: String| {
+        info!(dir = %dir.display(), %why, "index dump is stale; ignoring it");
+        Ok(None)
+    };
+    if manifest.format_version != FORMAT_VERSION || manifest.platform != platform() {
+        return stale(format!(
+            "format {} on {} (want {FORMAT_VERSION} on {})",
+            manifest.format_version,
+            manifest.platform,
+            platform()
+        ));
+    }
+    let store_version: u64 = manifest
+        .store_version
+        .parse()
+        .map_err(|e| corrupt(dir, format!("store_version: {e}")))?;
+    if store_version != expected_store_version {
+        return stale(format!(
+            "store version {store_version}, want {expected_store_version}"
+        ));
+    }
+    if manifest.dim != dim {
+        return stale(format!("dimension {}, want {dim}", manifest.dim));
+    }
+    if manifest.graph != GraphParams::from(&params) {
+        return stale(format!(
+            "graph params {:?}, want {:?}",
+            manifest.graph,
+            GraphParams::from(&params)
+        ));
+    }
+    check_manifest(&manifest).map_err(|reason| corrupt(dir, reason))?;
+
+    let data_dir = dir.join(&manifest.data_dir);
+    for entry in &manifest.files {
+        let path = data_dir.join(&entry.name);
+        let (len, sha256) = match sha256_file(&path) {
+            Ok(found) => found,
+            Err(e) => return Err(corrupt(dir, format!("{}: {e}", entry.name))),
+        };
+        if len != entry.len || sha256 != entry.sha256 {
+            return Err(corrupt(
+                dir,
+                format!(
+                    "{}: {len} bytes, sha256 {sha256}; manifest says {} bytes, {}",
+                    entry.name, entry.len, entry.sha256
+                ),
+            ));
+        }
+    }
+
+    let generation = if manifest.point_count == 0 {
+        Generation::empty(&params, 0)
+    } else {
+        let mut graph = load_graph(&data_dir, &manifest.hnsw_basename)
+            .map_err(|reason| corrupt(dir, reason))?;
+        // hnsw_rs's loader turns this on; freshly built graphs have it off.
+        graph.set_extend_candidates(false);
+        build_generation(graph, &manifest).map_err(|reason| corrupt(dir, reason))?
+    };
+    info!(
+        dir = %dir.display(),
+        points = manifest.point_count,
+        live = manifest.live_count,
+        store_version,
+        elapsed = ?started.elapsed(),
+        "index loaded from dump"
+    );
+    Ok(Some(VectorIndex::from_generation(dim, params, generation)))
+}
+
+/// Internal consistency of a manifest whose checksum already matched (this
+/// catches bugs and tampering rather than bit rot).
+fn check_manifest(m: &Manifest) -> Result<(), String> {
+    if m.keys.len() != m.point_count {
+        return Err(format!(
+            "{} keys for {} points",
+            m.keys.len(),
+            m.point_count
+        ));
+    }
+    if m.live_count + m.dead.len() != m.point_count {
+        return Err(format!(
+            "{} live + {} dead != {} points",
+            m.live_count,
+            m.dead.len(),
+            m.point_count
+        ));
+    }
+    if m.dead.windows(2).any(|w| w[0] >= w[1]) || m.dead.last().is_some_and(|&d| d >= m.point_count)
+    {
+        return Err("dead ids not ascending or out of range".into());
+    }
+    if !is_plain_name(&m.data_dir) || !m.data_dir.starts_with(GEN_PREFIX) {
+        return Err(format!("bad data_dir {:?}", m.data_dir));
+    }
+    let expected: Vec<String> = if m.point_count == 0 {
+        Vec::new()
+    } else {
+        if !is_plain_name(&m.hnsw_basename) {
+            return Err(format!("bad hnsw_basename {:?}", m.hnsw_basename));
+        }
+        GRAPH_SUFFIXES
+            .iter()
+            .map(|s| format!("{}{s}", m.hnsw_basename))
+            .collect()
+    };
+    let listed: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+    if listed != expected {
+        return Err(format!("files {listed:?}, expected {expected:?}"));
+    }
+    Ok(())
+}
+
+/// Runs hnsw_rs's loader on files whose checksums were verified.
+///
+/// `HnswIo::load_hnsw` returns a graph that borrows the loader (for its
+/// optional mmap). We load without mmap, so the points own their data and the
+/// borrow is nominal, but safe code cannot express that; the loader is leaked
+/// to get a `'static` graph. It is a few hundred bytes (two paths, options,
+/// an empty mmap slot) per load, and loads happen once per process start.
+fn load_graph(data_dir: &Path, basename: &str) -> Result<Graph, String> {
+    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(data_dir, basename)));
+    catch_unwind(AssertUnwindSafe(move || {
+        // Moving the reference in makes this closure `FnOnce`, which lets the
+        // loader be borrowed for `'static` rather than for one call.
+        let loader = loader;
+        loader.load_hnsw::<f32, UnitCosineDistance>()
+    }))
+    .map_err(|_| "hnsw_rs loader panicked".to_string())?
+    .map_err(|e| format!("hnsw_rs loader failed: {e:#}"))
+}
+
+fn build_generation(graph: Graph, m: &Manifest) -> Result<Generation, String> {
+    if graph.get_nb_point() != m.point_count {
+        return Err(format!(
+            "graph has {} points, manifest {}",
+            graph.get_nb_point(),
+            m.point_count
+        ));
+    }
+    let points = resolve_range(&graph, 0, m.point_count).map_err(|e| e.to_string())?;
+    let slots = SlotTable::new();
+    let mut by_key: HashMap<Arc<str>, usize> = HashMap::with_capacity(m.live_count);
+    let mut dead = m.dead.iter().peekable();
+    for (id, (key, point)) in m.keys.iter().zip(points).enumerate() {
+        if point.get_v().len() != m.dim {
+            return Err(format!("point {id} has {} dimensions", point.get_v().len()));
+        }
+        let live = dead.next_if_eq(&&id).is_none();
+        let key: Arc<str> = Arc::from(key.as_str());
+        if live && by_key.insert(Arc::clone(&key), id).is_some() {
+            return Err(format!("key {key:?} is live twice"));
+        }
+        if slots.push(Slot::new(key, point, live)) != Some(id) {
+            return Err(format!("could not place point {id}"));
+        }
+    }
+    Ok(Generation::from_parts(graph, slots, by_key, m.dead.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn manifest(keys: Vec<String>, dead_mask: u64, store_version: u64) -> Manifest {
+        let dead: Vec<usize> = (0..keys.len())
+            .filter(|i| dead_mask >> (i % 64) & 1 == 1)
+            .collect();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            platform: platform(),
+            dim: 1280,
+            store_version: store_version.to_string(),
+            point_count: keys.len(),
+            live_count: keys.len() - dead.len(),
+            created_unix_ms: 1,
+            data_dir: "gen-1".into(),
+            hnsw_basename: BASENAME.into(),
+            dead,
+            keys,
+            graph: GraphParams::from(&IndexParams::default()),
+            files: vec![FileEntry {
+                name: "graph.hnsw.graph".into(),
+                len: 12,
+                sha256: sha256_hex(b"x"),
+            }],
+        }
+    }
+
+    proptest! {
+        /// Any key text (quotes, newlines, control characters, non-ASCII)
+        /// and any u64 store version survive the TOML manifest.
+        #[test]
+        fn manifest_round_trips(
+            keys in prop::collection::vec(any::<String>(), 0..20),
+            dead_mask in any::<u64>(),
+            store_version in any::<u64>(),
+        ) {
+            let m = manifest(keys, dead_mask, store_version);
+            let text = render_manifest(&m).expect("renders");
+            prop_assert_eq!(parse_manifest(text.as_bytes()).expect("parses"), m);
+        }
+
+        /// Any single damaged byte is rejected, wherever it is.
+        #[test]
+        fn damaged_manifest_is_rejected(
+            keys in prop::collection::vec("[a-z0-9-]{1,12}", 1..20),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let text = render_manifest(&manifest(keys, 0b101, 9)).expect("renders");
+            let mut bytes = text.into_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= flip;
+            prop_assert!(parse_manifest(&bytes).is_err());
+        }
+    }
+
+    fn small_index() -> VectorIndex {
+        let index = VectorIndex::new(4, IndexParams::default(), 0);
+        for i in 0..20_u8 {
+            let v: Vec<f32> = (0..4).map(|j| f32::from(i * 4 + j + 1)).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let v: Arc<[f32]> = v.iter().map(|x| x / norm).collect();
+            index.upsert(Arc::from(format!("k{i}")), v).expect("valid");
+        }
+        index
+    }
+
+    /// If verified files still made hnsw_rs's loader panic (a bug on either
+    /// side), `load` reports corruption instead of unwinding into the caller.
+    #[test]
+    fn loader_panic_is_contained() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        small_index().dump(dir.path(), 3).expect("dump");
+        let manifest_path = dir.path().join(MANIFEST);
+        let mut m = parse_manifest(&fs::read(&manifest_path).expect("readable")).expect("valid");
+        // Break the graph file's magic number, then make the checksums agree.
+        let graph = dir.path().join(&m.data_dir).join(&m.files[0].name);
+        let mut bytes = fs::read(&graph).expect("readable");
+        bytes[0] ^= 0xff;
+        fs::write(&graph, bytes).expect("writable");
+        let (len, sha256) = sha256_file(&graph).expect("readable");
+        m.files[0].len = len;
+        m.files[0].sha256 = sha256;
+        fs::write(&manifest_path, render_manifest(&m).expect("renders")).expect("writable");
+
+        match VectorIndex::load(dir.path(), 4, IndexParams::default(), 3) {
+            Err(IndexError::CorruptDump { reason, .. }) => {
+                assert!(reason.contains("hnsw_rs loader"), "{reason}")
+            }
+            other => panic!("expected CorruptDump, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dump_needs_sixteen_layers() {
+        let index = VectorIndex::new(
+            4,
+            IndexParams {
+                max_layer: 8,
+                ..IndexParams::default()
+            },
+            0,
+        );
+        index
+            .upsert(Arc::from("a"), Arc::from(vec![1.0_f32, 0.0, 0.0, 0.0]))
+            .expect("valid");
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            index.dump(dir.path(), 1),
+            Err(IndexError::DumpUnsupported { .. })
+        ));
+        // Nothing half-written is left behind.
+        assert_eq!(fs::read_dir(dir.path()).expect("readable").count(), 0);
+    }
+}

@@ -1,0 +1,824 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use hnsw_rs::prelude::Distance;
+
+use super::distance::dot;
+use super::*;
+
+type Item = (Arc<str>, Arc<[f32]>);
+
+fn key(i: usize) -> Arc<str> {
+    Arc::from(format!("p{i:06}"))
+}
+
+fn normalize(mut v: Vec<f32>) -> Arc<[f32]> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    Arc::from(v)
+}
+
+fn gaussian(rng: &mut StdRng) -> f32 {
+    // Box-Muller; u1 > 0 keeps the log finite.
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+fn random_unit(rng: &mut StdRng, dim: usize) -> Arc<[f32]> {
+    normalize((0..dim).map(|_| gaussian(rng)).collect())
+}
+
+/// Unit vectors scattered around `centres` random centres, like image
+/// embeddings (tight categories that still overlap somewhat).
+struct Clusters {
+    centres: Vec<Arc<[f32]>>,
+    dim: usize,
+}
+
+impl Clusters {
+    fn new(rng: &mut StdRng, centres: usize, dim: usize) -> Self {
+        Self {
+            centres: (0..centres).map(|_| random_unit(rng, dim)).collect(),
+            dim,
+        }
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> Arc<[f32]> {
+        let centre = &self.centres[rng.random_range(0..self.centres.len())];
+        // Noise of L2 norm ~0.5..1.0 relative to the unit centre.
+        let spread = rng.random_range(0.5..1.0) / (self.dim as f32).sqrt();
+        normalize(centre.iter().map(|c| c + spread * gaussian(rng)).collect())
+    }
+
+    fn items(&self, rng: &mut StdRng, n: usize) -> Vec<Item> {
+        (0..n).map(|i| (key(i), self.sample(rng))).collect()
+    }
+}
+
+fn accept_all(_: &str) -> bool {
+    true
+}
+
+/// Params that force the HNSW path even on small test indexes, with a
+/// cheaper graph build than the default (tests that check quality use the
+/// default params).
+fn hnsw_only() -> IndexParams {
+    IndexParams {
+        exact_threshold: 0,
+        ef_construction: 40,
+        ..IndexParams::default()
+    }
+}
+
+/// Checks the ordering/uniqueness contract of any result list.
+fn assert_well_formed(hits: &[Hit]) {
+    for w in hits.windows(2) {
+        assert!(
+            w[0].score > w[1].score || (w[0].score == w[1].score && w[0].key < w[1].key),
+            "not sorted: {w:?}"
+        );
+    }
+    let keys: HashSet<&str> = hits.iter().map(|h| &*h.key).collect();
+    assert_eq!(keys.len(), hits.len(), "duplicate keys: {hits:?}");
+}
+
+fn brute_force(items: &HashMap<Arc<str>, Arc<[f32]>>, q: &[f32], k: usize) -> Vec<Arc<str>> {
+    let mut all: Vec<(f32, &Arc<str>)> = items
+        .iter()
+        .map(|(k, v)| (dot(q, v).clamp(-1.0, 1.0), k))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    all.into_iter()
+        .take(k)
+        .map(|(_, k)| Arc::clone(k))
+        .collect()
+}
+
+#[test]
+fn index_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<VectorIndex>();
+}
+
+#[test]
+fn self_query_returns_itself_even_when_self_dot_exceeds_one() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let dim = 64;
+    // A sequential f32 sum is how DistDot computes the dot product.
+    let sequential = |v: &[f32]| v.iter().fold(0.0_f32, |acc, x| acc + x * x);
+    let mut risky = Vec::new();
+    let mut items = Vec::new();
+    while risky.len() < 40 || items.len() < 1000 {
+        let v = random_unit(&mut rng, dim);
+        if sequential(&v) > 1.0 && dot(&v, &v) > 1.0 && risky.len() < 40 {
+            risky.push(items.len());
+        }
+        items.push((key(items.len()), v));
+    }
+    // These vectors really are the dangerous kind: DistDot panics on them.
+    let v = &items[risky[0]].1;
+    assert!(sequential(v) > 1.0);
+    let dist_dot = std::panic::catch_unwind(|| hnsw_rs::prelude::DistDot.eval(v, v));
+    assert!(dist_dot.is_err(), "DistDot did not panic on a self-dot > 1");
+
+    let index = VectorIndex::build(dim, hnsw_only(), items.clone()).expect("valid vectors");
+    for &i in &risky {
+        let (k, v) = &items[i];
+        let hits = index.search(v, 5, &accept_all);
+        assert_eq!(&hits[0].key, k, "self query of {k} returned {hits:?}");
+        assert!(
+            hits[0].score >= 0.999 && hits[0].score <= 1.0,
+            "{}",
+            hits[0].score
+        );
+    }
+}
+
+#[test]
+fn replaced_point_is_never_returned() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    let items = clusters.items(&mut rng, 2000);
+    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    for i in (0..2000).step_by(100) {
+        let (k, old) = &items[i];
+        let new: Arc<[f32]> = Arc::from(old.iter().map(|x| -x).collect::<Vec<_>>());
+        assert!(
+            !index
+                .upsert(Arc::clone(k), Arc::clone(&new))
+                .expect("valid")
+        );
+        assert_eq!(index.get(k).as_deref(), Some(&new[..]));
+        // Querying with the old vector must not surface the old point: the
+        // key may only appear with the new vector's score.
+        for search in [VectorIndex::search, VectorIndex::search_exact] {
+            let hits = search(&index, old, 10, &accept_all);
+            assert_well_formed(&hits);
+            for h in hits.iter().filter(|h| &h.key == k) {
+                assert!(
+                    (h.score - dot(old, &new)).abs() < 1e-5,
+                    "stale score {}",
+                    h.score
+                );
+            }
+        }
+        assert_eq!(index.search(&new, 1, &accept_all)[0].key, *k);
+    }
+    assert_eq!(index.len(), 2000);
+    assert_eq!(index.dead_points(), 20);
+}
+
+#[test]
+fn removed_point_is_never_returned() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    let items = clusters.items(&mut rng, 2000);
+    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    let removed: Vec<&Item> = items.iter().step_by(30).collect();
+    for (k, _) in &removed {
+        assert!(index.remove(k));
+        assert!(!index.remove(k), "second remove of {k} reported success");
+    }
+    for (k, v) in &removed {
+        assert!(!index.contains(k));
+        assert!(index.get(k).is_none());
+        let hits = index.search(v, 10, &accept_all);
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| &h.key != k), "removed {k} returned");
+        let among = index.search_among(v, 10, &mut [&**k, "p000001", "nope"].into_iter());
+        assert!(among.iter().all(|h| &h.key != k && &*h.key != "nope"));
+    }
+    assert_eq!(index.len(), 2000 - removed.len());
+    assert_eq!(index.dead_points(), removed.len());
+}
+
+#[test]
+fn rebuild_drops_tombstones_and_keeps_contents() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    let items = clusters.items(&mut rng, 2000);
+    let params = IndexParams {
+        rebuild_min_dead: 10,
+        ..hnsw_only()
+    };
+    let index = VectorIndex::build(32, params, items.clone()).expect("valid vectors");
+    let mut model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
+    for (k, _) in items.iter().step_by(5) {
+        index.remove(k);
+        model.remove(k);
+    }
+    for (k, _) in items.iter().skip(1).step_by(7) {
+        let v = clusters.sample(&mut rng);
+        index.upsert(Arc::clone(k), Arc::clone(&v)).expect("valid");
+        model.insert(Arc::clone(k), v);
+    }
+    assert!(index.needs_rebuild());
+    let stats = index.rebuild();
+    assert_eq!(stats.outcome, RebuildOutcome::Swapped);
+    assert_eq!(stats.live_points, model.len());
+    assert!(stats.dropped_points > 0);
+    assert_eq!(index.dead_points(), 0);
+    assert!(!index.needs_rebuild());
+    assert_eq!(index.len(), model.len());
+    for (k, v) in &items {
+        match model.get(k) {
+            Some(current) => {
+                assert_eq!(index.get(k).as_deref(), Some(&current[..]));
+                assert_eq!(&index.search(current, 1, &accept_all)[0].key, k);
+            }
+            None => {
+                assert!(!index.contains(k));
+                assert!(index.search(v, 10, &accept_all).iter().all(|h| &h.key != k));
+            }
+        }
+    }
+}
+
+#[test]
+fn selective_filter_still_returns_k() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    // More points than the default exact_threshold, so HNSW runs first.
+    let items = clusters.items(&mut rng, 2600);
+    let model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
+    // 0.5% of the keys pass.
+    let allowed: HashSet<Arc<str>> = items
+        .iter()
+        .step_by(200)
+        .map(|(k, _)| Arc::clone(k))
+        .collect();
+    assert_eq!(allowed.len(), 13);
+    let accept = |k: &str| allowed.contains(k);
+    let allowed_model: HashMap<Arc<str>, Arc<[f32]>> = model
+        .iter()
+        .filter(|(k, _)| accept(k))
+        .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+        .collect();
+    // Default params take the exact route for a small allowed set; with a
+    // zero threshold the filtered-HNSW route (plus fallback) runs instead.
+    let exact_route = IndexParams {
+        exact_threshold: IndexParams::default().exact_threshold,
+        ..hnsw_only()
+    };
+    for params in [exact_route, hnsw_only()] {
+        let index = VectorIndex::build(32, params, items.clone()).expect("valid vectors");
+        for q in 0..20 {
+            let query = clusters.sample(&mut rng);
+            let k = if q % 2 == 0 { 10 } else { 30 };
+            let hits = index.search(&query, k, &accept);
+            assert_eq!(hits.len(), k.min(13));
+            assert_well_formed(&hits);
+            assert!(hits.iter().all(|h| accept(&h.key)));
+            let keys: Vec<Arc<str>> = hits.iter().map(|h| Arc::clone(&h.key)).collect();
+            assert_eq!(keys, brute_force(&allowed_model, &query, k));
+        }
+    }
+}
+
+/// A filter passing half the points with k above what the first graph pass
+/// yields: the wider graph pass (not the exact scan) must fill the list.
+#[test]
+fn half_filter_with_large_k_fills_the_list() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    let items = clusters.items(&mut rng, 2600);
+    let accept = |k: &str| k.ends_with(['0', '2', '4', '6', '8']);
+    let allowed_model: HashMap<Arc<str>, Arc<[f32]>> =
+        items.iter().filter(|(k, _)| accept(k)).cloned().collect();
+    let index = VectorIndex::build(32, hnsw_only(), items).expect("valid vectors");
+    let k = 40;
+    let mut found = 0;
+    for _ in 0..20 {
+        let query = clusters.sample(&mut rng);
+        let hits = index.search(&query, k, &accept);
+        assert_eq!(hits.len(), k);
+        assert_well_formed(&hits);
+        assert!(hits.iter().all(|h| accept(&h.key)));
+        let truth: HashSet<Arc<str>> = brute_force(&allowed_model, &query, k).into_iter().collect();
+        found += hits.iter().filter(|h| truth.contains(&h.key)).count();
+    }
+    let recall = found as f64 / (20 * k) as f64;
+    assert!(recall >= 0.9, "recall@{k} = {recall}");
+}
+
+#[test]
+fn tiny_index_returns_min_k_live() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for params in [IndexParams::default(), hnsw_only()] {
+        let index = VectorIndex::new(16, params, 0);
+        let q = random_unit(&mut rng, 16);
+        assert!(index.search(&q, 10, &accept_all).is_empty());
+        assert!(index.is_empty());
+        for i in 0..5 {
+            assert!(
+                index
+                    .upsert(key(i), random_unit(&mut rng, 16))
+                    .expect("valid")
+            );
+        }
+        assert_eq!(index.search(&q, 10, &accept_all).len(), 5);
+        assert_eq!(index.search(&q, 3, &accept_all).len(), 3);
+        assert!(index.search(&q, 0, &accept_all).is_empty());
+        index.remove(&key(2));
+        let hits = index.search(&q, 10, &accept_all);
+        assert_eq!(hits.len(), 4);
+        assert_well_formed(&hits);
+        // Wrong dimension / non-finite queries are ignored, not a panic.
+        assert!(index.search(&q[..8], 10, &accept_all).is_empty());
+        let mut nan = q.to_vec();
+        nan[0] = f32::NAN;
+        assert!(index.search(&nan, 10, &accept_all).is_empty());
+    }
+}
+
+#[test]
+fn rejects_invalid_vectors_and_reports_created() {
+    let index = VectorIndex::new(4, IndexParams::default(), 0);
+    let err = index
+        .upsert(key(0), Arc::from(vec![1.0_f32, 0.0]))
+        .expect_err("short vector");
+    assert!(
+        matches!(
+            err,
+            IndexError::DimensionMismatch {
+                expected: 4,
+                got: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = index
+        .upsert(key(0), Arc::from(vec![2.0_f32, 0.0, 0.0, 0.0]))
+        .expect_err("not unit");
+    assert!(matches!(err, IndexError::InvalidVector { .. }), "{err}");
+    let err = index
+        .upsert(key(0), Arc::from(vec![f32::NAN, 0.0, 0.0, 0.0]))
+        .expect_err("NaN");
+    assert!(matches!(err, IndexError::InvalidVector { .. }), "{err}");
+    assert!(index.is_empty());
+
+    let e = |i: usize| -> Arc<[f32]> {
+        let mut v = vec![0.0_f32; 4];
+        v[i] = 1.0;
+        Arc::from(v)
+    };
+    let created = index
+        .upsert_batch(vec![(key(0), e(0)), (key(1), e(1)), (key(0), e(2))])
+        .expect("valid");
+    assert_eq!(created, [true, true, false]);
+    assert_eq!(index.len(), 2);
+    assert_eq!(
+        index.get(&key(0)).as_deref(),
+        Some(&e(2)[..]),
+        "last duplicate wins"
+    );
+    assert_eq!(
+        index
+            .upsert_batch(vec![(key(1), e(3)), (key(2), e(0))])
+            .expect("valid"),
+        [false, true]
+    );
+    // A bad item rejects the whole batch.
+    assert!(
+        index
+            .upsert_batch(vec![(key(3), e(0)), (key(4), Arc::from(vec![1.0_f32]))])
+            .is_err()
+    );
+    assert!(!index.contains(&key(3)));
+}
+
+#[test]
+fn parallel_batch_matches_exact_neighbours() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let clusters = Clusters::new(&mut rng, 10, 16);
+    let items = clusters.items(&mut rng, 500);
+    let index = VectorIndex::new(16, hnsw_only(), 0);
+    assert!(
+        index
+            .upsert_batch(items.clone())
+            .expect("valid")
+            .iter()
+            .all(|c| *c)
+    );
+    let mut seen = 0;
+    index.for_each_live(&mut |k, v| {
+        seen += 1;
+        assert_eq!(
+            v,
+            &items[k[1..].parse::<usize>().expect("our key format")].1[..]
+        );
+    });
+    assert_eq!(seen, 500);
+    let (k, v) = &items[123];
+    assert_eq!(&index.search(v, 1, &accept_all)[0].key, k);
+    let among = index.search_among(v, 2, &mut items[100..130].iter().map(|(k, _)| &**k));
+    assert_eq!(&among[0].key, k);
+    assert_eq!(among.len(), 2);
+}
+
+/// recall@10 of the default parameters against brute force, on clustered
+/// 128-d vectors.
+#[test]
+fn recall_at_10_with_default_params() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let clusters = Clusters::new(&mut rng, 50, 128);
+    let items = clusters.items(&mut rng, 5000);
+    let model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
+    let index = VectorIndex::build(128, IndexParams::default(), items).expect("valid vectors");
+    let queries = 200;
+    let mut found = 0;
+    for _ in 0..queries {
+        let q = clusters.sample(&mut rng);
+        let truth: HashSet<Arc<str>> = brute_force(&model, &q, 10).into_iter().collect();
+        let hits = index.search(&q, 10, &accept_all);
+        assert_eq!(hits.len(), 10);
+        found += hits.iter().filter(|h| truth.contains(&h.key)).count();
+    }
+    let recall = found as f64 / (queries * 10) as f64;
+    assert!(recall >= 0.97, "recall@10 = {recall}");
+}
+
+/// Writers insert, replace and delete while searchers and rebuilds run; then
+/// the final state must equal what the writers did.
+#[test]
+fn concurrent_writes_searches_and_rebuilds() {
+    let dim = 24;
+    let mut rng = StdRng::seed_from_u64(9);
+    let initial: Vec<Item> = (0..1000)
+        .map(|i| (key(i), random_unit(&mut rng, dim)))
+        .collect();
+    let params = IndexParams {
+        rebuild_min_dead: 50,
+        ..hnsw_only()
+    };
+    let index = Arc::new(VectorIndex::build(dim, params, initial.clone()).expect("valid vectors"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let run_for = Duration::from_secs(2);
+
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let index = Arc::clone(&index);
+            let stop = Arc::clone(&stop);
+            // Writer w owns keys with i % 2 == w, so each has an exact model.
+            let mut model: HashMap<Arc<str>, Arc<[f32]>> = initial
+                .iter()
+                .filter(|(k, _)| k.ends_with(['0', '2', '4', '6', '8']) == (w == 0))
+                .cloned()
+                .collect();
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(100 + w as u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let i = 2 * rng.random_range(0..1500) + w;
+                    let k = key(i);
+                    if rng.random_range(0..4) == 0 {
+                        assert_eq!(index.remove(&k), model.remove(&k).is_some());
+                    } else {
+                        let v = random_unit(&mut rng, dim);
+                        let created = index.upsert(Arc::clone(&k), Arc::clone(&v)).expect("valid");
+                        assert_eq!(created, model.insert(k, v).is_none());
+                    }
+                    if rng.random_range(0..200) == 0 {
+                        index.spawn_rebuild_if_needed();
+                    }
+                }
+                model
+            })
+        })
+        .collect();
+    let searchers: Vec<_> = (0..2)
+        .map(|s| {
+            let index = Arc::clone(&index);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(200 + s);
+                let mut searches = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let q = random_unit(&mut rng, dim);
+                    let odd_only = |k: &str| k.ends_with(['1', '3', '5', '7', '9']);
+                    let hits = if searches.is_multiple_of(2) {
+                        index.search(&q, 10, &accept_all)
+                    } else {
+                        index.search(&q, 10, &odd_only)
+                    };
+                    assert_well_formed(&hits);
+                    assert!(!hits.is_empty());
+                    searches += 1;
+                }
+                searches
+            })
+        })
+        .collect();
+    let rebuilder = {
+        let index = Arc::clone(&index);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut swapped = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if index.rebuild().outcome == RebuildOutcome::Swapped {
+                    swapped += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            swapped
+        })
+    };
+    let started = Instant::now();
+    while started.elapsed() < run_for {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut model = HashMap::new();
+    for w in writers {
+        model.extend(w.join().expect("writer panicked"));
+    }
+    for s in searchers {
+        assert!(s.join().expect("searcher panicked") > 0);
+    }
+    assert!(
+        rebuilder.join().expect("rebuilder panicked") > 0,
+        "no rebuild completed"
+    );
+
+    assert_eq!(index.len(), model.len());
+    for i in 0..3002 {
+        let k = key(i);
+        match model.get(&k) {
+            Some(v) => {
+                assert_eq!(index.get(&k).as_deref(), Some(&v[..]), "{k}");
+                let hits = index.search(v, 10, &accept_all);
+                assert!(
+                    hits.iter().any(|h| h.key == k),
+                    "{k} not found by its own vector"
+                );
+            }
+            None => assert!(!index.contains(&k), "{k} should be absent"),
+        }
+    }
+}
+
+fn dumped_index(dir: &std::path::Path) -> (VectorIndex, StdRng) {
+    let mut rng = StdRng::seed_from_u64(10);
+    let clusters = Clusters::new(&mut rng, 10, 32);
+    let items = clusters.items(&mut rng, 1000);
+    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    for (k, _) in items.iter().step_by(9) {
+        index.remove(k);
+    }
+    for (k, _) in items.iter().skip(1).step_by(11) {
+        index
+            .upsert(Arc::clone(k), clusters.sample(&mut rng))
+            .expect("valid");
+    }
+    index.dump(dir, 7).expect("dump");
+    (index, rng)
+}
+
+#[test]
+fn dump_load_round_trip_gives_identical_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (index, mut rng) = dumped_index(dir.path());
+    // A second dump replaces the first and cleans it up.
+    index.dump(dir.path(), 7).expect("second dump");
+    let gens = std::fs::read_dir(dir.path())
+        .expect("readable")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+        })
+        .count();
+    assert_eq!(gens, 1);
+
+    let loaded = VectorIndex::load(dir.path(), 32, hnsw_only(), 7)
+        .expect("not corrupt")
+        .expect("present");
+    assert_eq!(loaded.len(), index.len());
+    assert_eq!(loaded.dead_points(), index.dead_points());
+    let odd = |k: &str| k.ends_with('1');
+    for _ in 0..50 {
+        let q = random_unit(&mut rng, 32);
+        assert_eq!(
+            loaded.search(&q, 10, &accept_all),
+            index.search(&q, 10, &accept_all)
+        );
+        assert_eq!(loaded.search(&q, 10, &odd), index.search(&q, 10, &odd));
+    }
+    // The loaded index stays writable and rebuildable.
+    let v = random_unit(&mut rng, 32);
+    assert!(
+        loaded
+            .upsert(Arc::from("fresh"), Arc::clone(&v))
+            .expect("valid")
+    );
+    assert_eq!(&*loaded.search(&v, 1, &accept_all)[0].key, "fresh");
+    assert_eq!(loaded.rebuild().outcome, RebuildOutcome::Swapped);
+    assert_eq!(loaded.dead_points(), 0);
+    assert_eq!(&*loaded.search(&v, 1, &accept_all)[0].key, "fresh");
+}
+
+#[test]
+fn empty_index_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    VectorIndex::new(8, IndexParams::default(), 0)
+        .dump(dir.path(), 1)
+        .expect("dump");
+    let loaded = VectorIndex::load(dir.path(), 8, IndexParams::default(), 1)
+        .expect("ok")
+        .expect("present");
+    assert!(loaded.is_empty());
+}
+
+#[test]
+fn missing_or_stale_dump_is_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = IndexParams::default;
+    assert!(
+        VectorIndex::load(dir.path(), 32, p(), 7)
+            .expect("ok")
+            .is_none()
+    );
+    assert!(
+        VectorIndex::load(&dir.path().join("nope"), 32, p(), 7)
+            .expect("ok")
+            .is_none()
+    );
+    let (_index, _) = dumped_index(dir.path());
+    assert!(
+        VectorIndex::load(dir.path(), 32, hnsw_only(), 8)
+            .expect("ok")
+            .is_none(),
+        "store version"
+    );
+    assert!(
+        VectorIndex::load(dir.path(), 33, hnsw_only(), 7)
+            .expect("ok")
+            .is_none(),
+        "dimension"
+    );
+    let other_m = IndexParams {
+        max_nb_connection: 24,
+        ..hnsw_only()
+    };
+    assert!(
+        VectorIndex::load(dir.path(), 32, other_m, 7)
+            .expect("ok")
+            .is_none(),
+        "graph params"
+    );
+    assert!(
+        VectorIndex::load(dir.path(), 32, hnsw_only(), 7)
+            .expect("ok")
+            .is_some()
+    );
+}
+
+#[test]
+fn corrupt_dump_is_an_error_not_a_panic() {
+    type Damage = fn(&std::path::Path);
+    let find = |dir: &std::path::Path, suffix: &str| -> std::path::PathBuf {
+        let gen_dir = std::fs::read_dir(dir)
+            .expect("readable")
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+            .expect("a gen dir")
+            .path();
+        if suffix == "MANIFEST" {
+            return dir.join("MANIFEST");
+        }
+        std::fs::read_dir(gen_dir)
+            .expect("readable")
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .expect("dump file")
+            .path()
+    };
+    fn flip(path: &std::path::Path, at: f64) {
+        let mut bytes = std::fs::read(path).expect("readable");
+        let i = ((bytes.len() as f64 * at) as usize).min(bytes.len() - 1);
+        bytes[i] ^= 0x5a;
+        std::fs::write(path, bytes).expect("writable");
+    }
+    fn truncate(path: &std::path::Path) {
+        let len = std::fs::metadata(path).expect("exists").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(len / 2))
+            .expect("truncatable");
+    }
+    let cases: [(&str, &str, Damage); 8] = [
+        ("flip data", ".hnsw.data", |p| flip(p, 0.5)),
+        ("flip data header", ".hnsw.data", |p| flip(p, 0.0)),
+        ("flip graph", ".hnsw.graph", |p| flip(p, 0.5)),
+        ("flip graph header", ".hnsw.graph", |p| flip(p, 0.0)),
+        ("truncate data", ".hnsw.data", truncate),
+        ("truncate graph", ".hnsw.graph", truncate),
+        ("delete graph", ".hnsw.graph", |p| {
+            std::fs::remove_file(p).expect("removable")
+        }),
+        ("flip manifest", "MANIFEST", |p| flip(p, 0.7)),
+    ];
+    let pristine = tempfile::tempdir().expect("tempdir");
+    let _ = dumped_index(pristine.path());
+    let copy_dump = |to: &std::path::Path| {
+        for entry in std::fs::read_dir(pristine.path())
+            .expect("readable")
+            .filter_map(Result::ok)
+        {
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                std::fs::create_dir(&target).expect("creatable");
+                for file in std::fs::read_dir(entry.path())
+                    .expect("readable")
+                    .filter_map(Result::ok)
+                {
+                    std::fs::copy(file.path(), target.join(file.file_name())).expect("copyable");
+                }
+            } else {
+                std::fs::copy(entry.path(), target).expect("copyable");
+            }
+        }
+    };
+    for (name, file, damage) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dump(dir.path());
+        assert!(
+            VectorIndex::load(dir.path(), 32, hnsw_only(), 7).is_ok_and(|i| i.is_some()),
+            "copy loads"
+        );
+        damage(&find(dir.path(), file));
+        match VectorIndex::load(dir.path(), 32, hnsw_only(), 7) {
+            Err(IndexError::CorruptDump { .. }) => {}
+            other => panic!("{name}: expected CorruptDump, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(u8, Vec<f32>),
+    Remove(u8),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..40u8, prop::collection::vec(-1.0f32..1.0, 8)).prop_map(|(k, v)| Op::Upsert(k, v)),
+        1 => (0..40u8).prop_map(Op::Remove),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever happened before, a search returns exactly min(k, #accepted
+    /// live) hits, sorted, unique, accepted, live, with their current scores.
+    #[test]
+    fn search_results_respect_the_contract(
+        ops in prop::collection::vec(op_strategy(), 1..120),
+        query in prop::collection::vec(-1.0f32..1.0, 8),
+        k in 0usize..25,
+        modulus in 1usize..4,
+        rebuild in any::<bool>(),
+    ) {
+        let index = VectorIndex::new(8, hnsw_only(), 0);
+        let mut model: HashMap<Arc<str>, Arc<[f32]>> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Upsert(k, v) => {
+                    if v.iter().all(|x| x.abs() < 1e-3) {
+                        continue;
+                    }
+                    let (k, v) = (key(k.into()), normalize(v));
+                    index.upsert(Arc::clone(&k), Arc::clone(&v)).expect("valid");
+                    model.insert(k, v);
+                }
+                Op::Remove(k) => {
+                    prop_assert_eq!(index.remove(&key(k.into())), model.remove(&key(k.into())).is_some());
+                }
+            }
+        }
+        if rebuild {
+            index.rebuild();
+        }
+        prop_assume!(query.iter().any(|x| x.abs() > 1e-3));
+        let query = normalize(query);
+        let accept = |key: &str| key[1..].parse::<usize>().is_ok_and(|i| i % modulus == 0);
+        let accepted = model.keys().filter(|k| accept(k)).count();
+        let hits = index.search(&query, k, &accept);
+        prop_assert_eq!(hits.len(), k.min(accepted));
+        assert_well_formed(&hits);
+        for h in &hits {
+            prop_assert!(accept(&h.key));
+            let v = model.get(&h.key).expect("only live keys are returned");
+            prop_assert!((dot(&query, v).clamp(-1.0, 1.0) - h.score).abs() < 1e-6);
+        }
+        prop_assert_eq!(index.len(), model.len());
+    }
+}

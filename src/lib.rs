@@ -1,0 +1,34 @@
+//! lookbook: a gRPC service for visual and personalized product
+//! recommendations.
+//!
+//! Map of the crate, edge to core:
+//! - [`api`]: the only module that sees tonic/prost: generated
+//!   `lookbook.v1` types, the service, request validation (`TryFrom` into
+//!   domain types), the single error -> `Status` mapping, a typed client.
+//! - [`app`]: wiring: bind, load, serve with health/reflection, drain.
+//! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`, `eval`).
+//! - [`recommend`]: query planning for similar-product queries.
+//! - [`catalog`]: keeps the store, the attribute table and the index in step.
+//! - [`encoder`]: image -> embedding with ONNX Runtime, on its own bounded pool.
+//! - [`index`]: HNSW (hnsw_rs) with tombstones, exact fallback, background
+//!   rebuild and crash-safe dumps.
+//! - [`store`]: durable products in redb.
+//! - [`domain`]: validated types shared by the core.
+//! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.
+//! - [`config`], [`telemetry`], [`dataset`] (Kaggle-style folders), [`eval`]
+//!   (retrieval metrics).
+
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod dataset;
+pub mod domain;
+pub mod encoder;
+pub mod eval;
+pub mod index;
+pub mod loadgen;
+pub mod recommend;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,110 @@
+//! The `meta` table: small named singletons describing the catalog as a whole.
+//!
+//! Values are byte strings with a leading format byte (see [`super::codec`]) rather than redb's
+//! typed `u64`/`&str` values, because redb's built-in decoders panic on malformed bytes while
+//! ours report [`StoreError::Corrupt`]. Keys:
+//! - `products_version` (format 1: `u64`): bumped in the same transaction as every committed
+//!   product write or delete, so a derived artefact (the vector index dump) that records the
+//!   version it was built from can tell it is stale. Absent means 0.
+//! - `catalog_model` (format 1: `u32` length + name, `u32` dim): the embedding model the catalog
+//!   was built with.
+
+use redb::{ReadableTable, Table, TableDefinition};
+
+use super::codec::{Malformed, Reader, Writer, len_u32};
+use super::error::{StoreError, db};
+
+/// Singleton name -> encoded value.
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new(META_NAME);
+const META_NAME: &str = "meta";
+
+const VERSION_KEY: &str = "products_version";
+const CATALOG_MODEL_KEY: &str = "catalog_model";
+const FORMAT_V1: u8 = 1;
+
+/// Reads and decodes `key`, or `None` if it was never written.
+fn read<T>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+    op: &'static str,
+    decode: impl FnOnce(&mut Reader<'_>) -> Result<T, Malformed>,
+) -> Result<Option<T>, StoreError> {
+    let Some(guard) = table.get(key).map_err(db(op))? else {
+        return Ok(None);
+    };
+    let bytes = guard.value();
+    let mut r = Reader::new(bytes);
+    let decoded = r.format(FORMAT_V1).and_then(|()| decode(&mut r));
+    decoded
+        .and_then(|v| r.finish().map(|()| v))
+        .map(Some)
+        .map_err(|m| m.at(META_NAME, key))
+}
+
+pub(super) fn version(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    Ok(read(table, VERSION_KEY, "read version", |r| r.u64("version"))?.unwrap_or(0))
+}
+
+/// Increments the product version inside the caller's write transaction and returns the new
+/// value.
+pub(super) fn bump_version(table: &mut Table<'_, &str, &[u8]>) -> Result<u64, StoreError> {
+    let next = version(table)?
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt {
+            table: META_NAME,
+            key: VERSION_KEY.to_owned(),
+            reason: "version is u64::MAX and cannot be bumped".to_owned(),
+        })?;
+    let mut w = Writer::with_capacity(9);
+    w.u8(FORMAT_V1);
+    w.u64(next);
+    table
+        .insert(VERSION_KEY, w.finish().as_slice())
+        .map_err(db("bump version"))?;
+    Ok(next)
+}
+
+pub(super) fn catalog_model(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<(String, u32)>, StoreError> {
+    read(table, CATALOG_MODEL_KEY, "read catalog model", |r| {
+        let name = r.str("model name")?.to_owned();
+        let dim = r.u32("dim")?;
+        Ok((name, dim))
+    })
+}
+
+pub(super) fn set_catalog_model(
+    table: &mut Table<'_, &str, &[u8]>,
+    name: &str,
+    dim: u32,
+) -> Result<(), StoreError> {
+    let name_len = len_u32(name.len(), CATALOG_MODEL_KEY, "model name")?;
+    let mut w = Writer::with_capacity(1 + 4 + name.len() + 4);
+    w.u8(FORMAT_V1);
+    w.str(name_len, name);
+    w.u32(dim);
+    table
+        .insert(CATALOG_MODEL_KEY, w.finish().as_slice())
+        .map_err(db("set catalog model"))?;
+    Ok(())
+}
+
+/// Records `name`/`dim` as the catalog model unless one is already recorded.
+pub(super) fn init_catalog_model(
+    table: &mut Table<'_, &str, &[u8]>,
+    name: &str,
+    dim: usize,
+) -> Result<(), StoreError> {
+    if table
+        .get(CATALOG_MODEL_KEY)
+        .map_err(db("read catalog model"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let dim = len_u32(dim, CATALOG_MODEL_KEY, "embedding")?;
+    set_catalog_model(table, name, dim)
+}

@@ -1,0 +1,265 @@
+//! Durable store for the catalog: every product (id, attributes, embedding, model) plus the
+//! catalog-wide metadata, in one redb file.
+//!
+//! This is the source of truth the in-memory vector index is rebuilt from at start-up, so the
+//! design favours two things:
+//! - **Durability per acknowledged write.** Every mutating call is one redb write transaction
+//!   committed with [`redb::Durability::Immediate`] (fsync) before it returns, so an
+//!   acknowledged product survives a process kill, and a power loss as far as the disk honours
+//!   fsync; a killed writer leaves either the whole transaction or none of it (redb's
+//!   checksummed commit slots; the file is repaired on the next [`Store::open`]).
+//! - **Fast bulk load.** Products are keyed by id and their embeddings are stored as raw
+//!   little-endian `f32`, so [`Store::scan`] streams the catalog in id order with one copy per
+//!   embedding (about 0.1 s for 12K x 1280-d on a 2-core dev VM).
+//!
+//! A `products_version` counter is bumped in the same transaction as every product change; a
+//! dump of the vector index records the version it was built from and is stale if it differs.
+//!
+//! Tables are grouped one module per concern (`products`, `meta`), each owning its
+//! `TableDefinition` consts and value encodings, private to this module so nothing outside can
+//! write a row without its version bump; [`Store::open`] creates every table so read transactions never
+//! meet a missing one. A new group (e.g. user interactions) adds a module, its consts, and a line
+//! in `open`.
+//!
+//! All methods block on disk I/O: call them from `spawn_blocking` or a dedicated thread, never
+//! on an async worker. `Store` is `Send + Sync` and meant to be shared through an `Arc`; redb
+//! serialises write transactions internally and readers see consistent snapshots.
+
+mod codec;
+mod error;
+mod meta;
+mod products;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+pub use error::StoreError;
+pub use products::StoredProduct;
+
+use meta::META;
+use products::PRODUCTS;
+
+use error::db;
+
+/// Whether a write inserted a new product or replaced an existing one with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Created,
+    Replaced,
+}
+
+/// Handle on the store's redb database.
+#[derive(Debug)]
+pub struct Store {
+    /// Every table listed in `open` exists in this database.
+    db: redb::Database,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating the parent directories and the file if needed.
+    ///
+    /// A file left by a crashed writer is repaired by redb before this returns (progress is
+    /// logged at `warn`); this can take a while on a large file. Fails with
+    /// [`StoreError::Open`] (`DatabaseAlreadyOpen`) if another process has it open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let db = redb::Builder::new()
+            .set_repair_callback(|session| {
+                tracing::warn!(
+                    progress = session.progress(),
+                    "repairing store after unclean shutdown"
+                );
+            })
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let store = Self { db };
+        store.create_tables()?;
+        tracing::info!(
+            path = %path.display(),
+            products = store.len()?,
+            version = store.version()?,
+            "store opened"
+        );
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        const OP: &str = "create tables";
+        let txn = self.begin_write(OP)?;
+        txn.open_table(PRODUCTS).map_err(db(OP))?;
+        txn.open_table(META).map_err(db(OP))?;
+        txn.commit().map_err(db(OP))
+    }
+
+    fn begin_write(&self, op: &'static str) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db(op))?;
+        // Immediate is redb's default; set it so a change of default cannot weaken the promise
+        // that an acknowledged write is on disk.
+        txn.set_durability(Durability::Immediate).map_err(db(op))?;
+        Ok(txn)
+    }
+
+    /// Inserts or replaces one product in its own durable transaction and bumps the version.
+    /// Returns only after the commit is on disk. Records the catalog model (from `p.model` and
+    /// the embedding length) if none is recorded yet.
+    pub fn put(&self, p: &StoredProduct) -> Result<Upsert, StoreError> {
+        let mut upsert = Upsert::Created;
+        self.write_products("put", std::slice::from_ref(p), |u| upsert = u)?;
+        Ok(upsert)
+    }
+
+    /// Inserts or replaces all of `ps` in one durable transaction (all or nothing) and bumps the
+    /// version once. A repeated id inside the batch: the later product wins and is reported as
+    /// [`Upsert::Replaced`]. An empty batch writes nothing and does not bump the version. The
+    /// catalog model is recorded from the first product if none is recorded yet.
+    pub fn put_batch(&self, ps: &[StoredProduct]) -> Result<Vec<Upsert>, StoreError> {
+        let mut upserts = Vec::with_capacity(ps.len());
+        self.write_products("put_batch", ps, |u| upserts.push(u))?;
+        Ok(upserts)
+    }
+
+    /// Shared body of `put` and `put_batch`: reports each product's [`Upsert`] in order.
+    fn write_products(
+        &self,
+        op: &'static str,
+        ps: &[StoredProduct],
+        mut report: impl FnMut(Upsert),
+    ) -> Result<(), StoreError> {
+        let Some(first) = ps.first() else {
+            return Ok(());
+        };
+        // Encode before taking the write transaction, which excludes every other writer.
+        let values = ps
+            .iter()
+            .map(products::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let txn = self.begin_write(op)?;
+        let version = {
+            let mut table = txn.open_table(PRODUCTS).map_err(db(op))?;
+            for (p, value) in ps.iter().zip(&values) {
+                let old = table
+                    .insert(p.id.as_str(), value.as_slice())
+                    .map_err(db(op))?;
+                report(if old.is_some() {
+                    Upsert::Replaced
+                } else {
+                    Upsert::Created
+                });
+            }
+            let mut meta = txn.open_table(META).map_err(db(op))?;
+            meta::init_catalog_model(&mut meta, &first.model, first.embedding.len())?;
+            meta::bump_version(&mut meta)?
+        };
+        txn.commit().map_err(db(op))?;
+        tracing::debug!(products = ps.len(), version, "products written");
+        Ok(())
+    }
+
+    /// Deletes a product durably; `false` (and no version bump) if the id was absent.
+    pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        const OP: &str = "delete";
+        let txn = self.begin_write(OP)?;
+        let version = {
+            let mut table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+            if table.remove(id).map_err(db(OP))?.is_none() {
+                None
+            } else {
+                let mut meta = txn.open_table(META).map_err(db(OP))?;
+                Some(meta::bump_version(&mut meta)?)
+            }
+        };
+        match version {
+            Some(version) => {
+                txn.commit().map_err(db(OP))?;
+                tracing::debug!(id, version, "product deleted");
+                Ok(true)
+            }
+            None => {
+                txn.abort().map_err(db(OP))?;
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<StoredProduct>, StoreError> {
+        const OP: &str = "get";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+        let Some(value) = table.get(id).map_err(db(OP))? else {
+            return Ok(None);
+        };
+        products::decode(id, value.value()).map(Some)
+    }
+
+    /// Number of stored products (O(1): redb keeps the count in the table header).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        const OP: &str = "len";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+        table.len().map_err(db(OP))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The product version: 0 for a new store, +1 for every committed `put`, non-empty
+    /// `put_batch` and successful `delete`.
+    pub fn version(&self) -> Result<u64, StoreError> {
+        const OP: &str = "version";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(META).map_err(db(OP))?;
+        meta::version(&table)
+    }
+
+    /// The embedding model name and dimension the catalog was built with, if recorded.
+    pub fn catalog_model(&self) -> Result<Option<(String, u32)>, StoreError> {
+        const OP: &str = "catalog model";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(META).map_err(db(OP))?;
+        meta::catalog_model(&table)
+    }
+
+    /// Records (overwriting) the catalog model durably. Does not bump the product version:
+    /// switching models goes with re-embedding every product, and those writes bump it.
+    pub fn set_catalog_model(&self, name: &str, dim: u32) -> Result<(), StoreError> {
+        const OP: &str = "set catalog model";
+        let txn = self.begin_write(OP)?;
+        {
+            let mut table = txn.open_table(META).map_err(db(OP))?;
+            meta::set_catalog_model(&mut table, name, dim)?;
+        }
+        txn.commit().map_err(db(OP))
+    }
+
+    /// Calls `f` with every product in id order (byte-wise, as `str` sorts), from one consistent
+    /// snapshot; stops at the first error (from decoding or from `f`) and returns it.
+    ///
+    /// The snapshot's read transaction is held until this returns, which keeps the pages it sees
+    /// from being reused by concurrent writers: keep `f` quick (e.g. collect, then build).
+    pub fn scan(
+        &self,
+        f: &mut dyn FnMut(StoredProduct) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "scan";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+        for entry in table.iter().map_err(db(OP))? {
+            let (key, value) = entry.map_err(db(OP))?;
+            f(products::decode(key.value(), value.value())?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! Shared harness for the integration tests: start the real server on
+//! 127.0.0.1:0 (in-process, or as the real binary for crash tests), talk to
+//! it with the generated tonic client, and find the real product photos.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use lookbook::{
+    api::proto::{self, recommender_client::RecommenderClient},
+    app::Bound,
+    config::{Config, Overrides},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub type Client = RecommenderClient<Channel>;
+
+/// Generous client limit so tests can send requests larger than the
+/// server's limit and see the server refuse them.
+pub const CLIENT_LIMIT: usize = 256 * 1024 * 1024;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real product photos, or `None` (with a note naming the test) when
+/// they are absent outside CI. Under `CI=true` their absence fails the test.
+pub fn fashion_data(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("LOOKBOOK_FASHION_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/data/fashion-sample"));
+    if dir.join("styles.csv").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test}: the fashion sample is required under CI=true but {} has no styles.csv",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: fashion sample not found at {} (set LOOKBOOK_FASHION_DATA)",
+        dir.display()
+    );
+    None
+}
+
+/// Configuration for a test server: default model (absolute paths, so the
+/// tests do not depend on the working directory), a private data dir.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut cfg = Config::load(
+        Some(&repo_root().join("tests/fixtures/empty.toml")),
+        &Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            data_dir: Some(data_dir.to_path_buf()),
+        },
+    )
+    .expect("test configuration is valid");
+    cfg.model.manifest = repo_root().join("models/efficientnet_lite2.toml");
+    cfg.model.onnxruntime_library =
+        repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
+    cfg.telemetry.log_filter = "warn,lookbook=info".to_owned();
+    cfg
+}
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), lookbook::app::AppError>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        lookbook::telemetry::init(&config.telemetry);
+        let bound = Bound::bind(config).await.expect("bind 127.0.0.1:0");
+        let addr = bound.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bound.run(shutdown.clone()));
+        let server = Self {
+            addr,
+            shutdown,
+            task,
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url()).await
+    }
+
+    async fn wait_serving(&self) {
+        wait_serving(&self.url()).await;
+    }
+
+    /// Graceful stop: drain, dump the index, return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("server task panicked")
+            .expect("server stopped with an error");
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let channel = Channel::from_shared(url.to_owned())
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("connect to test server");
+    RecommenderClient::new(channel)
+        .max_decoding_message_size(CLIENT_LIMIT)
+        .max_encoding_message_size(CLIENT_LIMIT)
+}
+
+/// Polls grpc.health.v1 until the server reports SERVING (bounded).
+pub async fn wait_serving(url: &str) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(channel) = Channel::from_shared(url.to_owned())
+            .expect("valid url")
+            .connect()
+            .await
+        {
+            let mut health = HealthClient::new(channel);
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: "lookbook.v1.Recommender".into(),
+                })
+                .await
+                && r.into_inner().status == 1
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server at {url} did not become SERVING within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real `lookbook` binary, for tests that kill -9 it.
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    pub async fn spawn(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lookbook"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .current_dir(repo_root())
+            .env("LOOKBOOK__TELEMETRY__LOG_FORMAT", "json")
+            .env("LOOKBOOK__TELEMETRY__LOG_FILTER", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lookbook serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        // The first log line naming the bound address tells us the port.
+        let addr = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                line.contains("listening")
+                    .then(|| {
+                        let start = line.find("\"addr\":\"")? + 8;
+                        let end = start + line[start..].find('"')?;
+                        line[start..end].parse::<SocketAddr>().ok()
+                    })
+                    .flatten()
+            });
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            found
+        })
+        .await
+        .expect("reader task")
+        .expect("server printed its listening address");
+        let url = format!("http://{addr}");
+        wait_serving(&url).await;
+        Self { child, url }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success());
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+/// A deterministic unit vector for synthetic products.
+pub fn synthetic_vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+pub fn embedding_request(id: &str, values: Vec<f32>, attrs: &[(&str, &str)]) -> proto::AddProductRequest {
+    proto::AddProductRequest {
+        product_id: id.to_owned(),
+        image: Default::default(),
+        embedding: Some(proto::Embedding { values }),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+pub fn similar_to_id(id: &str, k: u32) -> proto::RecommendSimilarRequest {
+    proto::RecommendSimilarRequest {
+        query: Some(proto::recommend_similar_request::Query::ProductId(id.to_owned())),
+        k,
+        filter: None,
+        exclude_ids: vec![],
+    }
+}
+
+pub fn similar_to_vector(values: Vec<f32>, k: u32) -> proto::RecommendSimilarRequest {
+    proto::RecommendSimilarRequest {
+        query: Some(proto::recommend_similar_request::Query::Embedding(
+            proto::Embedding { values },
+        )),
+        k,
+        filter: None,
+        exclude_ids: vec![],
+    }
+}
+
+/// Dot product (cosine similarity of unit vectors).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// A PNG generated in code: a gradient with a coloured square, so that
+/// different seeds give visibly different images.
+pub fn generated_png(seed: u8, w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let inside = x > w / 4 && x < 3 * w / 4 && y > h / 4 && y < 3 * h / 4;
+        if inside {
+            image::Rgb([seed, 255 - seed, (seed / 2).wrapping_add(64)])
+        } else {
+            image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode PNG in memory");
+    out.into_inner()
+}
