@@ -111,9 +111,6 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     // A valid PNG header declaring 20000 x 20000 pixels (400 MP) and no data:
     // must be refused from the header, without allocating 1.2 GB.
     let bomb = {
-        let mut out = std::io::Cursor::new(Vec::new());
-        let enc = image::codecs::png::PngEncoder::new(&mut out);
-        let _ = enc; // header written by hand below
         let mut v = Vec::new();
         v.extend_from_slice(b"\x89PNG\r\n\x1a\n");
         let mut ihdr = Vec::new();
@@ -152,7 +149,9 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     // Over the message limit (16 MiB here).
     let huge = vec![0u8; 17 * 1024 * 1024];
     assert_eq!(code_of(c.add_product(image_req(huge.clone())).await).await, Code::ResourceExhausted);
-    assert_eq!(code_of(c.embed(embed_req(huge)).await).await, Code::ResourceExhausted);
+    assert_eq!(code_of(c.embed(embed_req(huge.clone())).await).await, Code::ResourceExhausted);
+    let stream = futures::stream::iter([image_req(huge)]);
+    assert_eq!(code_of(c.add_products(stream).await).await, Code::ResourceExhausted);
 
     // Ids and content.
     let v = || synthetic_vector(9, DIM);
@@ -298,11 +297,14 @@ async fn upsert_replace_delete_and_background_rebuild() {
     };
     check(c.clone()).await;
     assert_eq!(catalog_size(&mut c).await, 261);
-    // The background rebuild runs and clears the dead points.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The background rebuild runs and clears the dead points. Writes that
+    // land while a rebuild runs are replayed into the new graph, so a few
+    // dead points may remain, but never as many as the threshold.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let s = c.get_stats(proto::GetStatsRequest {}).await.unwrap().into_inner();
-        if s.deleted_pending == 0 {
+        let points = (s.catalog_size + s.deleted_pending) as f64;
+        if s.deleted_pending < 10 || (s.deleted_pending as f64) < 0.1 * points {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "rebuild did not happen: {s:?}");

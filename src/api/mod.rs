@@ -119,6 +119,9 @@ pub async fn start(
     .max_encoding_message_size(settings.max_message_bytes);
 
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(recommender);
@@ -137,4 +140,26 @@ pub async fn start(
         }
     });
     Ok((readiness, task))
+}
+
+/// tonic rejects a request above the decoding limit with OUT_OF_RANGE
+/// before any handler runs; gRPC's convention (and our contract) for an
+/// over-limit message is RESOURCE_EXHAUSTED. The rejection is a
+/// trailers-only response, so the status is in the headers.
+fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let oversize = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(is_oversize_message);
+    if out_of_range && oversize {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// tonic's wording, raw or percent-encoded as in a `grpc-message` header.
+pub(crate) fn is_oversize_message(message: &str) -> bool {
+    message.contains("message length too large") || message.contains("message%20length%20too%20large")
 }

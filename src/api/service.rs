@@ -133,7 +133,15 @@ impl RecommenderRpc for RecommenderService {
         // A transport error ends the stream: what was committed stays
         // committed (each batch is durable) and the error goes back.
         while let Some(item) = stream.next().await {
-            let item = item?;
+            let item = item.map_err(|status| {
+                // Same mapping as `oversize_is_resource_exhausted`, for a
+                // message of the stream that is over the limit.
+                if status.code() == tonic::Code::OutOfRange && super::is_oversize_message(status.message()) {
+                    Status::resource_exhausted(status.message().to_owned())
+                } else {
+                    status
+                }
+            })?;
             let id = item.product_id.clone();
             match NewProduct::try_from((item, &ready.limits)) {
                 Ok(p) => batch.push((position, p)),
