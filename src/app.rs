@@ -115,10 +115,9 @@ impl Bound {
             max_attributes: config.limits.max_attributes,
             max_attribute_bytes: config.limits.max_attribute_bytes,
         };
-        let maintenance = tokio::spawn(Arc::clone(&catalog).maintain(
-            config.index.maintenance_interval,
-            shutdown.clone(),
-        ));
+        let maintenance = tokio::spawn(
+            Arc::clone(&catalog).maintain(config.index.maintenance_interval, shutdown.clone()),
+        );
         readiness
             .serving(Ready {
                 recommender: Recommender::new(

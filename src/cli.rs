@@ -38,7 +38,11 @@ const READ_AHEAD: usize = 16;
 const CLIENT_MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Parser)]
-#[command(name = "lookbook", version, about = "Visual and personalized product recommendations over gRPC")]
+#[command(
+    name = "lookbook",
+    version,
+    about = "Visual and personalized product recommendations over gRPC"
+)]
 pub struct Cli {
     /// Configuration file (default: ./lookbook.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -223,7 +227,10 @@ async fn import(dir: &Path, server: &str, limit: Option<usize>) -> Result<()> {
         entries.truncate(limit);
     }
     if entries.is_empty() {
-        bail!("{} lists no products with an image", dir.join("styles.csv").display());
+        bail!(
+            "{} lists no products with an image",
+            dir.join("styles.csv").display()
+        );
     }
     let mut client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
     let bar = ProgressBar::new(entries.len() as u64);
@@ -271,7 +278,12 @@ async fn import(dir: &Path, server: &str, limit: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-async fn similar(server: &str, product: Option<String>, image: Option<PathBuf>, k: u32) -> Result<()> {
+async fn similar(
+    server: &str,
+    product: Option<String>,
+    image: Option<PathBuf>,
+    k: u32,
+) -> Result<()> {
     let to = match (product, image) {
         (Some(id), None) => SimilarTo::Product(id),
         (None, Some(path)) => SimilarTo::Image(Bytes::from(
@@ -285,7 +297,12 @@ async fn similar(server: &str, product: Option<String>, image: Option<PathBuf>, 
     let hits = client.similar(to, k).await?;
     let mut table = Table::new();
     table.load_style(UTF8_FULL_CONDENSED).set_header([
-        "#", "product", "score", "articleType", "baseColour", "name",
+        "#",
+        "product",
+        "score",
+        "articleType",
+        "baseColour",
+        "name",
     ]);
     for (i, h) in hits.iter().enumerate() {
         let attr = |k: &str| h.attributes.get(k).cloned().unwrap_or_default();
@@ -317,13 +334,20 @@ async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<(
         for chunk in entries.chunks(16) {
             let images = chunk
                 .iter()
-                .map(|e| std::fs::read(&e.image).with_context(|| format!("cannot read {}", e.image.display())))
+                .map(|e| {
+                    std::fs::read(&e.image)
+                        .with_context(|| format!("cannot read {}", e.image.display()))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             let vectors = encoder.embed_blocking(&refs)?;
             for (e, v) in chunk.iter().zip(vectors) {
                 let label = e.attributes.get(ARTICLE_TYPE).cloned().unwrap_or_default();
-                items.push((Arc::<str>::from(e.id.as_str()), Arc::<[f32]>::from(v), label));
+                items.push((
+                    Arc::<str>::from(e.id.as_str()),
+                    Arc::<[f32]>::from(v),
+                    label,
+                ));
             }
         }
         let embed_secs = started.elapsed().as_secs_f64();
@@ -331,21 +355,44 @@ async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<(
         let index = VectorIndex::build(
             encoder.dim(),
             params,
-            items.iter().map(|(id, v, _)| (Arc::clone(id), Arc::clone(v))).collect(),
+            items
+                .iter()
+                .map(|(id, v, _)| (Arc::clone(id), Arc::clone(v)))
+                .collect(),
         )?;
         let build_secs = started.elapsed().as_secs_f64();
-        Ok((eval::evaluate(&items, &index), encoder.model_name().to_owned(), embed_secs, build_secs))
+        Ok((
+            eval::evaluate(&items, &index),
+            encoder.model_name().to_owned(),
+            embed_secs,
+            build_secs,
+        ))
     })
     .await??;
     let (r, model, embed_secs, build_secs) = report;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "model {model}: {} products embedded in {embed_secs:.1} s ({:.1} images/s), index built in {build_secs:.2} s", r.products, r.products as f64 / embed_secs.max(1e-9))?;
-    writeln!(out, "queries: {} products of {} articleTypes with >= {} images", r.queries, r.classes, eval::MIN_CLASS_SIZE)?;
+    writeln!(
+        out,
+        "model {model}: {} products embedded in {embed_secs:.1} s ({:.1} images/s), index built in {build_secs:.2} s",
+        r.products,
+        r.products as f64 / embed_secs.max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "queries: {} products of {} articleTypes with >= {} images",
+        r.queries,
+        r.classes,
+        eval::MIN_CLASS_SIZE
+    )?;
     for (k, p) in &r.precision {
         writeln!(out, "precision@{k:<2} (same articleType): {p:.4}")?;
     }
-    writeln!(out, "HNSW recall@10 vs exact search:   {:.4}", r.recall_at_10)?;
+    writeln!(
+        out,
+        "HNSW recall@10 vs exact search:   {:.4}",
+        r.recall_at_10
+    )?;
     Ok(())
 }
 
@@ -359,7 +406,11 @@ async fn bench(server: &str, catalog: &Path, spec: &LoadSpec) -> Result<()> {
         Rpc::Embed => entries
             .iter()
             .take(256)
-            .map(|e| std::fs::read(&e.image).map(Bytes::from).with_context(|| format!("cannot read {}", e.image.display())))
+            .map(|e| {
+                std::fs::read(&e.image)
+                    .map(Bytes::from)
+                    .with_context(|| format!("cannot read {}", e.image.display()))
+            })
             .collect::<Result<Vec<_>>>()?,
         Rpc::Similar => Vec::new(),
     };
@@ -369,7 +420,16 @@ async fn bench(server: &str, catalog: &Path, spec: &LoadSpec) -> Result<()> {
     writeln!(
         std::io::stdout().lock(),
         "rpc={:?} concurrency={} duration={:.0}s requests={} errors={} qps={:.1} p50={:.3}ms p95={:.3}ms p99={:.3}ms max={:.3}ms",
-        spec.rpc, spec.concurrency, r.seconds, r.requests, r.errors, r.qps, r.p50, r.p95, r.p99, r.max
+        spec.rpc,
+        spec.concurrency,
+        r.seconds,
+        r.requests,
+        r.errors,
+        r.qps,
+        r.p50,
+        r.p95,
+        r.p99,
+        r.max
     )?;
     Ok(())
 }
@@ -384,17 +444,24 @@ async fn synth(server: &str, catalog: &Path, total: usize, noise: f32, seed: u64
         }
     }
     if bases.is_empty() {
-        bail!("none of the products in {} is in the server's catalogue; import it first", catalog.display());
+        bail!(
+            "none of the products in {} is in the server's catalogue; import it first",
+            catalog.display()
+        );
     }
     let current = client.stats().await?.catalog_size as usize;
     let count = total.saturating_sub(current);
     let items = loadgen::synthesize(&bases, count, noise, seed);
-    let summary = client.import_embeddings(futures::stream::iter(items)).await?;
+    let summary = client
+        .import_embeddings(futures::stream::iter(items))
+        .await?;
     use std::io::Write;
     writeln!(
         std::io::stdout().lock(),
         "added {} synthetic products around {} real ones (noise {noise}); catalogue size {}",
-        summary.added, bases.len(), summary.catalog_size
+        summary.added,
+        bases.len(),
+        summary.catalog_size
     )?;
     Ok(())
 }

@@ -219,7 +219,10 @@ pub struct Overrides {
 
 impl Config {
     /// Loads defaults < file < environment < `overrides`, then validates.
-    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         match file {
             Some(path) => {
@@ -229,8 +232,7 @@ impl Config {
                 builder = builder.add_source(config::File::from(path).required(true));
             }
             None => {
-                builder =
-                    builder.add_source(config::File::with_name(DEFAULT_FILE).required(false));
+                builder = builder.add_source(config::File::with_name(DEFAULT_FILE).required(false));
             }
         }
         builder = builder.add_source(
@@ -267,7 +269,10 @@ impl Config {
         }
         // 1 MiB is far below any real photo; smaller limits are a typo.
         if self.server.max_message_bytes < 1024 * 1024 {
-            return Err(invalid("server.max_message_bytes", "must be at least 1 MiB"));
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be at least 1 MiB",
+            ));
         }
         positive("server.search_concurrency", self.server.search_concurrency)?;
         if self.storage.data_dir.as_os_str().is_empty() {
@@ -297,8 +302,14 @@ impl Config {
         if self.limits.max_k == 0 {
             return Err(invalid("limits.max_k", "must be at least 1"));
         }
-        positive("limits.max_product_id_bytes", self.limits.max_product_id_bytes)?;
-        positive("limits.max_attribute_bytes", self.limits.max_attribute_bytes)?;
+        positive(
+            "limits.max_product_id_bytes",
+            self.limits.max_product_id_bytes,
+        )?;
+        positive(
+            "limits.max_attribute_bytes",
+            self.limits.max_attribute_bytes,
+        )?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
         Ok(())
@@ -335,7 +346,9 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        Config::default().validate().expect("defaults must be valid");
+        Config::default()
+            .validate()
+            .expect("defaults must be valid");
     }
 
     #[test]
@@ -365,7 +378,10 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[index]\nrebuild_dead_ratio = 1.5\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("index.rebuild_dead_ratio"), "{err}");
+        assert!(
+            err.to_string().contains("index.rebuild_dead_ratio"),
+            "{err}"
+        );
 
         std::fs::write(&path, "[server]\nlisten = \"not an address\"\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());

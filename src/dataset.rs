@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1");
         assert_eq!(entries[0].attributes["articleType"], "Shirts");
-        assert_eq!(entries[1].attributes["productDisplayName"], "Steel, black dial");
+        assert_eq!(
+            entries[1].attributes["productDisplayName"],
+            "Steel, black dial"
+        );
         assert!(!entries[1].attributes.contains_key("id"));
     }
 }

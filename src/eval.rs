@@ -46,10 +46,7 @@ pub fn precision_at(label: &str, neighbours: &[&str], k: usize) -> f64 {
 /// Runs the protocol over `items` (id, unit vector, label) already indexed
 /// in `index`.
 pub fn evaluate(items: &[(Arc<str>, Arc<[f32]>, String)], index: &VectorIndex) -> EvalReport {
-    let labels: HashMap<&str, &str> = items
-        .iter()
-        .map(|(id, _, l)| (&**id, l.as_str()))
-        .collect();
+    let labels: HashMap<&str, &str> = items.iter().map(|(id, _, l)| (&**id, l.as_str())).collect();
     let classes = query_labels(items.iter().map(|(_, _, l)| l.as_str()));
     let k_max = CUTOFFS[CUTOFFS.len() - 1];
     let mut sums = [0.0f64; CUTOFFS.len()];

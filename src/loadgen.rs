@@ -79,7 +79,10 @@ pub async fn run(
                         .similar(SimilarTo::Product(ids[i % ids.len()].clone()), spec.k)
                         .await
                         .map(drop),
-                    Rpc::Embed => client.embed(vec![images[i % images.len()].clone()]).await.map(drop),
+                    Rpc::Embed => client
+                        .embed(vec![images[i % images.len()].clone()])
+                        .await
+                        .map(drop),
                 };
                 i += spec.concurrency;
                 let done = Instant::now();
@@ -88,7 +91,8 @@ pub async fn run(
                 }
                 match result {
                     Ok(()) => {
-                        let micros = u64::try_from(done.duration_since(now).as_micros()).unwrap_or(u64::MAX);
+                        let micros =
+                            u64::try_from(done.duration_since(now).as_micros()).unwrap_or(u64::MAX);
                         hist.saturating_record(micros.max(1));
                     }
                     Err(_) => errors += 1,
@@ -146,7 +150,12 @@ pub fn synthesize(
         let sd = noise / (v.len().max(1) as f32).sqrt();
         let normal = Normal::new(0.0f32, sd).expect("a finite, non-negative standard deviation");
         let mut w: Vec<f32> = v.iter().map(|x| x + normal.sample(&mut rng)).collect();
-        let n = w.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        let n = w
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::MIN_POSITIVE);
         w.iter_mut().for_each(|x| *x /= n);
         let mut attrs = attrs.clone();
         attrs.insert("synthetic_from".into(), base_id.clone());
@@ -172,6 +181,10 @@ mod tests {
             assert!(v[0] > 0.9 && v[0] < 0.99, "cos {}", v[0]);
             assert_eq!(attrs["synthetic_from"], "b");
         }
-        assert_eq!(synthesize(&bases, 5, 0.3, 7)[3].1, out[3].1, "deterministic");
+        assert_eq!(
+            synthesize(&bases, 5, 0.3, 7)[3].1,
+            out[3].1,
+            "deterministic"
+        );
     }
 }

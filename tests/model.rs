@@ -20,9 +20,8 @@ fn fixtures() -> PathBuf {
 }
 
 fn read_f32(path: &std::path::Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| {
-        panic!("{}: {e} (run `make setup` first)", path.display())
-    });
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make setup` first)", path.display()));
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -71,7 +70,10 @@ fn resnet50_architecture_runs_through_its_manifest() {
     let encoder = Encoder::load(&encoder_config("models/resnet50_random.toml")).unwrap();
     assert_eq!(encoder.model_name(), "resnet50-random");
     assert_eq!(encoder.dim(), 2048);
-    assert!(encoder.manifest().synthetic, "random weights must be labelled synthetic");
+    assert!(
+        encoder.manifest().synthetic,
+        "random weights must be labelled synthetic"
+    );
     let a = generated_png(1, 300, 200);
     let b = generated_png(2, 180, 260);
     let out = encoder.embed_blocking(&[&a, &b]).unwrap();
@@ -90,10 +92,16 @@ async fn switching_models_is_a_config_change() {
     cfg.model.manifest = repo_root().join("models/resnet50_random.toml");
     let server = TestServer::start(cfg).await;
     let mut c = server.client().await;
-    let stats = c.get_stats(proto::GetStatsRequest {}).await.unwrap().into_inner();
+    let stats = c
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((stats.model.as_str(), stats.dim), ("resnet50-random", 2048));
     let r = c
-        .embed(proto::EmbedRequest { images: vec![generated_png(3, 64, 64).into()] })
+        .embed(proto::EmbedRequest {
+            images: vec![generated_png(3, 64, 64).into()],
+        })
         .await
         .unwrap()
         .into_inner();

@@ -78,10 +78,18 @@ async fn health_reflection_and_stats() {
     let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
         panic!("unexpected reflection response {first:?}");
     };
-    assert!(list.service.iter().any(|s| s.name == "lookbook.v1.Recommender"));
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "lookbook.v1.Recommender")
+    );
 
     let mut client = server.client().await;
-    let stats = client.get_stats(proto::GetStatsRequest {}).await.unwrap().into_inner();
+    let stats = client
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stats.model, "efficientnet-lite2");
     assert_eq!(stats.dim as usize, DIM);
     assert_eq!(stats.catalog_size, 0);
@@ -138,26 +146,64 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     let ia = Code::InvalidArgument;
 
     // Images.
-    assert_eq!(code_of(c.embed(embed_req(b"definitely not an image".to_vec())).await).await, ia);
-    assert_eq!(code_of(c.embed(embed_req(truncated.clone())).await).await, ia);
+    assert_eq!(
+        code_of(
+            c.embed(embed_req(b"definitely not an image".to_vec()))
+                .await
+        )
+        .await,
+        ia
+    );
+    assert_eq!(
+        code_of(c.embed(embed_req(truncated.clone())).await).await,
+        ia
+    );
     assert_eq!(code_of(c.embed(embed_req(Vec::new())).await).await, ia);
     assert_eq!(code_of(c.embed(embed_req(bomb.clone())).await).await, ia);
-    assert_eq!(code_of(c.embed(proto::EmbedRequest { images: vec![] }).await).await, ia);
-    assert_eq!(code_of(c.add_product(image_req(b"not an image".to_vec())).await).await, ia);
+    assert_eq!(
+        code_of(c.embed(proto::EmbedRequest { images: vec![] }).await).await,
+        ia
+    );
+    assert_eq!(
+        code_of(c.add_product(image_req(b"not an image".to_vec())).await).await,
+        ia
+    );
     assert_eq!(code_of(c.add_product(image_req(truncated)).await).await, ia);
     assert_eq!(code_of(c.add_product(image_req(bomb)).await).await, ia);
     // Over the message limit (16 MiB here).
     let huge = vec![0u8; 17 * 1024 * 1024];
-    assert_eq!(code_of(c.add_product(image_req(huge.clone())).await).await, Code::ResourceExhausted);
-    assert_eq!(code_of(c.embed(embed_req(huge.clone())).await).await, Code::ResourceExhausted);
+    assert_eq!(
+        code_of(c.add_product(image_req(huge.clone())).await).await,
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        code_of(c.embed(embed_req(huge.clone())).await).await,
+        Code::ResourceExhausted
+    );
     let stream = futures::stream::iter([image_req(huge)]);
-    assert_eq!(code_of(c.add_products(stream).await).await, Code::ResourceExhausted);
+    assert_eq!(
+        code_of(c.add_products(stream).await).await,
+        Code::ResourceExhausted
+    );
 
     // Ids and content.
     let v = || synthetic_vector(9, DIM);
-    assert_eq!(code_of(c.add_product(embedding_request("", v(), &[])).await).await, ia);
-    assert_eq!(code_of(c.add_product(embedding_request(&"x".repeat(257), v(), &[])).await).await, ia);
-    let neither = proto::AddProductRequest { product_id: "new".into(), ..Default::default() };
+    assert_eq!(
+        code_of(c.add_product(embedding_request("", v(), &[])).await).await,
+        ia
+    );
+    assert_eq!(
+        code_of(
+            c.add_product(embedding_request(&"x".repeat(257), v(), &[]))
+                .await
+        )
+        .await,
+        ia
+    );
+    let neither = proto::AddProductRequest {
+        product_id: "new".into(),
+        ..Default::default()
+    };
     assert_eq!(code_of(c.add_product(neither).await).await, ia);
     let both = proto::AddProductRequest {
         product_id: "new".into(),
@@ -166,36 +212,79 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
         attributes: Default::default(),
     };
     assert_eq!(code_of(c.add_product(both).await).await, ia);
-    assert_eq!(code_of(c.add_product(embedding_request("new", vec![0.1; DIM - 1], &[])).await).await, ia);
+    assert_eq!(
+        code_of(
+            c.add_product(embedding_request("new", vec![0.1; DIM - 1], &[]))
+                .await
+        )
+        .await,
+        ia
+    );
     let mut nan = v();
     nan[3] = f32::NAN;
-    assert_eq!(code_of(c.add_product(embedding_request("new", nan, &[])).await).await, ia);
+    assert_eq!(
+        code_of(c.add_product(embedding_request("new", nan, &[])).await).await,
+        ia
+    );
     let mut inf = v();
     inf[0] = f32::INFINITY;
-    assert_eq!(code_of(c.add_product(embedding_request("new", inf, &[])).await).await, ia);
+    assert_eq!(
+        code_of(c.add_product(embedding_request("new", inf, &[])).await).await,
+        ia
+    );
 
     // k and queries.
-    assert_eq!(code_of(c.recommend_similar(similar_to_id("known", 0)).await).await, ia);
-    assert_eq!(code_of(c.recommend_similar(similar_to_id("known", 101)).await).await, ia);
-    let no_query = proto::RecommendSimilarRequest { k: 5, ..Default::default() };
+    assert_eq!(
+        code_of(c.recommend_similar(similar_to_id("known", 0)).await).await,
+        ia
+    );
+    assert_eq!(
+        code_of(c.recommend_similar(similar_to_id("known", 101)).await).await,
+        ia
+    );
+    let no_query = proto::RecommendSimilarRequest {
+        k: 5,
+        ..Default::default()
+    };
     assert_eq!(code_of(c.recommend_similar(no_query).await).await, ia);
-    assert_eq!(code_of(c.recommend_similar(similar_to_vector(vec![1.0; 3], 5)).await).await, ia);
+    assert_eq!(
+        code_of(
+            c.recommend_similar(similar_to_vector(vec![1.0; 3], 5))
+                .await
+        )
+        .await,
+        ia
+    );
     let bad_image_query = proto::RecommendSimilarRequest {
         query: Some(Query::Image(b"garbage".to_vec().into())),
         k: 5,
         ..Default::default()
     };
-    assert_eq!(code_of(c.recommend_similar(bad_image_query).await).await, ia);
+    assert_eq!(
+        code_of(c.recommend_similar(bad_image_query).await).await,
+        ia
+    );
 
     // Unknown products.
     let nf = Code::NotFound;
-    assert_eq!(code_of(c.recommend_similar(similar_to_id("nope", 5)).await).await, nf);
     assert_eq!(
-        code_of(c.get_product(proto::GetProductRequest { product_id: "nope".into() }).await).await,
+        code_of(c.recommend_similar(similar_to_id("nope", 5)).await).await,
+        nf
+    );
+    assert_eq!(
+        code_of(
+            c.get_product(proto::GetProductRequest {
+                product_id: "nope".into()
+            })
+            .await
+        )
+        .await,
         nf
     );
     let deleted = c
-        .delete_product(proto::DeleteProductRequest { product_id: "nope".into() })
+        .delete_product(proto::DeleteProductRequest {
+            product_id: "nope".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -204,7 +293,13 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     // Nothing changed.
     assert_eq!(catalog_size(&mut c).await, before);
     assert_eq!(
-        code_of(c.get_product(proto::GetProductRequest { product_id: "new".into() }).await).await,
+        code_of(
+            c.get_product(proto::GetProductRequest {
+                product_id: "new".into()
+            })
+            .await
+        )
+        .await,
         nf
     );
 
@@ -232,7 +327,13 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
         .into_inner();
     assert_eq!((r.added, r.replaced, r.failed), (2, 1, 3), "{r:?}");
     assert_eq!(r.errors.len(), 3);
-    assert!(r.errors.iter().any(|e| e.contains("item 2") && e.contains("bulk-bad-image")), "{:?}", r.errors);
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("item 2") && e.contains("bulk-bad-image")),
+        "{:?}",
+        r.errors
+    );
     assert_eq!(r.catalog_size, before + 2);
     server.stop().await;
 }
@@ -243,7 +344,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -259,39 +364,88 @@ async fn upsert_replace_delete_and_background_rebuild() {
     let server = TestServer::start(cfg).await;
     let mut c = server.client().await;
     for i in 0..300u64 {
-        assert!(add_synthetic(&mut c, &format!("p{i}"), i, &[("group", if i % 2 == 0 { "even" } else { "odd" })]).await);
+        assert!(
+            add_synthetic(
+                &mut c,
+                &format!("p{i}"),
+                i,
+                &[("group", if i % 2 == 0 { "even" } else { "odd" })]
+            )
+            .await
+        );
     }
     // A product added now is returned by the very next query.
     assert!(add_synthetic(&mut c, "fresh", 10_000, &[]).await);
-    let r = c.recommend_similar(similar_to_vector(synthetic_vector(10_000, DIM), 1)).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(similar_to_vector(synthetic_vector(10_000, DIM), 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items[0].product_id, "fresh");
     assert!(r.items[0].score > 0.999);
 
     // Replace 60 products with new vectors and delete 40.
     for i in 0..60u64 {
-        assert!(!add_synthetic(&mut c, &format!("p{i}"), 50_000 + i, &[("group", "replaced")]).await);
+        assert!(
+            !add_synthetic(
+                &mut c,
+                &format!("p{i}"),
+                50_000 + i,
+                &[("group", "replaced")]
+            )
+            .await
+        );
     }
     for i in 60..100u64 {
-        let r = c.delete_product(proto::DeleteProductRequest { product_id: format!("p{i}") }).await.unwrap().into_inner();
+        let r = c
+            .delete_product(proto::DeleteProductRequest {
+                product_id: format!("p{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.deleted);
     }
     let check = |c: Client| async move {
         let mut c = c;
         for i in 0..100u64 {
             // Old vector of a replaced/deleted product: the stale point must not come back.
-            let r = c.recommend_similar(similar_to_vector(synthetic_vector(i, DIM), 10)).await.unwrap().into_inner();
+            let r = c
+                .recommend_similar(similar_to_vector(synthetic_vector(i, DIM), 10))
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(r.items.len(), 10);
             for item in &r.items {
-                let n: u64 = item.product_id.trim_start_matches('p').parse().unwrap_or(u64::MAX);
-                assert!(!(60..100).contains(&n), "deleted {} returned", item.product_id);
+                let n: u64 = item
+                    .product_id
+                    .trim_start_matches('p')
+                    .parse()
+                    .unwrap_or(u64::MAX);
+                assert!(
+                    !(60..100).contains(&n),
+                    "deleted {} returned",
+                    item.product_id
+                );
                 if n < 60 {
-                    assert_eq!(item.attributes.get("group").map(String::as_str), Some("replaced"));
-                    assert!(item.score < 0.5, "stale vector of {} matched", item.product_id);
+                    assert_eq!(
+                        item.attributes.get("group").map(String::as_str),
+                        Some("replaced")
+                    );
+                    assert!(
+                        item.score < 0.5,
+                        "stale vector of {} matched",
+                        item.product_id
+                    );
                 }
             }
         }
         for i in 0..60u64 {
-            let r = c.recommend_similar(similar_to_vector(synthetic_vector(50_000 + i, DIM), 1)).await.unwrap().into_inner();
+            let r = c
+                .recommend_similar(similar_to_vector(synthetic_vector(50_000 + i, DIM), 1))
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(r.items[0].product_id, format!("p{i}"));
         }
     };
@@ -302,12 +456,19 @@ async fn upsert_replace_delete_and_background_rebuild() {
     // dead points may remain, but never as many as the threshold.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let s = c.get_stats(proto::GetStatsRequest {}).await.unwrap().into_inner();
+        let s = c
+            .get_stats(proto::GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let points = (s.catalog_size + s.deleted_pending) as f64;
         if s.deleted_pending < 10 || (s.deleted_pending as f64) < 0.1 * points {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rebuild did not happen: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rebuild did not happen: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check(c.clone()).await;
@@ -325,48 +486,107 @@ async fn filters_return_k_when_k_match_even_when_rare() {
     for i in 0..3000u64 {
         let kind = if i % 200 == 7 { "rare" } else { "common" };
         let colour = ["Red", "Blue", "Green"][(i % 3) as usize];
-        items.push(embedding_request(&format!("f{i}"), synthetic_vector(i, DIM), &[("kind", kind), ("colour", colour)]));
+        items.push(embedding_request(
+            &format!("f{i}"),
+            synthetic_vector(i, DIM),
+            &[("kind", kind), ("colour", colour)],
+        ));
     }
-    let r = c.add_products(futures::stream::iter(items)).await.unwrap().into_inner();
+    let r = c
+        .add_products(futures::stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.added, 3000);
     let filter = |must: Vec<(&str, Vec<&str>)>, must_not: Vec<(&str, Vec<&str>)>| {
         let conv = |v: Vec<(&str, Vec<&str>)>| {
             v.into_iter()
-                .map(|(k, vs)| proto::AttributeFilter { key: k.into(), values: vs.into_iter().map(Into::into).collect() })
+                .map(|(k, vs)| proto::AttributeFilter {
+                    key: k.into(),
+                    values: vs.into_iter().map(Into::into).collect(),
+                })
                 .collect()
         };
-        Some(proto::Filter { must: conv(must), must_not: conv(must_not) })
+        Some(proto::Filter {
+            must: conv(must),
+            must_not: conv(must_not),
+        })
     };
-    let ask = |f: Option<proto::Filter>, k: u32, exclude: Vec<String>| proto::RecommendSimilarRequest {
-        query: Some(Query::Embedding(proto::Embedding { values: synthetic_vector(424_242, DIM) })),
-        k,
-        filter: f,
-        exclude_ids: exclude,
-    };
+    let ask =
+        |f: Option<proto::Filter>, k: u32, exclude: Vec<String>| proto::RecommendSimilarRequest {
+            query: Some(Query::Embedding(proto::Embedding {
+                values: synthetic_vector(424_242, DIM),
+            })),
+            k,
+            filter: f,
+            exclude_ids: exclude,
+        };
     // Rare: 15 exist, ask for 10 -> 10, all rare.
-    let r = c.recommend_similar(ask(filter(vec![("kind", vec!["rare"])], vec![]), 10, vec![])).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(ask(
+            filter(vec![("kind", vec!["rare"])], vec![]),
+            10,
+            vec![],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items.len(), 10);
     assert!(r.items.iter().all(|i| i.attributes["kind"] == "rare"));
     // Ask for more than exist -> all 15.
-    let r = c.recommend_similar(ask(filter(vec![("kind", vec!["rare"])], vec![]), 50, vec![])).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(ask(
+            filter(vec![("kind", vec!["rare"])], vec![]),
+            50,
+            vec![],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items.len(), 15);
     // Rare and not Red, excluding two ids.
-    let rare_not_red: Vec<u64> = (0..3000u64).filter(|i| i % 200 == 7 && i % 3 != 0).collect();
-    let exclude: Vec<String> = rare_not_red.iter().take(2).map(|i| format!("f{i}")).collect();
+    let rare_not_red: Vec<u64> = (0..3000u64)
+        .filter(|i| i % 200 == 7 && i % 3 != 0)
+        .collect();
+    let exclude: Vec<String> = rare_not_red
+        .iter()
+        .take(2)
+        .map(|i| format!("f{i}"))
+        .collect();
     let r = c
-        .recommend_similar(ask(filter(vec![("kind", vec!["rare"])], vec![("colour", vec!["Red"])]), 50, exclude.clone()))
+        .recommend_similar(ask(
+            filter(vec![("kind", vec!["rare"])], vec![("colour", vec!["Red"])]),
+            50,
+            exclude.clone(),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.items.len(), rare_not_red.len() - 2);
-    assert!(r.items.iter().all(|i| i.attributes["colour"] != "Red" && !exclude.contains(&i.product_id)));
+    assert!(
+        r.items
+            .iter()
+            .all(|i| i.attributes["colour"] != "Red" && !exclude.contains(&i.product_id))
+    );
     // Unselective must_not goes through the graph and still returns k, sorted.
-    let r = c.recommend_similar(ask(filter(vec![], vec![("colour", vec!["Red", "Blue"])]), 40, vec![])).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(ask(
+            filter(vec![], vec![("colour", vec!["Red", "Blue"])]),
+            40,
+            vec![],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items.len(), 40);
     assert!(r.items.iter().all(|i| i.attributes["colour"] == "Green"));
     assert!(r.items.windows(2).all(|w| w[0].score >= w[1].score));
     // Matches nothing -> empty, not an error.
-    let r = c.recommend_similar(ask(filter(vec![("kind", vec!["none"])], vec![]), 5, vec![])).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(ask(filter(vec![("kind", vec!["none"])], vec![]), 5, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.items.is_empty());
     server.stop().await;
 }
@@ -381,7 +601,14 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
     }
     let mut before = Vec::new();
     for i in 0..200u64 {
-        before.push(c.get_product(proto::GetProductRequest { product_id: format!("r{i}") }).await.unwrap().into_inner());
+        before.push(
+            c.get_product(proto::GetProductRequest {
+                product_id: format!("r{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        );
     }
     server.stop().await;
     let dump = dir.path().join("index");
@@ -413,12 +640,26 @@ async fn verify_restart(dir: &std::path::Path, before: &[proto::Product]) {
     let mut c = server.client().await;
     assert_eq!(catalog_size(&mut c).await, before.len() as u64);
     for p in before {
-        let now = c.get_product(proto::GetProductRequest { product_id: p.product_id.clone() }).await.unwrap().into_inner();
+        let now = c
+            .get_product(proto::GetProductRequest {
+                product_id: p.product_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(&now, p, "product {} changed across restart", p.product_id);
     }
-    let r = c.recommend_similar(similar_to_id("r5", 3)).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(similar_to_id("r5", 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items.len(), 3);
-    let r = c.recommend_similar(similar_to_vector(synthetic_vector(5, DIM), 1)).await.unwrap().into_inner();
+    let r = c
+        .recommend_similar(similar_to_vector(synthetic_vector(5, DIM), 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.items[0].product_id, "r5");
     server.stop().await;
 }
@@ -435,7 +676,14 @@ async fn acknowledged_products_survive_kill_9() {
             let mut acked = Vec::new();
             for i in 0..100_000u64 {
                 let id = format!("k{i}");
-                match c.add_product(embedding_request(&id, synthetic_vector(i, DIM), &[("i", &i.to_string())])).await {
+                match c
+                    .add_product(embedding_request(
+                        &id,
+                        synthetic_vector(i, DIM),
+                        &[("i", &i.to_string())],
+                    ))
+                    .await
+                {
                     Ok(_) => acked.push(i),
                     Err(_) => break,
                 }
@@ -446,18 +694,35 @@ async fn acknowledged_products_survive_kill_9() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     process.kill9();
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 10, "only {} writes before the kill", acked.len());
+    assert!(
+        acked.len() > 10,
+        "only {} writes before the kill",
+        acked.len()
+    );
 
     let process = ServerProcess::spawn(dir.path()).await;
     c = connect(&process.url).await;
     let size = catalog_size(&mut c).await as usize;
     // The write in flight at the kill may or may not have committed.
-    assert!(size == acked.len() || size == acked.len() + 1, "size {size}, acked {}", acked.len());
+    assert!(
+        size == acked.len() || size == acked.len() + 1,
+        "size {size}, acked {}",
+        acked.len()
+    );
     for &i in &acked {
-        let p = c.get_product(proto::GetProductRequest { product_id: format!("k{i}") }).await.unwrap().into_inner();
+        let p = c
+            .get_product(proto::GetProductRequest {
+                product_id: format!("k{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         let got = p.embedding.unwrap().values;
         let want = synthetic_vector(i, DIM);
-        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "k{i} embedding changed");
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "k{i} embedding changed"
+        );
         assert_eq!(p.attributes["i"], i.to_string());
     }
     let status = process.terminate();
@@ -479,7 +744,9 @@ async fn concurrent_inserts_and_searches_lose_nothing() {
             while tokio::time::Instant::now() < deadline && i < 2_000 {
                 let seed = w * 1_000_000 + i;
                 let id = format!("c{seed}");
-                c.add_product(embedding_request(&id, synthetic_vector(seed, DIM), &[])).await.unwrap();
+                c.add_product(embedding_request(&id, synthetic_vector(seed, DIM), &[]))
+                    .await
+                    .unwrap();
                 added.push(seed);
                 i += 1;
             }
@@ -491,7 +758,11 @@ async fn concurrent_inserts_and_searches_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while tokio::time::Instant::now() < deadline {
-                let r = c.recommend_similar(similar_to_vector(synthetic_vector(s * 7 + n, DIM), 10)).await.unwrap().into_inner();
+                let r = c
+                    .recommend_similar(similar_to_vector(synthetic_vector(s * 7 + n, DIM), 10))
+                    .await
+                    .unwrap()
+                    .into_inner();
                 assert!(r.items.windows(2).all(|w| w[0].score >= w[1].score));
                 let ids: HashSet<_> = r.items.iter().map(|i| &i.product_id).collect();
                 assert_eq!(ids.len(), r.items.len(), "duplicate results");
@@ -507,8 +778,16 @@ async fn concurrent_inserts_and_searches_lose_nothing() {
     let mut c = c;
     assert_eq!(catalog_size(&mut c).await as usize, all.len());
     for seed in all {
-        let r = c.recommend_similar(similar_to_vector(synthetic_vector(seed, DIM), 1)).await.unwrap().into_inner();
-        assert_eq!(r.items[0].product_id, format!("c{seed}"), "lost or unfindable c{seed}");
+        let r = c
+            .recommend_similar(similar_to_vector(synthetic_vector(seed, DIM), 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.items[0].product_id,
+            format!("c{seed}"),
+            "lost or unfindable c{seed}"
+        );
     }
     server.stop().await;
 }

@@ -167,9 +167,13 @@ impl TryFrom<(proto::RecommendSimilarRequest, &RequestLimits)> for SimilarQuery 
         use proto::recommend_similar_request::Query;
         let target = match raw.query {
             None => return Err(InvalidRequest::MissingQuery),
-            Some(Query::ProductId(id)) => SimilarTarget::Product(product_id(&id, "product_id", limits)?),
+            Some(Query::ProductId(id)) => {
+                SimilarTarget::Product(product_id(&id, "product_id", limits)?)
+            }
             Some(Query::Image(bytes)) => SimilarTarget::Image(bytes),
-            Some(Query::Embedding(e)) => SimilarTarget::Embedding(embedding(&e, "embedding", limits)?),
+            Some(Query::Embedding(e)) => {
+                SimilarTarget::Embedding(embedding(&e, "embedding", limits)?)
+            }
         };
         let exclude = raw
             .exclude_ids
@@ -179,7 +183,11 @@ impl TryFrom<(proto::RecommendSimilarRequest, &RequestLimits)> for SimilarQuery 
         Ok(Self {
             target,
             k: k(raw.k, limits)?,
-            filter: raw.filter.map(Filter::try_from).transpose()?.unwrap_or_default(),
+            filter: raw
+                .filter
+                .map(Filter::try_from)
+                .transpose()?
+                .unwrap_or_default(),
             exclude,
         })
     }
@@ -234,7 +242,8 @@ mod tests {
         assert_eq!(r.unwrap_err(), InvalidRequest::MissingContent);
         let r = NewProduct::try_from((add("a", b"x", Some(vec![1.0; 4])), &LIMITS));
         assert_eq!(r.unwrap_err(), InvalidRequest::BothContents);
-        let p = NewProduct::try_from((add("a", b"", Some(vec![2.0, 0.0, 0.0, 0.0])), &LIMITS)).unwrap();
+        let p =
+            NewProduct::try_from((add("a", b"", Some(vec![2.0, 0.0, 0.0, 0.0])), &LIMITS)).unwrap();
         match p.content {
             ProductContent::Embedding(e) => assert_eq!(e.as_slice(), &[1.0, 0.0, 0.0, 0.0]),
             ProductContent::Image(_) => panic!("expected an embedding"),
@@ -248,36 +257,65 @@ mod tests {
             assert!(matches!(r, Err(InvalidRequest::ProductId { .. })), "{id:?}");
         }
         let r = NewProduct::try_from((add("a", b"", Some(vec![1.0; 3])), &LIMITS));
-        assert!(matches!(r, Err(InvalidRequest::Embedding { source: InvalidEmbedding::WrongDimension { .. }, .. })));
+        assert!(matches!(
+            r,
+            Err(InvalidRequest::Embedding {
+                source: InvalidEmbedding::WrongDimension { .. },
+                ..
+            })
+        ));
         let r = NewProduct::try_from((add("a", b"", Some(vec![1.0, f32::NAN, 0.0, 0.0])), &LIMITS));
-        assert!(matches!(r, Err(InvalidRequest::Embedding { source: InvalidEmbedding::NotFinite { index: 1 }, .. })));
+        assert!(matches!(
+            r,
+            Err(InvalidRequest::Embedding {
+                source: InvalidEmbedding::NotFinite { index: 1 },
+                ..
+            })
+        ));
     }
 
     #[test]
     fn similar_requires_query_and_sane_k() {
         let base = proto::RecommendSimilarRequest {
-            query: Some(proto::recommend_similar_request::Query::ProductId("a".into())),
+            query: Some(proto::recommend_similar_request::Query::ProductId(
+                "a".into(),
+            )),
             k: 10,
             ..Default::default()
         };
         assert!(SimilarQuery::try_from((base.clone(), &LIMITS)).is_ok());
-        let r = SimilarQuery::try_from((proto::RecommendSimilarRequest { query: None, ..base.clone() }, &LIMITS));
+        let r = SimilarQuery::try_from((
+            proto::RecommendSimilarRequest {
+                query: None,
+                ..base.clone()
+            },
+            &LIMITS,
+        ));
         assert_eq!(r.unwrap_err(), InvalidRequest::MissingQuery);
         for k in [0, 101] {
-            let r = SimilarQuery::try_from((proto::RecommendSimilarRequest { k, ..base.clone() }, &LIMITS));
+            let r = SimilarQuery::try_from((
+                proto::RecommendSimilarRequest { k, ..base.clone() },
+                &LIMITS,
+            ));
             assert_eq!(r.unwrap_err(), InvalidRequest::K { k, max: 100 });
         }
         let r = SimilarQuery::try_from((
             proto::RecommendSimilarRequest {
                 filter: Some(proto::Filter {
-                    must: vec![proto::AttributeFilter { key: "t".into(), values: vec![] }],
+                    must: vec![proto::AttributeFilter {
+                        key: "t".into(),
+                        values: vec![],
+                    }],
                     must_not: vec![],
                 }),
                 ..base
             },
             &LIMITS,
         ));
-        assert_eq!(r.unwrap_err(), InvalidRequest::Filter(InvalidFilter::NoValues { key: "t".into() }));
+        assert_eq!(
+            r.unwrap_err(),
+            InvalidRequest::Filter(InvalidFilter::NoValues { key: "t".into() })
+        );
     }
 
     proptest! {

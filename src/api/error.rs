@@ -11,9 +11,7 @@ use std::fmt::Write as _;
 use tonic::{Code, Status};
 
 use super::convert::InvalidRequest;
-use crate::{
-    catalog::CatalogError, encoder::EncoderError, index::IndexError, store::StoreError,
-};
+use crate::{catalog::CatalogError, encoder::EncoderError, index::IndexError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,9 +96,7 @@ impl ApiError {
                 CatalogError::Encoder(e) => encoder(e),
                 CatalogError::Store(e) => store(e),
                 CatalogError::Index(e) => index(e),
-                CatalogError::ModelMismatch { .. } => {
-                    Public::caller(Code::FailedPrecondition, e)
-                }
+                CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
                 CatalogError::BadModelOutput(_)
                 | CatalogError::DataDir { .. }
                 | CatalogError::Task(_) => Public::internal(),
@@ -154,13 +150,15 @@ mod tests {
         assert_eq!(s.code(), Code::NotFound);
         assert!(s.message().contains("42"));
 
-        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(EncoderError::Runtime(
-            "secret /var/lib path".into(),
-        ))));
+        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(
+            EncoderError::Runtime("secret /var/lib path".into()),
+        )));
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret"));
 
-        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(EncoderError::Overloaded)));
+        let s = Status::from(ApiError::Catalog(CatalogError::Encoder(
+            EncoderError::Overloaded,
+        )));
         assert_eq!(s.code(), Code::ResourceExhausted);
     }
 }

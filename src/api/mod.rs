@@ -112,11 +112,10 @@ pub async fn start(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .with_service_name(SERVICE_NAME)
         .build_v1()?;
-    let recommender = proto::recommender_server::RecommenderServer::new(
-        service::RecommenderService::new(ready),
-    )
-    .max_decoding_message_size(settings.max_message_bytes)
-    .max_encoding_message_size(settings.max_message_bytes);
+    let recommender =
+        proto::recommender_server::RecommenderServer::new(service::RecommenderService::new(ready))
+            .max_decoding_message_size(settings.max_message_bytes)
+            .max_encoding_message_size(settings.max_message_bytes);
 
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
@@ -161,5 +160,6 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
 
 /// tonic's wording, raw or percent-encoded as in a `grpc-message` header.
 pub(crate) fn is_oversize_message(message: &str) -> bool {
-    message.contains("message length too large") || message.contains("message%20length%20too%20large")
+    message.contains("message length too large")
+        || message.contains("message%20length%20too%20large")
 }

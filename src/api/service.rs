@@ -91,7 +91,8 @@ impl RecommenderRpc for RecommenderService {
         request: Request<proto::EmbedRequest>,
     ) -> Result<Response<proto::EmbedResponse>, Status> {
         let ready = self.ready()?;
-        let EmbedImages(images) = EmbedImages::try_from(request.into_inner()).map_err(ApiError::from)?;
+        let EmbedImages(images) =
+            EmbedImages::try_from(request.into_inner()).map_err(ApiError::from)?;
         let catalog = ready.recommender.catalog();
         let embeddings = catalog.embed(images).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::EmbedResponse {
@@ -136,7 +137,9 @@ impl RecommenderRpc for RecommenderService {
             let item = item.map_err(|status| {
                 // Same mapping as `oversize_is_resource_exhausted`, for a
                 // message of the stream that is over the limit.
-                if status.code() == tonic::Code::OutOfRange && super::is_oversize_message(status.message()) {
+                if status.code() == tonic::Code::OutOfRange
+                    && super::is_oversize_message(status.message())
+                {
                     Status::resource_exhausted(status.message().to_owned())
                 } else {
                     status
@@ -161,7 +164,8 @@ impl RecommenderRpc for RecommenderService {
         request: Request<proto::GetProductRequest>,
     ) -> Result<Response<proto::Product>, Status> {
         let ready = self.ready()?;
-        let id = requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
+        let id =
+            requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
         let product = ready
             .recommender
             .catalog()
@@ -176,7 +180,8 @@ impl RecommenderRpc for RecommenderService {
         request: Request<proto::DeleteProductRequest>,
     ) -> Result<Response<proto::DeleteProductResponse>, Status> {
         let ready = self.ready()?;
-        let id = requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
+        let id =
+            requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
         let (deleted, catalog_size) = ready
             .recommender
             .catalog()
@@ -194,8 +199,8 @@ impl RecommenderRpc for RecommenderService {
         request: Request<proto::RecommendSimilarRequest>,
     ) -> Result<Response<proto::RecommendResponse>, Status> {
         let ready = self.ready()?;
-        let query =
-            SimilarQuery::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
+        let query = SimilarQuery::try_from((request.into_inner(), &ready.limits))
+            .map_err(ApiError::from)?;
         let items = ready
             .recommender
             .similar(query)
@@ -234,7 +239,8 @@ impl ImportSummary {
         self.failed += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
             let id: String = id.chars().take(64).collect();
-            self.errors.push(format!("item {position} (id {id:?}): {reason}"));
+            self.errors
+                .push(format!("item {position} (id {id:?}): {reason}"));
         }
     }
 

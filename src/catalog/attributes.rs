@@ -170,7 +170,10 @@ mod tests {
         Filter {
             must: vec![AttributeFilter {
                 key: key.to_owned(),
-                values: values.iter().map(|v| (*v).to_owned()).collect::<BTreeSet<_>>(),
+                values: values
+                    .iter()
+                    .map(|v| (*v).to_owned())
+                    .collect::<BTreeSet<_>>(),
             }],
             must_not: vec![],
         }
@@ -183,7 +186,13 @@ mod tests {
         t.insert(Arc::from("2"), attrs(&[("type", "Shirts")]));
         t.insert(Arc::from("3"), attrs(&[("type", "Watches")]));
         let f = must("type", &["Shirts"]);
-        let mut c = t.view().narrow_candidates(&f, 10).unwrap().into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let mut c = t
+            .view()
+            .narrow_candidates(&f, 10)
+            .unwrap()
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
         c.sort();
         assert_eq!(c, ["1", "2"]);
 
@@ -191,7 +200,10 @@ mod tests {
         assert_eq!(t.view().narrow_candidates(&f, 10).unwrap(), ["1"]);
         assert!(t.remove("1"));
         assert!(!t.remove("1"));
-        assert_eq!(t.view().narrow_candidates(&f, 10).unwrap(), Vec::<&str>::new());
+        assert_eq!(
+            t.view().narrow_candidates(&f, 10).unwrap(),
+            Vec::<&str>::new()
+        );
         assert_eq!(t.len(), 2);
     }
 
@@ -201,10 +213,16 @@ mod tests {
         for i in 0..10 {
             t.insert(Arc::from(i.to_string()), attrs(&[("type", "Shirts")]));
         }
-        assert!(t.view().narrow_candidates(&must("type", &["Shirts"]), 5).is_none());
+        assert!(
+            t.view()
+                .narrow_candidates(&must("type", &["Shirts"]), 5)
+                .is_none()
+        );
         assert!(t.view().narrow_candidates(&Filter::default(), 5).is_none());
         assert_eq!(
-            t.view().narrow_candidates(&must("colour", &["Red"]), 5).unwrap(),
+            t.view()
+                .narrow_candidates(&must("colour", &["Red"]), 5)
+                .unwrap(),
             Vec::<&str>::new()
         );
     }

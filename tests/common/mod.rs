@@ -64,8 +64,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     )
     .expect("test configuration is valid");
     cfg.model.manifest = repo_root().join("models/efficientnet_lite2.toml");
-    cfg.model.onnxruntime_library =
-        repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
+    cfg.model.onnxruntime_library = repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
     cfg.telemetry.log_filter = "warn,lookbook=info".to_owned();
     cfg
 }
@@ -230,7 +229,11 @@ pub fn synthetic_vector(seed: u64, dim: usize) -> Vec<f32> {
     v
 }
 
-pub fn embedding_request(id: &str, values: Vec<f32>, attrs: &[(&str, &str)]) -> proto::AddProductRequest {
+pub fn embedding_request(
+    id: &str,
+    values: Vec<f32>,
+    attrs: &[(&str, &str)],
+) -> proto::AddProductRequest {
     proto::AddProductRequest {
         product_id: id.to_owned(),
         image: Default::default(),
@@ -244,7 +247,9 @@ pub fn embedding_request(id: &str, values: Vec<f32>, attrs: &[(&str, &str)]) -> 
 
 pub fn similar_to_id(id: &str, k: u32) -> proto::RecommendSimilarRequest {
     proto::RecommendSimilarRequest {
-        query: Some(proto::recommend_similar_request::Query::ProductId(id.to_owned())),
+        query: Some(proto::recommend_similar_request::Query::ProductId(
+            id.to_owned(),
+        )),
         k,
         filter: None,
         exclude_ids: vec![],
