@@ -30,7 +30,7 @@ pub enum ConfigError {
 
 /// The whole service configuration. Every field has a default, so an empty
 /// file (or none) gives a working local set-up from the repository root.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -127,19 +127,6 @@ pub struct TelemetryConfig {
     /// `tracing_subscriber` filter directive, e.g. `info,lookbook=debug`.
     pub log_filter: String,
     pub log_format: LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            model: ModelConfig::default(),
-            index: IndexConfig::default(),
-            limits: LimitsConfig::default(),
-            telemetry: TelemetryConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

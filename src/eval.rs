@@ -43,9 +43,11 @@ pub fn precision_at(label: &str, neighbours: &[&str], k: usize) -> f64 {
     hits as f64 / k as f64
 }
 
-/// Runs the protocol over `items` (id, unit vector, label) already indexed
-/// in `index`.
-pub fn evaluate(items: &[(Arc<str>, Arc<[f32]>, String)], index: &VectorIndex) -> EvalReport {
+/// One evaluated product: id, unit vector, label.
+pub type LabelledVector = (Arc<str>, Arc<[f32]>, String);
+
+/// Runs the protocol over `items` already indexed in `index`.
+pub fn evaluate(items: &[LabelledVector], index: &VectorIndex) -> EvalReport {
     let labels: HashMap<&str, &str> = items.iter().map(|(id, _, l)| (&**id, l.as_str())).collect();
     let classes = query_labels(items.iter().map(|(_, _, l)| l.as_str()));
     let k_max = CUTOFFS[CUTOFFS.len() - 1];

@@ -18,7 +18,7 @@ use lookbook::{
 };
 
 fn read(path: &std::path::Path) -> bytes::Bytes {
-    bytes::Bytes::from(std::fs::read(path).unwrap())
+    bytes::Bytes::from(std::fs::read(path).expect("read a sample photo"))
 }
 
 fn norm(v: &[f32]) -> f32 {

@@ -24,7 +24,7 @@ async fn catalog_size(client: &mut Client) -> u64 {
     client
         .get_stats(proto::GetStatsRequest {})
         .await
-        .unwrap()
+        .expect("RPC succeeds")
         .into_inner()
         .catalog_size
 }
@@ -645,20 +645,20 @@ async fn verify_restart(dir: &std::path::Path, before: &[proto::Product]) {
                 product_id: p.product_id.clone(),
             })
             .await
-            .unwrap()
+            .expect("RPC succeeds")
             .into_inner();
         assert_eq!(&now, p, "product {} changed across restart", p.product_id);
     }
     let r = c
         .recommend_similar(similar_to_id("r5", 3))
         .await
-        .unwrap()
+        .expect("RPC succeeds")
         .into_inner();
     assert_eq!(r.items.len(), 3);
     let r = c
         .recommend_similar(similar_to_vector(synthetic_vector(5, DIM), 1))
         .await
-        .unwrap()
+        .expect("RPC succeeds")
         .into_inner();
     assert_eq!(r.items[0].product_id, "r5");
     server.stop().await;

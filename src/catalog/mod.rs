@@ -486,10 +486,11 @@ impl Catalog {
             };
             let quiet = last_seen == Some(version);
             last_seen = Some(version);
-            if quiet && self.dumped_version.load(Ordering::Acquire) != version {
-                if let Err(error) = self.dump_index().await {
-                    tracing::error!(%error, "cannot write the index dump");
-                }
+            if quiet
+                && self.dumped_version.load(Ordering::Acquire) != version
+                && let Err(error) = self.dump_index().await
+            {
+                tracing::error!(%error, "cannot write the index dump");
             }
         }
     }
