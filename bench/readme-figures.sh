@@ -38,9 +38,9 @@ start_server() {
 stop_server() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 
-exec 3> "$out"
-say() { echo "$*" | tee /dev/fd/3; }
-block() { echo '```' >&3; tee /dev/fd/3; echo '```' >&3; }
+: > "$out"
+say() { echo "$*" | tee -a "$out"; }
+block() { echo '```' >> "$out"; tee -a "$out"; echo '```' >> "$out"; }
 
 say "# Figures for the README"
 say ""
@@ -86,5 +86,4 @@ stop_server
 
 say "## Retrieval quality (lookbook eval)"
 "$bin" eval "$data" | block
-exec 3>&-
 echo "wrote $out"

@@ -78,12 +78,7 @@ impl Recommender {
                 product.embedding
             }
             SimilarTarget::Embedding(e) => e,
-            SimilarTarget::Image(bytes) => {
-                let mut v = self.catalog.embed(vec![bytes]).await?;
-                v.pop().ok_or(CatalogError::BadModelOutput(
-                    crate::domain::InvalidEmbedding::Zero,
-                ))?
-            }
+            SimilarTarget::Image(bytes) => self.catalog.embed_one(bytes).await?,
         };
         // Closed only if the recommender is dropped, which cannot happen
         // while `self` is borrowed.

@@ -99,7 +99,8 @@ impl ApiError {
                 CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
                 CatalogError::BadModelOutput(_)
                 | CatalogError::DataDir { .. }
-                | CatalogError::Task(_) => Public::internal(),
+                | CatalogError::Task(_)
+                | CatalogError::Internal(_) => Public::internal(),
             },
         }
     }

@@ -11,8 +11,8 @@ mod service;
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::OnceCell};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use error::ApiError;
@@ -124,7 +124,12 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection)
         .add_service(recommender);
-    let incoming = TcpListenerStream::new(listener);
+    // Without TCP_NODELAY small responses wait for the peer's delayed ACK
+    // (measured: a flat ~40 ms added to every RecommendSimilar call).
+    // Keepalive notices peers that vanished without closing.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let grace = settings.shutdown_grace;
     let task = tokio::spawn(async move {
         let drained = shutdown.clone();

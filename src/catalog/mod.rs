@@ -69,6 +69,9 @@ pub enum CatalogError {
     },
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A broken internal invariant (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// What a product is embedded from.
@@ -151,12 +154,8 @@ impl Catalog {
     ) -> Result<(Self, StartupReport), CatalogError> {
         let started = Instant::now();
         let model = encoder.model_name().to_owned();
-        let dim = u32::try_from(encoder.dim()).map_err(|_| {
-            CatalogError::BadModelOutput(InvalidEmbedding::WrongDimension {
-                got: encoder.dim(),
-                expected: u32::MAX as usize,
-            })
-        })?;
+        let dim = u32::try_from(encoder.dim())
+            .map_err(|_| CatalogError::Internal("the model's dimension does not fit in u32"))?;
         let dim_usize = encoder.dim();
         let dump_dir = data_dir.join(INDEX_DUMP_DIR);
         let (store, index, attributes, from_dump, dumped_version) = tokio::task::spawn_blocking({
@@ -278,24 +277,28 @@ impl Catalog {
             .collect()
     }
 
+    /// Embeds one image.
+    pub async fn embed_one(&self, image: Bytes) -> Result<Embedding, CatalogError> {
+        self.embed(vec![image])
+            .await?
+            .pop()
+            .ok_or(CatalogError::Internal(
+                "the encoder returned no embedding for an image",
+            ))
+    }
+
     /// Upserts one product; returns once it is durable and searchable.
     pub async fn add(&self, product: NewProduct) -> Result<AddOutcome, CatalogError> {
         let embedding = match product.content {
             ProductContent::Embedding(e) => e,
-            ProductContent::Image(bytes) => {
-                let mut v = self.embed(vec![bytes]).await?;
-                // `embed` returns exactly one embedding per image it was given.
-                v.pop()
-                    .ok_or(CatalogError::BadModelOutput(InvalidEmbedding::Zero))?
-            }
+            ProductContent::Image(bytes) => self.embed_one(bytes).await?,
         };
         let mut outcome = self
             .commit(vec![(product.id, product.attributes, embedding)])
             .await?;
-        let created = outcome
-            .results
-            .pop()
-            .ok_or(CatalogError::BadModelOutput(InvalidEmbedding::Zero))??;
+        let created = outcome.results.pop().ok_or(CatalogError::Internal(
+            "commit returned no result for its item",
+        ))??;
         Ok(AddOutcome {
             created,
             catalog_size: outcome.catalog_size,
@@ -352,7 +355,11 @@ impl Catalog {
         Ok(BulkOutcome {
             results: results
                 .into_iter()
-                .map(|r| r.unwrap_or(Ok(false)))
+                .map(|r| {
+                    r.unwrap_or(Err(CatalogError::Internal(
+                        "bulk item left without a result",
+                    )))
+                })
                 .collect(),
             catalog_size: committed.catalog_size,
         })
