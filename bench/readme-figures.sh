@@ -20,12 +20,14 @@ trap cleanup EXIT
 [ -x "$bin" ] || { echo "run 'make setup' first" >&2; exit 1; }
 [ -f "$data/styles.csv" ] || { echo "no catalogue at $data" >&2; exit 1; }
 
-# start_server DATA_DIR: starts the server, waits for SERVING (bounded), prints seconds to SERVING.
+# start_server DATA_DIR: starts the server, waits for SERVING (bounded), sets
+# $pid and $secs (seconds to SERVING). Not for use in $(...): the server
+# would hold the substitution's pipe open.
 start_server() {
   local log="$work/server.log" t0 t1
   : > "$log"
   t0=$EPOCHREALTIME
-  LOOKBOOK__TELEMETRY__LOG_FORMAT=json "$bin" serve --listen "127.0.0.1:$port" --data-dir "$1" 2> "$log" &
+  LOOKBOOK__TELEMETRY__LOG_FORMAT=json "$bin" serve --listen "127.0.0.1:$port" --data-dir "$1" > /dev/null 2> "$log" &
   pid=$!
   for _ in $(seq 1 3000); do
     grep -q '"message":"SERVING"' "$log" && break
@@ -33,7 +35,7 @@ start_server() {
     sleep 0.05
   done
   t1=$EPOCHREALTIME
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 }
 stop_server() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
@@ -48,13 +50,13 @@ say "Measured by \`bash bench/readme-figures.sh\` on $(date -u +%Y-%m-%d): $(npr
 say ""
 
 empty="$work/empty"
-start_server "$empty" > /dev/null
+start_server "$empty"
 rss_empty=$(rss_kib)
 stop_server
 
 say "## Import of the fashion sample (decode + embed + durable insert)"
 dir="$work/data"
-start_server "$dir" > /dev/null
+start_server "$dir"
 "$bin" import "$data" --server "$url" | block
 
 say "## Embed throughput (one photo per call)"
@@ -73,14 +75,14 @@ done
 stop_server
 
 say "## Start-up and memory with 12,000 products"
-secs=$(start_server "$dir")
+start_server "$dir"
 rss_full=$(rss_kib)
 say "start-up to SERVING (index from dump): ${secs} s"
 say "RSS: empty catalogue ${rss_empty} KiB, 12,000 products ${rss_full} KiB => $(( (rss_full - rss_empty) * 1024 / 12000 )) bytes per product (raw 1280-d f32 vector: 5120 bytes)"
 grep "catalogue loaded" "$work/server.log" | tail -1 | block
 stop_server
 rm -rf "$dir/index"
-secs=$(start_server "$dir")
+start_server "$dir"
 say "start-up to SERVING without a dump (index rebuilt from the store): ${secs} s"
 stop_server
 
