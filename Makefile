@@ -6,7 +6,7 @@ CARGO        ?= cargo
 FASHION_DATA ?= $(abspath ../shared/data/fashion-sample)
 export LOOKBOOK_FASHION_DATA ?= $(FASHION_DATA)
 
-.PHONY: setup models test-models run test lint fmt bench eval clean
+.PHONY: setup models test-models run test lint fmt bench eval eval-personal clean
 
 ## set-up: ONNX Runtime library + default model (idempotent), then the release binary
 setup: models
@@ -38,6 +38,10 @@ bench: setup
 
 eval: setup
 	./target/release/lookbook eval $(LOOKBOOK_FASHION_DATA)
+
+## eval-personal: simulated-shopper evaluation; the report lands in bench/EVAL-PERSONAL.md
+eval-personal: setup
+	./target/release/lookbook eval-personal $(LOOKBOOK_FASHION_DATA) | tee bench/EVAL-PERSONAL.md
 
 clean:
 	rm -rf target .cache models/*.onnx

@@ -16,6 +16,7 @@ use crate::{
     catalog::{Catalog, CatalogError, StartupReport},
     config::Config,
     encoder::{Encoder, EncoderError},
+    personalize::{PersonalizeError, Personalizer},
     recommend::Recommender,
 };
 
@@ -30,6 +31,8 @@ pub enum AppError {
     Encoder(#[from] EncoderError),
     #[error("cannot open the catalogue: {0}")]
     Catalog(#[from] CatalogError),
+    #[error("cannot load shopper state: {0}")]
+    Personalize(#[from] PersonalizeError),
     #[error(transparent)]
     Serve(#[from] api::ServeError),
     #[error("start-up task failed: {0}")]
@@ -108,12 +111,36 @@ impl Bound {
             "catalogue loaded"
         );
         let catalog = Arc::new(catalog);
+        let opened = tokio::select! {
+            opened = Personalizer::open(
+                Arc::clone(catalog.store()),
+                Arc::clone(&catalog),
+                config.personalize.clone(),
+            ) => opened,
+            () = shutdown.cancelled() => return finish(server).await,
+        };
+        let (personalizer, shoppers) = match opened {
+            Ok(v) => v,
+            Err(error) => {
+                shutdown.cancel();
+                let _ = finish(server).await;
+                return Err(error.into());
+            }
+        };
+        tracing::info!(
+            users = shoppers.users,
+            interactions = shoppers.interactions,
+            trending_products = shoppers.trending_products,
+            "shopper state loaded"
+        );
         let limits = RequestLimits {
             dim: catalog.dim() as usize,
             max_k: config.limits.max_k,
             max_product_id_bytes: config.limits.max_product_id_bytes,
             max_attributes: config.limits.max_attributes,
             max_attribute_bytes: config.limits.max_attribute_bytes,
+            max_user_id_bytes: config.limits.max_user_id_bytes,
+            max_examples: config.limits.max_examples,
         };
         let maintenance = tokio::spawn(
             Arc::clone(&catalog).maintain(config.index.maintenance_interval, shutdown.clone()),
@@ -122,6 +149,7 @@ impl Bound {
             .serving(Ready {
                 recommender: Recommender::new(
                     Arc::clone(&catalog),
+                    Arc::new(personalizer),
                     config.server.search_concurrency,
                     config.index.exact_threshold,
                 ),

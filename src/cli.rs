@@ -124,6 +124,20 @@ pub enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Evaluate personalized recommendations on simulated shoppers built
+    /// from the catalogue's labels (prints a Markdown report).
+    EvalPersonal {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        shoppers: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Embeddings of the photos are cached here between runs.
+        #[arg(long, default_value = ".cache/eval/embeddings.bin")]
+        cache: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +191,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
             crate::telemetry::init(&config.telemetry);
             evaluate(&config, &dir, limit).await
+        }
+        Command::EvalPersonal {
+            dir,
+            shoppers,
+            seed,
+            k,
+            cache,
+        } => {
+            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
+            crate::telemetry::init(&config.telemetry);
+            let spec = crate::eval_personal::Spec {
+                shoppers: shoppers.max(3),
+                seed,
+                k: k.max(1),
+                cache,
+            };
+            let report = crate::eval_personal::run(&config, &dir, &spec).await?;
+            use std::io::Write;
+            write!(std::io::stdout().lock(), "{report}")?;
+            Ok(())
         }
     }
 }

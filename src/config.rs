@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::{encoder::EncoderConfig, index::IndexParams};
+use crate::{encoder::EncoderConfig, index::IndexParams, personalize::PersonalizeConfig};
 
 /// Environment prefix; `__` separates nesting levels.
 const ENV_PREFIX: &str = "LOOKBOOK";
@@ -38,6 +38,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub index: IndexConfig,
     pub limits: LimitsConfig,
+    pub personalize: PersonalizeConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -112,6 +113,12 @@ pub struct LimitsConfig {
     /// Most attributes on one product, and longest key/value in bytes.
     pub max_attributes: usize,
     pub max_attribute_bytes: usize,
+    /// Longest accepted user id, in bytes.
+    pub max_user_id_bytes: usize,
+    /// Most ids in `positive_ids` + `negative_ids`, or in
+    /// `context_product_ids`: each costs a search or a similarity per
+    /// candidate.
+    pub max_examples: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,6 +191,8 @@ impl Default for LimitsConfig {
             max_product_id_bytes: 256,
             max_attributes: 64,
             max_attribute_bytes: 1024,
+            max_user_id_bytes: 256,
+            max_examples: 64,
         }
     }
 }
@@ -191,7 +200,8 @@ impl Default for LimitsConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            log_filter: "info".to_owned(),
+            // hnsw_rs logs every graph's parameters at info.
+            log_filter: "info,hnsw_rs=warn".to_owned(),
             log_format: LogFormat::Text,
         }
     }
@@ -297,6 +307,14 @@ impl Config {
             "limits.max_attribute_bytes",
             self.limits.max_attribute_bytes,
         )?;
+        positive("limits.max_user_id_bytes", self.limits.max_user_id_bytes)?;
+        positive("limits.max_examples", self.limits.max_examples)?;
+        if let Err((field, reason)) = self.personalize.validate() {
+            return Err(ConfigError::Invalid {
+                field: "personalize",
+                reason: format!("{field} {reason}"),
+            });
+        }
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
         Ok(())
@@ -372,6 +390,14 @@ mod tests {
 
         std::fs::write(&path, "[server]\nlisten = \"not an address\"\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+
+        std::fs::write(&path, "[personalize]\nmax_interests = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_interests"), "{err}");
+
+        std::fs::write(&path, "[personalize]\nhalf_life = \"7d\"\n").unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.personalize.half_life, Duration::from_secs(7 * 86_400));
 
         std::fs::write(&path, "[server]\nno_such_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();

@@ -19,30 +19,37 @@ pub type Attributes = BTreeMap<String, String>;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProductId(Arc<str>);
 
+/// Why a product or user id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidProductId {
-    #[error("product id is empty")]
+pub enum InvalidId {
+    #[error("id is empty")]
     Empty,
-    #[error("product id is {len} bytes, the limit is {max}")]
+    #[error("id is {len} bytes, the limit is {max}")]
     TooLong { len: usize, max: usize },
-    #[error("product id contains a control character")]
+    #[error("id contains a control character")]
     ControlCharacter,
 }
 
+/// The rules product and user ids share.
+fn check_id(raw: &str, max_bytes: usize) -> Result<(), InvalidId> {
+    if raw.is_empty() {
+        return Err(InvalidId::Empty);
+    }
+    if raw.len() > max_bytes {
+        return Err(InvalidId::TooLong {
+            len: raw.len(),
+            max: max_bytes,
+        });
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(InvalidId::ControlCharacter);
+    }
+    Ok(())
+}
+
 impl ProductId {
-    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidProductId> {
-        if raw.is_empty() {
-            return Err(InvalidProductId::Empty);
-        }
-        if raw.len() > max_bytes {
-            return Err(InvalidProductId::TooLong {
-                len: raw.len(),
-                max: max_bytes,
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidProductId::ControlCharacter);
-        }
+    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidId> {
+        check_id(raw, max_bytes)?;
         Ok(Self(Arc::from(raw)))
     }
 
@@ -68,6 +75,43 @@ impl fmt::Debug for ProductId {
 }
 
 impl fmt::Display for ProductId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A shopper id, chosen by the calling shop (opaque to us); same rules as
+/// [`ProductId`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidId> {
+        check_id(raw, max_bytes)?;
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// For ids read back from our own store, validated when written.
+    pub fn from_trusted(raw: Arc<str>) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -146,6 +190,16 @@ impl fmt::Debug for Embedding {
     }
 }
 
+/// Dot product; the cosine similarity of two unit vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Euclidean norm.
+pub fn norm(a: &[f32]) -> f32 {
+    dot(a, a).sqrt()
+}
+
 /// Matches when `attributes[key]` is one of `values`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttributeFilter {
@@ -196,14 +250,14 @@ mod tests {
 
     #[test]
     fn product_id_rules() {
-        assert_eq!(ProductId::parse("", 8), Err(InvalidProductId::Empty));
+        assert_eq!(ProductId::parse("", 8), Err(InvalidId::Empty));
         assert_eq!(
             ProductId::parse("123456789", 8),
-            Err(InvalidProductId::TooLong { len: 9, max: 8 })
+            Err(InvalidId::TooLong { len: 9, max: 8 })
         );
         assert_eq!(
             ProductId::parse("a\nb", 8),
-            Err(InvalidProductId::ControlCharacter)
+            Err(InvalidId::ControlCharacter)
         );
         assert_eq!(ProductId::parse("1563", 8).unwrap().as_str(), "1563");
     }

@@ -7,7 +7,11 @@
 //!   domain types), the single error -> `Status` mapping, a typed client.
 //! - [`app`]: wiring: bind, load, serve with health/reflection, drain.
 //! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`, `eval`).
-//! - [`recommend`]: query planning for similar-product queries.
+//! - [`recommend`]: query planning: similar products (Qdrant-style
+//!   positives/negatives) and per-shopper recommendations; shares, caps,
+//!   MMR and reasons.
+//! - [`personalize`]: interactions, multi-interest taste profiles and
+//!   trending, group-committed to the store.
 //! - [`catalog`]: keeps the store, the attribute table and the index in step.
 //! - [`encoder`]: image -> embedding with ONNX Runtime, on its own bounded pool.
 //! - [`index`]: HNSW (hnsw_rs) with tombstones, exact fallback, background
@@ -16,7 +20,7 @@
 //! - [`domain`]: validated types shared by the core.
 //! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.
 //! - [`config`], [`telemetry`], [`dataset`] (Kaggle-style folders), [`eval`]
-//!   (retrieval metrics).
+//!   (retrieval metrics), [`eval_personal`] (simulated shoppers).
 
 pub mod api;
 pub mod app;
@@ -27,8 +31,10 @@ pub mod dataset;
 pub mod domain;
 pub mod encoder;
 pub mod eval;
+pub mod eval_personal;
 pub mod index;
 pub mod loadgen;
+pub mod personalize;
 pub mod recommend;
 pub mod store;
 pub mod telemetry;

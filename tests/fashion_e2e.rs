@@ -292,7 +292,7 @@ async fn fashion_sample_end_to_end() {
                 must: vec![must(ARTICLE_TYPE, &[rare])],
                 must_not: vec![],
             }),
-            exclude_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -307,7 +307,7 @@ async fn fashion_sample_end_to_end() {
                 must: vec![must("gender", &["Women"])],
                 must_not: vec![must("baseColour", &["Black", "White"])],
             }),
-            exclude_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

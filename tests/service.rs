@@ -520,6 +520,7 @@ async fn filters_return_k_when_k_match_even_when_rare() {
             k,
             filter: f,
             exclude_ids: exclude,
+            ..Default::default()
         };
     // Rare: 15 exist, ask for 10 -> 10, all rare.
     let r = c

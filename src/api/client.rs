@@ -58,6 +58,8 @@ pub struct Hit {
     pub id: String,
     pub score: f32,
     pub attributes: BTreeMap<String, String>,
+    /// Why the server picked it ("similar to 1563", "trending", ...).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -139,8 +141,7 @@ impl Client {
             .recommend_similar(proto::RecommendSimilarRequest {
                 query: Some(query),
                 k,
-                filter: None,
-                exclude_ids: Vec::new(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -150,6 +151,7 @@ impl Client {
                 id: i.product_id,
                 score: i.score,
                 attributes: i.attributes.into_iter().collect(),
+                reason: i.reason,
             })
             .collect())
     }

@@ -12,11 +12,16 @@ use super::proto;
 use crate::{
     catalog::{NewProduct, ProductContent},
     domain::{
-        AttributeFilter, Attributes, Embedding, Filter, InvalidEmbedding, InvalidFilter,
-        InvalidProductId, ProductId,
+        AttributeFilter, Attributes, Embedding, Filter, InvalidEmbedding, InvalidFilter, InvalidId,
+        ProductId, UserId,
     },
-    recommend::{SimilarQuery, SimilarTarget},
+    personalize::{Action, Interaction},
+    recommend::{Diversity, SimilarQuery, SimilarTarget, Strategy, UserQuery, select::Cap},
 };
+
+/// How far ahead of the server's clock an interaction may be stamped:
+/// generous for clock skew, strict enough to catch seconds-for-millis bugs.
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 
 /// Request-independent bounds that conversions check against.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +31,9 @@ pub struct RequestLimits {
     pub max_product_id_bytes: usize,
     pub max_attributes: usize,
     pub max_attribute_bytes: usize,
+    pub max_user_id_bytes: usize,
+    /// Most ids in `positive_ids` + `negative_ids`, or in `context_product_ids`.
+    pub max_examples: usize,
 }
 
 /// Why a request was rejected before any work was done. Each message says
@@ -35,7 +43,7 @@ pub enum InvalidRequest {
     #[error("{field}: {source}")]
     ProductId {
         field: &'static str,
-        source: InvalidProductId,
+        source: InvalidId,
     },
     #[error("{field}: {source}")]
     Embedding {
@@ -48,7 +56,9 @@ pub enum InvalidRequest {
     MissingContent,
     #[error("set exactly one of `image` or `embedding` (both were set)")]
     BothContents,
-    #[error("set one of `product_id`, `image` or `embedding` as the query")]
+    #[error(
+        "set one of `product_id`, `image` or `embedding` as the query, or `positive_ids`/`negative_ids`"
+    )]
     MissingQuery,
     #[error("k must be between 1 and {max}, got {k}")]
     K { k: u32, max: u32 },
@@ -58,6 +68,39 @@ pub enum InvalidRequest {
     Attribute { key: String, max: usize },
     #[error("`images` is empty")]
     NoImages,
+    #[error("{field}: {source}")]
+    UserId {
+        field: &'static str,
+        source: InvalidId,
+    },
+    #[error("AVERAGE_VECTOR needs a positive: set `query` or `positive_ids`")]
+    NoPositive,
+    #[error("set a `query`, `positive_ids` or (with BEST_SCORE) `negative_ids`")]
+    NoExamples,
+    #[error("{field}: at most {max} ids, got {count}")]
+    TooManyExamples {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("unknown {field} value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+    #[error("diversity.mmr_lambda must be in [0, 1], got {0}")]
+    MmrLambda(f32),
+    #[error("diversity: set both `max_per_key` and `max_per_value` (> 0), or neither")]
+    HalfCap,
+    #[error("product {0:?} is both a positive (query or positive_ids) and a negative")]
+    PositiveAndNegative(String),
+    #[error("`interaction` is missing")]
+    MissingInteraction,
+    #[error("interaction.action must be set (ACTION_UNSPECIFIED is not an action)")]
+    UnspecifiedAction,
+    #[error("interaction.timestamp_ms {got} is negative")]
+    NegativeTimestamp { got: i64 },
+    #[error(
+        "interaction.timestamp_ms {got} is more than a day ahead of the server's clock ({now})"
+    )]
+    FutureTimestamp { got: i64, now: i64 },
 }
 
 fn product_id(
@@ -67,6 +110,150 @@ fn product_id(
 ) -> Result<ProductId, InvalidRequest> {
     ProductId::parse(raw, limits.max_product_id_bytes)
         .map_err(|source| InvalidRequest::ProductId { field, source })
+}
+
+fn user_id(raw: &str, limits: &RequestLimits) -> Result<UserId, InvalidRequest> {
+    UserId::parse(raw, limits.max_user_id_bytes).map_err(|source| InvalidRequest::UserId {
+        field: "user_id",
+        source,
+    })
+}
+
+fn product_ids(
+    raw: &[String],
+    field: &'static str,
+    limits: &RequestLimits,
+) -> Result<Vec<ProductId>, InvalidRequest> {
+    if raw.len() > limits.max_examples {
+        return Err(InvalidRequest::TooManyExamples {
+            field,
+            count: raw.len(),
+            max: limits.max_examples,
+        });
+    }
+    raw.iter().map(|id| product_id(id, field, limits)).collect()
+}
+
+fn exclusions(
+    raw: &[String],
+    limits: &RequestLimits,
+) -> Result<HashSet<ProductId>, InvalidRequest> {
+    raw.iter()
+        .map(|id| product_id(id, "exclude_ids", limits))
+        .collect()
+}
+
+impl TryFrom<Option<proto::Diversity>> for Diversity {
+    type Error = InvalidRequest;
+
+    fn try_from(raw: Option<proto::Diversity>) -> Result<Self, Self::Error> {
+        let Some(raw) = raw else {
+            return Ok(Self::default());
+        };
+        if !(0.0..=1.0).contains(&raw.mmr_lambda) {
+            return Err(InvalidRequest::MmrLambda(raw.mmr_lambda));
+        }
+        let cap = match (raw.max_per_key.is_empty(), raw.max_per_value) {
+            (true, 0) => None,
+            (false, max) if max > 0 => Some(Cap {
+                key: raw.max_per_key,
+                max: max as usize,
+            }),
+            _ => return Err(InvalidRequest::HalfCap),
+        };
+        Ok(Self {
+            mmr_lambda: raw.mmr_lambda,
+            cap,
+        })
+    }
+}
+
+fn strategy(raw: i32) -> Result<Strategy, InvalidRequest> {
+    match proto::Strategy::try_from(raw) {
+        Ok(proto::Strategy::AverageVector) => Ok(Strategy::AverageVector),
+        Ok(proto::Strategy::BestScore) => Ok(Strategy::BestScore),
+        Err(_) => Err(InvalidRequest::UnknownEnum {
+            field: "strategy",
+            value: raw,
+        }),
+    }
+}
+
+fn action(raw: i32) -> Result<Action, InvalidRequest> {
+    match proto::Action::try_from(raw) {
+        Ok(proto::Action::Unspecified) => Err(InvalidRequest::UnspecifiedAction),
+        Ok(proto::Action::View) => Ok(Action::View),
+        Ok(proto::Action::Click) => Ok(Action::Click),
+        Ok(proto::Action::AddToCart) => Ok(Action::AddToCart),
+        Ok(proto::Action::Purchase) => Ok(Action::Purchase),
+        Ok(proto::Action::Dislike) => Ok(Action::Dislike),
+        Err(_) => Err(InvalidRequest::UnknownEnum {
+            field: "interaction.action",
+            value: raw,
+        }),
+    }
+}
+
+/// A `RecordInteraction(s)` item, checked against the server's clock `now_ms`.
+impl TryFrom<(proto::RecordInteractionRequest, &RequestLimits, i64)> for Interaction {
+    type Error = InvalidRequest;
+
+    fn try_from(
+        (raw, limits, now_ms): (proto::RecordInteractionRequest, &RequestLimits, i64),
+    ) -> Result<Self, Self::Error> {
+        let raw = raw.interaction.ok_or(InvalidRequest::MissingInteraction)?;
+        let user = user_id(&raw.user_id, limits)?;
+        let product = product_id(&raw.product_id, "product_id", limits)?;
+        let action = action(raw.action)?;
+        let timestamp_ms = match raw.timestamp_ms {
+            0 => now_ms,
+            t if t < 0 => return Err(InvalidRequest::NegativeTimestamp { got: t }),
+            t if t > now_ms.saturating_add(MAX_FUTURE_MS) => {
+                return Err(InvalidRequest::FutureTimestamp {
+                    got: t,
+                    now: now_ms,
+                });
+            }
+            t => t,
+        };
+        Ok(Self {
+            user,
+            product,
+            action,
+            timestamp_ms,
+        })
+    }
+}
+
+impl TryFrom<(proto::RecommendForUserRequest, &RequestLimits)> for UserQuery {
+    type Error = InvalidRequest;
+
+    fn try_from(
+        (raw, limits): (proto::RecommendForUserRequest, &RequestLimits),
+    ) -> Result<Self, Self::Error> {
+        let user = if raw.user_id.is_empty() {
+            None
+        } else {
+            Some(user_id(&raw.user_id, limits)?)
+        };
+        Ok(Self {
+            user,
+            k: k(raw.k, limits)?,
+            filter: raw
+                .filter
+                .map(Filter::try_from)
+                .transpose()?
+                .unwrap_or_default(),
+            exclude: exclusions(&raw.exclude_ids, limits)?,
+            context: product_ids(&raw.context_product_ids, "context_product_ids", limits)?,
+            diversity: Diversity::try_from(raw.diversity)?,
+        })
+    }
+}
+
+/// Parses the `user_id` of ForgetUser.
+pub fn requested_user(raw: &str, limits: &RequestLimits) -> Result<UserId, InvalidRequest> {
+    user_id(raw, limits)
 }
 
 fn embedding(
@@ -166,29 +353,60 @@ impl TryFrom<(proto::RecommendSimilarRequest, &RequestLimits)> for SimilarQuery 
     ) -> Result<Self, Self::Error> {
         use proto::recommend_similar_request::Query;
         let target = match raw.query {
-            None => return Err(InvalidRequest::MissingQuery),
-            Some(Query::ProductId(id)) => {
-                SimilarTarget::Product(product_id(&id, "product_id", limits)?)
-            }
-            Some(Query::Image(bytes)) => SimilarTarget::Image(bytes),
-            Some(Query::Embedding(e)) => {
-                SimilarTarget::Embedding(embedding(&e, "embedding", limits)?)
-            }
+            None => None,
+            Some(Query::ProductId(id)) => Some(SimilarTarget::Product(product_id(
+                &id,
+                "product_id",
+                limits,
+            )?)),
+            Some(Query::Image(bytes)) => Some(SimilarTarget::Image(bytes)),
+            Some(Query::Embedding(e)) => Some(SimilarTarget::Embedding(embedding(
+                &e,
+                "embedding",
+                limits,
+            )?)),
         };
-        let exclude = raw
-            .exclude_ids
+        let examples = raw.positive_ids.len() + raw.negative_ids.len();
+        if examples > limits.max_examples {
+            return Err(InvalidRequest::TooManyExamples {
+                field: "positive_ids + negative_ids",
+                count: examples,
+                max: limits.max_examples,
+            });
+        }
+        let positives = product_ids(&raw.positive_ids, "positive_ids", limits)?;
+        let negatives = product_ids(&raw.negative_ids, "negative_ids", limits)?;
+        let strategy = strategy(raw.strategy)?;
+        let query_id = match &target {
+            Some(SimilarTarget::Product(id)) => Some(id),
+            _ => None,
+        };
+        if let Some(both) = negatives
             .iter()
-            .map(|id| product_id(id, "exclude_ids", limits))
-            .collect::<Result<HashSet<_>, _>>()?;
+            .find(|n| positives.contains(n) || query_id == Some(*n))
+        {
+            return Err(InvalidRequest::PositiveAndNegative(both.to_string()));
+        }
+        let has_positive = target.is_some() || !positives.is_empty();
+        if target.is_none() && positives.is_empty() && negatives.is_empty() {
+            return Err(InvalidRequest::MissingQuery);
+        }
+        if strategy == Strategy::AverageVector && !has_positive {
+            return Err(InvalidRequest::NoPositive);
+        }
         Ok(Self {
             target,
+            positives,
+            negatives,
+            strategy,
             k: k(raw.k, limits)?,
             filter: raw
                 .filter
                 .map(Filter::try_from)
                 .transpose()?
                 .unwrap_or_default(),
-            exclude,
+            exclude: exclusions(&raw.exclude_ids, limits)?,
+            diversity: Diversity::try_from(raw.diversity)?,
         })
     }
 }
@@ -225,6 +443,8 @@ mod tests {
         max_product_id_bytes: 16,
         max_attributes: 4,
         max_attribute_bytes: 32,
+        max_user_id_bytes: 8,
+        max_examples: 3,
     };
 
     fn add(id: &str, image: &[u8], emb: Option<Vec<f32>>) -> proto::AddProductRequest {
@@ -316,6 +536,137 @@ mod tests {
             r.unwrap_err(),
             InvalidRequest::Filter(InvalidFilter::NoValues { key: "t".into() })
         );
+    }
+
+    fn interaction(
+        user: &str,
+        product: &str,
+        action: i32,
+        ts: i64,
+    ) -> proto::RecordInteractionRequest {
+        proto::RecordInteractionRequest {
+            interaction: Some(proto::Interaction {
+                user_id: user.into(),
+                product_id: product.into(),
+                action,
+                timestamp_ms: ts,
+            }),
+        }
+    }
+
+    #[test]
+    fn interactions_are_validated_with_exact_reasons() {
+        let now = 1_700_000_000_000;
+        let ok = Interaction::try_from((interaction("u", "p", 4, 0), &LIMITS, now)).unwrap();
+        assert_eq!(
+            (ok.action, ok.timestamp_ms),
+            (Action::Purchase, now),
+            "0 means now"
+        );
+        let cases: Vec<(proto::RecordInteractionRequest, fn(&InvalidRequest) -> bool)> = vec![
+            (interaction("u", "p", 0, 0), |e| {
+                *e == InvalidRequest::UnspecifiedAction
+            }),
+            (interaction("u", "p", 42, 0), |e| {
+                matches!(e, InvalidRequest::UnknownEnum { .. })
+            }),
+            (interaction("", "p", 1, 0), |e| {
+                matches!(e, InvalidRequest::UserId { .. })
+            }),
+            (interaction("123456789", "p", 1, 0), |e| {
+                matches!(e, InvalidRequest::UserId { .. })
+            }),
+            (interaction("u", "", 1, 0), |e| {
+                matches!(e, InvalidRequest::ProductId { .. })
+            }),
+            (interaction("u", "p", 1, -5), |e| {
+                matches!(e, InvalidRequest::NegativeTimestamp { .. })
+            }),
+            (interaction("u", "p", 1, now + MAX_FUTURE_MS + 1), |e| {
+                matches!(e, InvalidRequest::FutureTimestamp { .. })
+            }),
+            (proto::RecordInteractionRequest { interaction: None }, |e| {
+                *e == InvalidRequest::MissingInteraction
+            }),
+        ];
+        for (req, expected) in cases {
+            let err = Interaction::try_from((req.clone(), &LIMITS, now)).unwrap_err();
+            assert!(expected(&err), "{req:?}: {err}");
+        }
+        assert!(
+            Interaction::try_from((interaction("u", "p", 1, now + MAX_FUTURE_MS), &LIMITS, now))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn similar_examples_and_diversity_are_validated() {
+        let base = proto::RecommendSimilarRequest {
+            k: 5,
+            ..Default::default()
+        };
+        let with = |f: &dyn Fn(&mut proto::RecommendSimilarRequest)| {
+            let mut r = base.clone();
+            f(&mut r);
+            SimilarQuery::try_from((r, &LIMITS))
+        };
+        assert_eq!(with(&|_| {}).unwrap_err(), InvalidRequest::MissingQuery);
+        assert_eq!(
+            with(&|r| r.negative_ids = vec!["n".into()]).unwrap_err(),
+            InvalidRequest::NoPositive
+        );
+        assert!(
+            with(&|r| {
+                r.negative_ids = vec!["n".into()];
+                r.strategy = proto::Strategy::BestScore as i32;
+            })
+            .is_ok()
+        );
+        assert!(with(&|r| r.positive_ids = vec!["p".into()]).is_ok());
+        assert!(matches!(
+            with(&|r| r.positive_ids = vec!["a".into(), "b".into(), "c".into(), "d".into()]),
+            Err(InvalidRequest::TooManyExamples { .. })
+        ));
+        assert!(matches!(
+            with(&|r| {
+                r.positive_ids = vec!["p".into()];
+                r.strategy = 7;
+            }),
+            Err(InvalidRequest::UnknownEnum { .. })
+        ));
+        for (lambda, key, max, ok) in [
+            (0.0, "", 0, true),
+            (1.0, "articleType", 3, true),
+            (1.5, "", 0, false),
+            (-0.1, "", 0, false),
+            (f32::NAN, "", 0, false),
+            (0.5, "articleType", 0, false),
+            (0.5, "", 3, false),
+        ] {
+            let r = with(&|r| {
+                r.positive_ids = vec!["p".into()];
+                r.diversity = Some(proto::Diversity {
+                    mmr_lambda: lambda,
+                    max_per_key: key.into(),
+                    max_per_value: max,
+                });
+            });
+            assert_eq!(r.is_ok(), ok, "{lambda} {key:?} {max}");
+        }
+    }
+
+    #[test]
+    fn anonymous_users_are_allowed_for_recommendations_only() {
+        let q = UserQuery::try_from((
+            proto::RecommendForUserRequest {
+                k: 3,
+                ..Default::default()
+            },
+            &LIMITS,
+        ))
+        .unwrap();
+        assert!(q.user.is_none());
+        assert!(requested_user("", &LIMITS).is_err());
     }
 
     proptest! {

@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 use tonic::{Code, Status};
 
 use super::convert::InvalidRequest;
-use crate::{catalog::CatalogError, encoder::EncoderError, index::IndexError, store::StoreError};
+use crate::{
+    catalog::CatalogError, encoder::EncoderError, index::IndexError, personalize::PersonalizeError,
+    recommend::RecommendError, store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,6 +22,10 @@ pub enum ApiError {
     Invalid(#[from] InvalidRequest),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Recommend(#[from] RecommendError),
+    #[error(transparent)]
+    Personalize(#[from] PersonalizeError),
 }
 
 /// What the caller is told, and whether the cause is ours.
@@ -87,20 +94,35 @@ fn index(e: &IndexError) -> Public {
     }
 }
 
+fn catalog(e: &CatalogError) -> Public {
+    match e {
+        CatalogError::NotFound(_) => Public::caller(Code::NotFound, e),
+        CatalogError::Encoder(e) => encoder(e),
+        CatalogError::Store(e) => store(e),
+        CatalogError::Index(e) => index(e),
+        CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
+        CatalogError::BadModelOutput(_)
+        | CatalogError::DataDir { .. }
+        | CatalogError::Task(_)
+        | CatalogError::Internal(_) => Public::internal(),
+    }
+}
+
 impl ApiError {
     fn public(&self) -> Public {
         match self {
             Self::Invalid(e) => Public::caller(Code::InvalidArgument, e),
-            Self::Catalog(e) => match e {
-                CatalogError::NotFound(_) => Public::caller(Code::NotFound, e),
-                CatalogError::Encoder(e) => encoder(e),
-                CatalogError::Store(e) => store(e),
-                CatalogError::Index(e) => index(e),
-                CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
-                CatalogError::BadModelOutput(_)
-                | CatalogError::DataDir { .. }
-                | CatalogError::Task(_)
-                | CatalogError::Internal(_) => Public::internal(),
+            Self::Catalog(e) => catalog(e),
+            Self::Recommend(e) => match e {
+                RecommendError::Catalog(e) => catalog(e),
+                RecommendError::DegenerateQuery => Public::caller(Code::InvalidArgument, e),
+                RecommendError::Task(_) => Public::internal(),
+            },
+            Self::Personalize(e) => match e {
+                PersonalizeError::UnknownProduct(_) => Public::caller(Code::NotFound, e),
+                PersonalizeError::WriterStopped => Public::caller(Code::Unavailable, e),
+                PersonalizeError::Store(inner) => store(inner),
+                PersonalizeError::Spawn(_) | PersonalizeError::Task(_) => Public::internal(),
             },
         }
     }

@@ -8,14 +8,15 @@ use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{EmbedImages, RequestLimits, requested_id},
+    convert::{EmbedImages, RequestLimits, requested_id, requested_user},
     error::ApiError,
     proto::{self, recommender_server::Recommender as RecommenderRpc},
 };
 use crate::{
     catalog::{NewProduct, ProductView},
     domain::Embedding,
-    recommend::{Recommendation, Recommender, SimilarQuery},
+    personalize::{Interaction, now_ms},
+    recommend::{Recommendation, Recommender, SimilarQuery, UserQuery},
 };
 
 /// Items of a bulk import committed per durable transaction: large enough
@@ -26,6 +27,9 @@ const IMPORT_BATCH: usize = 32;
 /// is always exact, the list is capped so one bad file cannot make the
 /// response huge.
 const MAX_REPORTED_ERRORS: usize = 100;
+/// Interactions of a bulk record handed to the writer at once; the writer
+/// group-commits them with whatever else is queued.
+const RECORD_BATCH: usize = 256;
 
 /// What the service needs once start-up has finished.
 #[derive(Debug)]
@@ -69,6 +73,24 @@ fn recommendation_to_proto(r: Recommendation) -> proto::Recommendation {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        reason: r.reason,
+    }
+}
+
+fn recommendations(items: Vec<Recommendation>) -> proto::RecommendResponse {
+    proto::RecommendResponse {
+        items: items.into_iter().map(recommendation_to_proto).collect(),
+    }
+}
+
+/// Maps tonic's OUT_OF_RANGE for an over-limit stream message to the
+/// contract's RESOURCE_EXHAUSTED (same as `oversize_is_resource_exhausted`
+/// does for unary calls).
+fn stream_status(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && super::is_oversize_message(status.message()) {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
     }
 }
 
@@ -134,17 +156,7 @@ impl RecommenderRpc for RecommenderService {
         // A transport error ends the stream: what was committed stays
         // committed (each batch is durable) and the error goes back.
         while let Some(item) = stream.next().await {
-            let item = item.map_err(|status| {
-                // Same mapping as `oversize_is_resource_exhausted`, for a
-                // message of the stream that is over the limit.
-                if status.code() == tonic::Code::OutOfRange
-                    && super::is_oversize_message(status.message())
-                {
-                    Status::resource_exhausted(status.message().to_owned())
-                } else {
-                    status
-                }
-            })?;
+            let item = item.map_err(stream_status)?;
             let id = item.product_id.clone();
             match NewProduct::try_from((item, &ready.limits)) {
                 Ok(p) => batch.push((position, p)),
@@ -206,8 +218,95 @@ impl RecommenderRpc for RecommenderService {
             .similar(query)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::RecommendResponse {
-            items: items.into_iter().map(recommendation_to_proto).collect(),
+        Ok(Response::new(recommendations(items)))
+    }
+
+    async fn record_interaction(
+        &self,
+        request: Request<proto::RecordInteractionRequest>,
+    ) -> Result<Response<proto::RecordInteractionResponse>, Status> {
+        let ready = self.ready()?;
+        let interaction = Interaction::try_from((request.into_inner(), &ready.limits, now_ms()))
+            .map_err(ApiError::from)?;
+        let mut results = ready
+            .recommender
+            .personalizer()
+            .record(vec![interaction])
+            .await
+            .map_err(ApiError::from)?;
+        if let Some(Err(e)) = results.pop() {
+            return Err(ApiError::from(e).into());
+        }
+        Ok(Response::new(proto::RecordInteractionResponse {}))
+    }
+
+    async fn record_interactions(
+        &self,
+        request: Request<Streaming<proto::RecordInteractionRequest>>,
+    ) -> Result<Response<proto::RecordInteractionsResponse>, Status> {
+        let ready = self.ready()?;
+        let personalizer = ready.recommender.personalizer();
+        let mut stream = request.into_inner();
+        let mut summary = RecordSummary::default();
+        let mut batch: Vec<(usize, Interaction)> = Vec::with_capacity(RECORD_BATCH);
+        let mut position = 0usize;
+        // As for AddProducts: committed batches stay committed if the
+        // stream breaks.
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(stream_status)?;
+            let user = item
+                .interaction
+                .as_ref()
+                .map(|i| i.user_id.clone())
+                .unwrap_or_default();
+            match Interaction::try_from((item, &ready.limits, now_ms())) {
+                Ok(i) => batch.push((position, i)),
+                Err(e) => summary.fail(position, &user, &e.to_string()),
+            }
+            position += 1;
+            if batch.len() >= RECORD_BATCH {
+                summary.flush(personalizer, &mut batch).await?;
+            }
+        }
+        summary.flush(personalizer, &mut batch).await?;
+        Ok(Response::new(proto::RecordInteractionsResponse {
+            recorded: summary.recorded,
+            failed: summary.failed,
+            errors: summary.errors,
+        }))
+    }
+
+    async fn recommend_for_user(
+        &self,
+        request: Request<proto::RecommendForUserRequest>,
+    ) -> Result<Response<proto::RecommendResponse>, Status> {
+        let ready = self.ready()?;
+        let query =
+            UserQuery::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
+        let items = ready
+            .recommender
+            .for_user(query)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(recommendations(items)))
+    }
+
+    async fn forget_user(
+        &self,
+        request: Request<proto::ForgetUserRequest>,
+    ) -> Result<Response<proto::ForgetUserResponse>, Status> {
+        let ready = self.ready()?;
+        let user =
+            requested_user(&request.get_ref().user_id, &ready.limits).map_err(ApiError::from)?;
+        let forgotten = ready
+            .recommender
+            .personalizer()
+            .forget(user)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ForgetUserResponse {
+            forgotten: forgotten.existed,
+            interactions_erased: forgotten.interactions,
         }))
     }
 
@@ -222,6 +321,47 @@ impl RecommenderRpc for RecommenderService {
             dim: stats.dim,
             deleted_pending: stats.deleted_pending,
         }))
+    }
+}
+
+#[derive(Debug, Default)]
+struct RecordSummary {
+    recorded: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
+
+impl RecordSummary {
+    fn fail(&mut self, position: usize, user: &str, reason: &str) {
+        self.failed += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            let user: String = user.chars().take(64).collect();
+            self.errors
+                .push(format!("item {position} (user {user:?}): {reason}"));
+        }
+    }
+
+    /// Records the buffered items; an unknown product fails its item, a
+    /// failed commit ends the call.
+    async fn flush(
+        &mut self,
+        personalizer: &crate::personalize::Personalizer,
+        batch: &mut Vec<(usize, Interaction)>,
+    ) -> Result<(), Status> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (positions, items): (Vec<usize>, Vec<Interaction>) =
+            std::mem::take(batch).into_iter().unzip();
+        let users: Vec<String> = items.iter().map(|i| i.user.to_string()).collect();
+        let results = personalizer.record(items).await.map_err(ApiError::from)?;
+        for ((position, user), result) in positions.iter().zip(&users).zip(results) {
+            match result {
+                Ok(()) => self.recorded += 1,
+                Err(e) => self.fail(*position, user, &ApiError::from(e).public_message()),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -107,6 +107,11 @@ impl AttributeView<'_> {
         self.inner.by_id.get(id)
     }
 
+    /// Every product id (arbitrary order).
+    pub fn ids(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.inner.by_id.keys()
+    }
+
     /// Whether `id` exists and passes `filter`.
     pub fn admits(&self, id: &str, filter: &Filter) -> bool {
         self.inner.by_id.get(id).is_some_and(|a| filter.matches(a))

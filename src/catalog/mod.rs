@@ -30,7 +30,7 @@ use crate::{
     store::{Store, StoreError, StoredProduct, Upsert},
 };
 
-pub use attributes::AttributeTable;
+pub use attributes::{AttributeTable, AttributeView};
 
 /// File name of the redb database inside the data directory.
 const STORE_FILE: &str = "catalog.redb";
@@ -409,6 +409,16 @@ impl Catalog {
             })
         })
         .await?
+    }
+
+    /// The product's unit embedding, if it is in the catalogue.
+    pub fn vector(&self, id: &ProductId) -> Option<Arc<[f32]>> {
+        self.index.get(id.as_str())
+    }
+
+    /// The durable store, shared with the shopper state.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     pub async fn get(&self, id: &ProductId) -> Result<ProductView, CatalogError> {

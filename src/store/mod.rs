@@ -18,8 +18,9 @@
 //! Tables are grouped one module per concern (`products`, `meta`), each owning its
 //! `TableDefinition` consts and value encodings, private to this module so nothing outside can
 //! write a row without its version bump; [`Store::open`] creates every table so read transactions never
-//! meet a missing one. A new group (e.g. user interactions) adds a module, its consts, and a line
-//! in `open`.
+//! meet a missing one. Shopper state (`users`: history, taste profiles, trending counts) lives in
+//! the same file: one fsync'd file to back up, and a group commit of interactions is one
+//! transaction like a product batch.
 //!
 //! All methods block on disk I/O: call them from `spawn_blocking` or a dedicated thread, never
 //! on an async worker. `Store` is `Send + Sync` and meant to be shared through an `Arc`; redb
@@ -29,6 +30,7 @@ mod codec;
 mod error;
 mod meta;
 mod products;
+mod users;
 
 #[cfg(test)]
 mod tests;
@@ -39,9 +41,13 @@ use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, W
 
 pub use error::StoreError;
 pub use products::StoredProduct;
+pub use users::{
+    InteractionCommit, StoredInteraction, StoredInterest, StoredProfile, StoredTrend, UserWrite,
+};
 
 use meta::META;
 use products::PRODUCTS;
+use users::{INTERACTIONS, PROFILES, TRENDS};
 
 use error::db;
 
@@ -100,6 +106,9 @@ impl Store {
         let txn = self.begin_write(OP)?;
         txn.open_table(PRODUCTS).map_err(db(OP))?;
         txn.open_table(META).map_err(db(OP))?;
+        txn.open_table(INTERACTIONS).map_err(db(OP))?;
+        txn.open_table(PROFILES).map_err(db(OP))?;
+        txn.open_table(TRENDS).map_err(db(OP))?;
         txn.commit().map_err(db(OP))
     }
 
@@ -261,5 +270,120 @@ impl Store {
             f(products::decode(key.value(), value.value())?)?;
         }
         Ok(())
+    }
+
+    /// Applies one group commit of interactions (history rows appended and
+    /// evicted, profiles and trending counts replaced) in one durable
+    /// transaction: all of it or none of it survives a crash. Does not bump
+    /// the product version (the index dump does not depend on it).
+    pub fn commit_interactions(&self, c: &InteractionCommit) -> Result<(), StoreError> {
+        const OP: &str = "commit interactions";
+        if c.users.is_empty() && c.trends.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write(OP)?;
+        {
+            let mut history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
+            let mut profiles = txn.open_table(PROFILES).map_err(db(OP))?;
+            for u in &c.users {
+                for (seq, i) in &u.appended {
+                    let value = users::encode_interaction(&u.user, i)?;
+                    history
+                        .insert((u.user.as_str(), *seq), value.as_slice())
+                        .map_err(db(OP))?;
+                }
+                for seq in &u.evicted {
+                    history.remove((u.user.as_str(), *seq)).map_err(db(OP))?;
+                }
+                let value = users::encode_profile(&u.user, &u.profile)?;
+                profiles
+                    .insert(u.user.as_str(), value.as_slice())
+                    .map_err(db(OP))?;
+            }
+            let mut trends = txn.open_table(TRENDS).map_err(db(OP))?;
+            for (product, t) in &c.trends {
+                trends
+                    .insert(product.as_str(), users::encode_trend(*t).as_slice())
+                    .map_err(db(OP))?;
+            }
+        }
+        txn.commit().map_err(db(OP))
+    }
+
+    /// Durably erases a user's history and profile; returns how many
+    /// history rows were erased and whether anything was stored at all.
+    pub fn forget_user(&self, user: &str) -> Result<(u64, bool), StoreError> {
+        const OP: &str = "forget user";
+        let txn = self.begin_write(OP)?;
+        let (erased, had_profile) = {
+            let mut history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
+            let mut erased = 0u64;
+            history
+                .retain_in((user, 0u64)..=(user, u64::MAX), |_, _| {
+                    erased += 1;
+                    false
+                })
+                .map_err(db(OP))?;
+            let mut profiles = txn.open_table(PROFILES).map_err(db(OP))?;
+            let had_profile = profiles.remove(user).map_err(db(OP))?.is_some();
+            (erased, had_profile)
+        };
+        txn.commit().map_err(db(OP))?;
+        Ok((erased, had_profile || erased > 0))
+    }
+
+    /// Calls `f` with every stored profile, in user id order.
+    pub fn scan_profiles(
+        &self,
+        f: &mut dyn FnMut((String, StoredProfile)) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "scan profiles";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(PROFILES).map_err(db(OP))?;
+        users::scan_table(
+            &table,
+            OP,
+            |user, bytes| Ok((user.to_owned(), users::decode_profile(user, bytes)?)),
+            f,
+        )
+    }
+
+    /// Calls `f` with every stored interaction, by user id then sequence
+    /// (i.e. each user's history in arrival order).
+    pub fn scan_interactions(
+        &self,
+        f: &mut dyn FnMut((String, u64, StoredInteraction)) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "scan interactions";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(INTERACTIONS).map_err(db(OP))?;
+        users::scan_table(
+            &table,
+            OP,
+            |(user, seq), bytes| {
+                Ok((
+                    user.to_owned(),
+                    seq,
+                    users::decode_interaction(user, seq, bytes)?,
+                ))
+            },
+            f,
+        )
+    }
+
+    /// Calls `f` with every stored trending count, in product id order.
+    pub fn scan_trends(
+        &self,
+        f: &mut dyn FnMut((String, StoredTrend)) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "scan trending";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(TRENDS).map_err(db(OP))?;
+        users::scan_table(
+            &table,
+            OP,
+            |product, bytes| Ok((product.to_owned(), users::decode_trend(product, bytes)?)),
+            f,
+        )
     }
 }

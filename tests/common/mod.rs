@@ -251,8 +251,7 @@ pub fn similar_to_id(id: &str, k: u32) -> proto::RecommendSimilarRequest {
             id.to_owned(),
         )),
         k,
-        filter: None,
-        exclude_ids: vec![],
+        ..Default::default()
     }
 }
 
@@ -262,8 +261,7 @@ pub fn similar_to_vector(values: Vec<f32>, k: u32) -> proto::RecommendSimilarReq
             proto::Embedding { values },
         )),
         k,
-        filter: None,
-        exclude_ids: vec![],
+        ..Default::default()
     }
 }
 

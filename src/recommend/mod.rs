@@ -1,0 +1,729 @@
+//! Query planning: "more like this" and "what should this shopper see next".
+//!
+//! Both paths resolve their inputs first (products, photos, the shopper's
+//! taste), then build one or more ranked candidate lists on the blocking
+//! pool and hand them to [`select`] for shares, caps, MMR and reasons:
+//! - similar: one k-NN list (AVERAGE_VECTOR), or the union of one k-NN list
+//!   per positive rescored by best positive vs best negative (BEST_SCORE,
+//!   Qdrant's semantics); negatives only: a scan for the products furthest
+//!   from them;
+//! - for a shopper: one k-NN list per taste interest (blended with the
+//!   context products when given), with shares of k by interest weight and
+//!   dislikes pushing candidates down; without positive evidence, the
+//!   context alone; without context, trending products with a diverse
+//!   explore list behind them, so that the answer is never empty while
+//!   anything matches.
+//!
+//! Each k-NN list uses exact search over the admitted ids when the filter's
+//! most selective `must` clause admits at most `exact_threshold` products,
+//! and filtered HNSW otherwise. Lists are over-fetched when caps, MMR or
+//! negatives may discard candidates, and fetched again wider (up to the
+//! whole catalogue) while the answer is short of k and more candidates
+//! exist. Searches are CPU work: they run on the blocking pool behind a
+//! semaphore, so a burst of queries queues instead of starving the async
+//! workers.
+
+pub mod select;
+
+use std::{collections::HashSet, sync::Arc};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::{
+    catalog::{AttributeView, Catalog, CatalogError},
+    domain::{Attributes, Embedding, Filter, ProductId, UserId, dot, norm},
+    index::Hit,
+    personalize::{Personalizer, Shopper},
+};
+use select::{Anchor, Candidate, Cap, List, Vectors, Why};
+
+/// Products sampled (evenly, in id order) for the explore list, or the
+/// list size asked for if larger.
+const EXPLORE_SAMPLE: usize = 512;
+/// MMR trade-off of the explore list when the caller asked for none: the
+/// point of that list is variety.
+const EXPLORE_MMR: f32 = 0.5;
+/// Times a short answer is fetched again, each 4x wider.
+const WIDEN_ATTEMPTS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub enum SimilarTarget {
+    Product(ProductId),
+    Image(Bytes),
+    Embedding(Embedding),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    #[default]
+    AverageVector,
+    BestScore,
+}
+
+/// Result diversity; the default is off.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Diversity {
+    /// In [0, 1]; 0 = off.
+    pub mmr_lambda: f32,
+    pub cap: Option<Cap>,
+}
+
+/// A validated `RecommendSimilar` request.
+#[derive(Debug, Clone)]
+pub struct SimilarQuery {
+    pub target: Option<SimilarTarget>,
+    pub positives: Vec<ProductId>,
+    pub negatives: Vec<ProductId>,
+    pub strategy: Strategy,
+    /// 1..=configured maximum.
+    pub k: usize,
+    pub filter: Filter,
+    pub exclude: HashSet<ProductId>,
+    pub diversity: Diversity,
+}
+
+/// A validated `RecommendForUser` request.
+#[derive(Debug, Clone)]
+pub struct UserQuery {
+    /// `None`: an anonymous session.
+    pub user: Option<UserId>,
+    pub k: usize,
+    pub filter: Filter,
+    pub exclude: HashSet<ProductId>,
+    pub context: Vec<ProductId>,
+    pub diversity: Diversity,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recommendation {
+    pub id: ProductId,
+    /// Higher is better; cosine similarity for similarity-based picks.
+    pub score: f32,
+    pub attributes: Arc<Attributes>,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("the positives and negatives cancel out: no query direction is left")]
+    DegenerateQuery,
+    #[error("search task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Where a list's candidates come from.
+#[derive(Debug, Clone)]
+enum Source {
+    Knn(Vec<f32>),
+    /// Union of k-NN lists of each positive, scored by the best positive.
+    BestOf(Vec<Arc<[f32]>>),
+    /// Scan of the admitted products, scored by distance from negatives.
+    AwayFrom,
+    Trending,
+    Explore,
+}
+
+#[derive(Debug, Clone)]
+struct ListPlan {
+    source: Source,
+    quota: usize,
+    mmr_lambda: f32,
+    why: Why,
+}
+
+/// Everything a search needs, resolved before going to the blocking pool.
+#[derive(Debug, Clone)]
+struct Plan {
+    lists: Vec<ListPlan>,
+    k: usize,
+    filter: Filter,
+    exclude: HashSet<Arc<str>>,
+    shopper: Option<Shopper>,
+    /// Candidates closer to one of these than to their query are pushed
+    /// below every other (score -(negative similarity)^2).
+    negatives: Vec<Arc<[f32]>>,
+    anchors: Vec<Anchor>,
+    cap: Option<Cap>,
+}
+
+#[derive(Debug)]
+pub struct Recommender {
+    catalog: Arc<Catalog>,
+    personalizer: Arc<Personalizer>,
+    /// Bounds concurrently running searches (CPU-bound, on the blocking pool).
+    slots: Semaphore,
+    exact_threshold: usize,
+}
+
+impl Recommender {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        personalizer: Arc<Personalizer>,
+        concurrency: usize,
+        exact_threshold: usize,
+    ) -> Self {
+        Self {
+            catalog,
+            personalizer,
+            slots: Semaphore::new(concurrency),
+            exact_threshold,
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn personalizer(&self) -> &Arc<Personalizer> {
+        &self.personalizer
+    }
+
+    fn vector(&self, id: &ProductId) -> Result<Arc<[f32]>, CatalogError> {
+        self.catalog
+            .vector(id)
+            .ok_or_else(|| CatalogError::NotFound(id.clone()))
+    }
+
+    pub async fn similar(
+        &self,
+        query: SimilarQuery,
+    ) -> Result<Vec<Recommendation>, RecommendError> {
+        let SimilarQuery {
+            target,
+            positives,
+            negatives,
+            strategy,
+            k,
+            filter,
+            mut exclude,
+            diversity,
+        } = query;
+        let mut anchors = Vec::new();
+        match target {
+            Some(SimilarTarget::Product(id)) => {
+                anchors.push(Anchor {
+                    reason: format!("similar to {id}"),
+                    vector: self.vector(&id)?,
+                });
+                exclude.insert(id);
+            }
+            Some(SimilarTarget::Embedding(e)) => anchors.push(Anchor {
+                reason: "similar to the given embedding".to_owned(),
+                vector: Arc::clone(e.as_arc()),
+            }),
+            Some(SimilarTarget::Image(bytes)) => anchors.push(Anchor {
+                reason: "similar to your photo".to_owned(),
+                vector: Arc::clone(self.catalog.embed_one(bytes).await?.as_arc()),
+            }),
+            None => {}
+        }
+        for id in positives {
+            anchors.push(Anchor {
+                reason: format!("similar to {id}"),
+                vector: self.vector(&id)?,
+            });
+            exclude.insert(id);
+        }
+        let mut negative_vectors = Vec::with_capacity(negatives.len());
+        for id in negatives {
+            negative_vectors.push(self.vector(&id)?);
+            exclude.insert(id);
+        }
+        let positive_vectors: Vec<Arc<[f32]>> =
+            anchors.iter().map(|a| Arc::clone(&a.vector)).collect();
+        let (source, negatives) = match strategy {
+            Strategy::AverageVector => {
+                // Qdrant's average_vector: avg(pos) + (avg(pos) - avg(neg)).
+                let pos = mean(&positive_vectors);
+                let query = match mean(&negative_vectors) {
+                    Some(neg) => {
+                        pos.map(|p| p.iter().zip(&neg).map(|(p, n)| 2.0 * p - n).collect())
+                    }
+                    None => pos,
+                };
+                let query = query
+                    .and_then(|q| unit(&q))
+                    .ok_or(RecommendError::DegenerateQuery)?;
+                (Source::Knn(query), Vec::new())
+            }
+            Strategy::BestScore if positive_vectors.is_empty() => {
+                (Source::AwayFrom, negative_vectors)
+            }
+            Strategy::BestScore => (Source::BestOf(positive_vectors), negative_vectors),
+        };
+        let plan = Plan {
+            lists: vec![ListPlan {
+                source,
+                quota: k,
+                mmr_lambda: diversity.mmr_lambda,
+                why: if anchors.is_empty() {
+                    Why::Fixed("far from the negatives")
+                } else {
+                    Why::NearestAnchor
+                },
+            }],
+            k,
+            filter,
+            exclude: exclude.iter().map(|id| Arc::clone(id.as_arc())).collect(),
+            shopper: None,
+            negatives,
+            anchors,
+            cap: diversity.cap,
+        };
+        self.run(plan).await
+    }
+
+    pub async fn for_user(&self, query: UserQuery) -> Result<Vec<Recommendation>, RecommendError> {
+        let UserQuery {
+            user,
+            k,
+            filter,
+            mut exclude,
+            context,
+            diversity,
+        } = query;
+        let shopper = user.as_ref().and_then(|u| self.personalizer.shopper(u));
+        let mut anchors = Vec::new();
+        let mut context_vectors = Vec::with_capacity(context.len());
+        for id in context {
+            let vector = self.vector(&id)?;
+            anchors.push(Anchor {
+                reason: format!("similar to {id} you are looking at"),
+                vector: Arc::clone(&vector),
+            });
+            context_vectors.push(vector);
+            exclude.insert(id);
+        }
+        let context = mean(&context_vectors).and_then(|c| unit(&c));
+        let interests = shopper.as_ref().map(Shopper::interests).unwrap_or_default();
+        let mut negatives = Vec::new();
+        if let Some(s) = &shopper {
+            for (id, action) in s.recent_positives() {
+                if let Some(vector) = self
+                    .catalog
+                    .vector(&ProductId::from_trusted(Arc::clone(&id)))
+                {
+                    anchors.push(Anchor {
+                        reason: format!("similar to {id} you {}", action.past_tense()),
+                        vector,
+                    });
+                }
+            }
+            for id in s.dislikes() {
+                if let Some(v) = self.catalog.vector(&ProductId::from_trusted(id)) {
+                    negatives.push(v);
+                }
+            }
+        }
+        let lambda = diversity.mmr_lambda;
+        let lists = if !interests.is_empty() {
+            let w = self.personalizer.config().context_weight;
+            let shares: Vec<f64> = interests.iter().map(|(_, s)| *s).collect();
+            interests
+                .into_iter()
+                .zip(select::quotas(k, &shares))
+                .filter(|(_, quota)| *quota > 0)
+                .map(|((direction, _), quota)| {
+                    let query = match &context {
+                        Some(c) => blend(c, &direction, w),
+                        None => direction,
+                    };
+                    ListPlan {
+                        source: Source::Knn(query),
+                        quota,
+                        mmr_lambda: lambda,
+                        why: Why::NearestAnchor,
+                    }
+                })
+                .collect()
+        } else if let Some(c) = context {
+            vec![ListPlan {
+                source: Source::Knn(c),
+                quota: k,
+                mmr_lambda: lambda,
+                why: Why::NearestAnchor,
+            }]
+        } else {
+            vec![
+                ListPlan {
+                    source: Source::Trending,
+                    quota: k,
+                    mmr_lambda: lambda,
+                    why: Why::Fixed("trending"),
+                },
+                ListPlan {
+                    source: Source::Explore,
+                    quota: 0,
+                    mmr_lambda: lambda.max(EXPLORE_MMR),
+                    why: Why::Fixed("explore: a varied pick from the catalogue"),
+                },
+            ]
+        };
+        let plan = Plan {
+            lists,
+            k,
+            filter,
+            exclude: exclude.iter().map(|id| Arc::clone(id.as_arc())).collect(),
+            shopper,
+            negatives,
+            anchors,
+            cap: diversity.cap,
+        };
+        self.run(plan).await
+    }
+
+    async fn run(&self, plan: Plan) -> Result<Vec<Recommendation>, RecommendError> {
+        // Closed only if the recommender is dropped, which cannot happen
+        // while `self` is borrowed.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the search semaphore is never closed");
+        let catalog = Arc::clone(&self.catalog);
+        let personalizer = Arc::clone(&self.personalizer);
+        let threshold = self.exact_threshold;
+        let picks =
+            tokio::task::spawn_blocking(move || execute(&catalog, &personalizer, &plan, threshold))
+                .await?;
+        Ok(picks)
+    }
+}
+
+/// Mean of vectors, `None` for none.
+fn mean(vectors: &[Arc<[f32]>]) -> Option<Vec<f32>> {
+    let first = vectors.first()?;
+    let mut sum = vec![0.0f32; first.len()];
+    for v in vectors {
+        for (s, x) in sum.iter_mut().zip(v.iter()) {
+            *s += x;
+        }
+    }
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a handful of vectors; the count is exact in f32"
+    )]
+    let n = vectors.len() as f32;
+    Some(sum.into_iter().map(|s| s / n).collect())
+}
+
+/// `v` scaled to unit length; `None` if it has (almost) no direction.
+fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let n = norm(v);
+    (n > 1e-6 && n.is_finite()).then(|| v.iter().map(|x| x / n).collect())
+}
+
+/// `normalize(w * context + (1 - w) * taste)`, falling back to the taste
+/// when the two cancel out.
+fn blend(context: &[f32], taste: &[f32], w: f32) -> Vec<f32> {
+    let mixed: Vec<f32> = context
+        .iter()
+        .zip(taste)
+        .map(|(c, t)| w * c + (1.0 - w) * t)
+        .collect();
+    unit(&mixed).unwrap_or_else(|| taste.to_vec())
+}
+
+/// Best-positive score with negatives pushed down (Qdrant's best_score).
+fn best_score(best_positive: f32, best_negative: f32) -> f32 {
+    if best_positive > best_negative {
+        best_positive
+    } else {
+        -(best_negative * best_negative)
+    }
+}
+
+fn max_similarity(v: &[f32], others: &[Arc<[f32]>]) -> f32 {
+    others
+        .iter()
+        .map(|o| dot(v, o))
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Runs a plan against the catalogue's current state.
+fn execute(
+    catalog: &Catalog,
+    personalizer: &Personalizer,
+    plan: &Plan,
+    exact_threshold: usize,
+) -> Vec<Recommendation> {
+    let view = catalog.attributes().view();
+    let admits = |id: &str| {
+        !plan.exclude.contains(id)
+            && !plan.shopper.as_ref().is_some_and(|s| s.excludes(id))
+            && view.admits(id, &plan.filter)
+    };
+    let index = catalog.index();
+    let mut vectors = Vectors::new(index);
+    let discards = plan.cap.is_some()
+        || !plan.negatives.is_empty()
+        || plan.lists.iter().any(|l| l.mmr_lambda > 0.0);
+    let mut widen = 1usize;
+    let mut picks = Vec::new();
+    for attempt in 0..WIDEN_ATTEMPTS {
+        let lists: Vec<List> = plan
+            .lists
+            .iter()
+            .map(|l| {
+                // A quota-0 list is a fallback: it may have to fill all of k.
+                let base = if l.quota == 0 { plan.k } else { l.quota };
+                let mut want = if discards {
+                    (base * 4).max(base + 16)
+                } else {
+                    base
+                };
+                if plan.lists.len() > 1 {
+                    // Interests overlap; leave room for duplicates.
+                    want += plan.k;
+                }
+                fetch(
+                    l,
+                    want.saturating_mul(widen),
+                    plan,
+                    &view,
+                    &admits,
+                    catalog,
+                    personalizer,
+                    &mut vectors,
+                    exact_threshold,
+                )
+            })
+            .collect();
+        picks = select::select(
+            &lists,
+            plan.k,
+            plan.cap.as_ref(),
+            &view,
+            &mut vectors,
+            &plan.anchors,
+        );
+        if picks.len() >= plan.k || !lists.iter().any(|l| l.saturated) {
+            break;
+        }
+        tracing::debug!(
+            attempt,
+            found = picks.len(),
+            k = plan.k,
+            "short answer; widening"
+        );
+        widen = widen.saturating_mul(4);
+        if attempt + 2 == WIDEN_ATTEMPTS {
+            // Last try: everything that could possibly match.
+            widen = catalog.len().try_into().unwrap_or(usize::MAX);
+        }
+    }
+    picks
+        .into_iter()
+        // The attribute lookup is the final liveness check: an id deleted
+        // while the search ran has no attributes any more.
+        .filter_map(|p| {
+            let attributes = Arc::clone(view.get(&p.key)?);
+            Some(Recommendation {
+                id: ProductId::from_trusted(p.key),
+                score: p.score,
+                attributes,
+                reason: p.reason,
+            })
+        })
+        .collect()
+}
+
+/// Builds one candidate list of up to `n` admitted products.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn fetch(
+    l: &ListPlan,
+    n: usize,
+    plan: &Plan,
+    view: &AttributeView<'_>,
+    admits: &(dyn Fn(&str) -> bool + Sync),
+    catalog: &Catalog,
+    personalizer: &Personalizer,
+    vectors: &mut Vectors<'_>,
+    exact_threshold: usize,
+) -> List {
+    let mut saturated = false;
+    let mut candidates: Vec<Candidate> = match &l.source {
+        Source::Knn(query) => {
+            let hits = knn(
+                catalog,
+                view,
+                query,
+                n,
+                &plan.filter,
+                admits,
+                exact_threshold,
+            );
+            saturated = hits.len() >= n;
+            hits.into_iter()
+                .map(|h| Candidate {
+                    key: h.key,
+                    score: h.score,
+                })
+                .collect()
+        }
+        Source::BestOf(positives) => {
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for p in positives {
+                let hits = knn(catalog, view, p, n, &plan.filter, admits, exact_threshold);
+                saturated |= hits.len() >= n;
+                for h in hits {
+                    if seen.insert(Arc::clone(&h.key))
+                        && let Some(v) = vectors.get(&h.key)
+                    {
+                        out.push(Candidate {
+                            score: best_score(
+                                max_similarity(&v, positives),
+                                max_similarity(&v, &plan.negatives),
+                            ),
+                            key: h.key,
+                        });
+                    }
+                }
+            }
+            out
+        }
+        Source::AwayFrom => {
+            let mut all = Vec::new();
+            catalog.index().for_each_live(&mut |key, v| {
+                if admits(key) {
+                    all.push(Candidate {
+                        key: Arc::clone(key),
+                        score: best_score(f32::NEG_INFINITY, max_similarity(v, &plan.negatives)),
+                    });
+                }
+            });
+            all
+        }
+        Source::Trending => {
+            let top = personalizer.trending(n, admits);
+            saturated = top.len() >= n;
+            top.into_iter()
+                .map(|(key, score)| Candidate { key, score })
+                .collect()
+        }
+        Source::Explore => explore(view, admits, &plan.filter, vectors, exact_threshold, n),
+    };
+    // Dislikes push k-NN candidates down (BEST_SCORE lists already include
+    // negatives in their score). As in Qdrant's best_score, the comparison
+    // is example to example: a candidate closer to a disliked product than
+    // to every product the shopper liked (or is looking at) goes below the
+    // rest. Comparing with the interest centroid instead would keep the
+    // disliked product's near-duplicates, which sit as close to the centre
+    // of a taste as the liked products do.
+    if !plan.negatives.is_empty() && matches!(l.source, Source::Knn(_)) {
+        let examples: Vec<Arc<[f32]>> =
+            plan.anchors.iter().map(|a| Arc::clone(&a.vector)).collect();
+        for c in &mut candidates {
+            if let Some(v) = vectors.get(&c.key) {
+                let negative = max_similarity(&v, &plan.negatives);
+                let positive = if examples.is_empty() {
+                    c.score
+                } else {
+                    max_similarity(&v, &examples)
+                };
+                if negative >= positive {
+                    c.score = best_score(f32::NEG_INFINITY, negative);
+                }
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
+    if matches!(l.source, Source::AwayFrom) {
+        saturated = candidates.len() > n;
+        candidates.truncate(n);
+    }
+    List {
+        candidates,
+        quota: l.quota,
+        mmr_lambda: l.mmr_lambda,
+        why: l.why.clone(),
+        saturated,
+    }
+}
+
+/// k-NN among admitted products: exact over the ids of a selective filter,
+/// filtered HNSW otherwise.
+fn knn(
+    catalog: &Catalog,
+    view: &AttributeView<'_>,
+    query: &[f32],
+    n: usize,
+    filter: &Filter,
+    admits: &(dyn Fn(&str) -> bool + Sync),
+    exact_threshold: usize,
+) -> Vec<Hit> {
+    let index = catalog.index();
+    match view.narrow_candidates(filter, exact_threshold) {
+        Some(candidates) => {
+            let mut admitted = candidates.into_iter().filter(|id| admits(id));
+            index.search_among(query, n, &mut admitted)
+        }
+        None => index.search(query, n, admits),
+    }
+}
+
+/// A deterministic sample of the admitted products, ranked by how typical
+/// they are (similarity to the sample's mean look); MMR then spreads the
+/// picks out.
+fn explore(
+    view: &AttributeView<'_>,
+    admits: &(dyn Fn(&str) -> bool + Sync),
+    filter: &Filter,
+    vectors: &mut Vectors<'_>,
+    exact_threshold: usize,
+    n: usize,
+) -> Vec<Candidate> {
+    let mut ids: Vec<&Arc<str>> = match view.narrow_candidates(filter, exact_threshold) {
+        Some(narrow) => {
+            let narrow: HashSet<&str> = narrow.into_iter().collect();
+            view.ids().filter(|id| narrow.contains(&***id)).collect()
+        }
+        None => view.ids().collect(),
+    };
+    ids.retain(|id| admits(id));
+    ids.sort_unstable();
+    let stride = ids.len().div_ceil(EXPLORE_SAMPLE.max(n)).max(1);
+    let sample: Vec<(Arc<str>, Arc<[f32]>)> = ids
+        .into_iter()
+        .step_by(stride)
+        .filter_map(|id| Some((Arc::clone(id), vectors.get(id)?)))
+        .collect();
+    let vs: Vec<Arc<[f32]>> = sample.iter().map(|(_, v)| Arc::clone(v)).collect();
+    let Some(centre) = mean(&vs).and_then(|m| unit(&m)) else {
+        return Vec::new();
+    };
+    sample
+        .into_iter()
+        .map(|(key, v)| Candidate {
+            score: dot(&v, &centre),
+            key,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_score_follows_qdrant() {
+        assert_eq!(best_score(0.9, 0.5), 0.9);
+        assert_eq!(best_score(0.5, 0.9), -(0.9f32 * 0.9));
+        assert!(best_score(f32::NEG_INFINITY, 0.1) > best_score(f32::NEG_INFINITY, 0.8));
+    }
+
+    #[test]
+    fn blending_moves_towards_the_context() {
+        let b = blend(&[1.0, 0.0], &[0.0, 1.0], 0.5);
+        assert!((b[0] - b[1]).abs() < 1e-6);
+        assert_eq!(blend(&[1.0, 0.0], &[-1.0, 0.0], 0.5), vec![-1.0, 0.0]);
+        assert!(unit(&[0.0, 0.0]).is_none());
+    }
+}

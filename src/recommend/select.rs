@@ -1,0 +1,266 @@
+//! Turning candidate lists into the final k: shares, caps, MMR, reasons.
+//!
+//! Every recommendation path ends here with one or more ranked candidate
+//! lists (one per taste interest, or a trending list with an explore list
+//! behind it) and a quota per list. Picks alternate between lists by how far
+//! each is below its quota (a weighted round robin), skip duplicates and
+//! products over their attribute cap, and, with MMR on, take from the due
+//! list the candidate with the best `(1 - lambda) * relevance - lambda *
+//! (max similarity to the picks so far)`. A list that runs dry hands its
+//! remaining quota to the lists after it, in order, which is how "trending,
+//! then a diverse fill" and "multi-interest, but never fewer than k" work.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::{catalog::AttributeView, domain::dot, index::VectorIndex};
+
+/// One candidate of one list.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub key: Arc<str>,
+    /// Relevance, higher is better.
+    pub score: f32,
+}
+
+/// How a pick from a list is explained.
+#[derive(Debug, Clone)]
+pub enum Why {
+    /// By the anchor (a product the shopper interacted with, or a query
+    /// product) most similar to the pick.
+    NearestAnchor,
+    Fixed(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct List {
+    /// Best first.
+    pub candidates: Vec<Candidate>,
+    pub quota: usize,
+    /// MMR trade-off for picks from this list (0 = off).
+    pub mmr_lambda: f32,
+    pub why: Why,
+    /// Whether the list was cut at the size asked for, i.e. more
+    /// candidates exist; used to decide whether to fetch again wider.
+    pub saturated: bool,
+}
+
+/// A reason-giving reference point.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub reason: String,
+    pub vector: Arc<[f32]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub key: Arc<str>,
+    pub score: f32,
+    pub reason: String,
+}
+
+/// Unit vectors of the candidates, fetched once per request.
+#[derive(Debug)]
+pub struct Vectors<'a> {
+    index: &'a VectorIndex,
+    cache: HashMap<Arc<str>, Option<Arc<[f32]>>>,
+}
+
+impl<'a> Vectors<'a> {
+    pub fn new(index: &'a VectorIndex) -> Self {
+        Self {
+            index,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, key: &Arc<str>) -> Option<Arc<[f32]>> {
+        self.cache
+            .entry(Arc::clone(key))
+            .or_insert_with(|| self.index.get(key))
+            .clone()
+    }
+}
+
+/// At most `max` picks per value of attribute `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cap {
+    pub key: String,
+    pub max: usize,
+}
+
+/// Largest-remainder split of `k` by `shares` (which sum to ~1).
+pub fn quotas(k: usize, shares: &[f64]) -> Vec<usize> {
+    let total: f64 = shares.iter().sum();
+    if shares.is_empty() || !(total > 0.0) {
+        return vec![0; shares.len()];
+    }
+    let exact: Vec<f64> = shares.iter().map(|s| s / total * k as f64).collect();
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "each exact share is in [0, k]"
+    )]
+    let mut out: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut left = k.saturating_sub(out.iter().sum());
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = exact[a] - exact[a].floor();
+        let rb = exact[b] - exact[b].floor();
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        out[i] += 1;
+        left -= 1;
+    }
+    out
+}
+
+/// Picks up to `k` products from `lists` (see the module docs).
+pub fn select(
+    lists: &[List],
+    k: usize,
+    cap: Option<&Cap>,
+    view: &AttributeView<'_>,
+    vectors: &mut Vectors<'_>,
+    anchors: &[Anchor],
+) -> Vec<Pick> {
+    let mut taken = vec![0usize; lists.len()];
+    let mut next = vec![0usize; lists.len()];
+    let mut dry = vec![false; lists.len()];
+    let mut seen: HashSet<Arc<str>> = HashSet::new();
+    let mut per_value: HashMap<String, usize> = HashMap::new();
+    let mut picks: Vec<(usize, Candidate)> = Vec::with_capacity(k);
+    let mut picked_vectors: Vec<Arc<[f32]>> = Vec::with_capacity(k);
+    let capped_value = |key: &str| -> Option<String> {
+        let cap = cap?;
+        view.get(key)?.get(&cap.key).cloned()
+    };
+    while picks.len() < k {
+        // The list furthest below its quota, else the first with anything left.
+        let due = (0..lists.len())
+            .filter(|&i| !dry[i] && taken[i] < lists[i].quota)
+            .max_by(|&a, &b| {
+                let fa = (lists[a].quota - taken[a]) as f64 / lists[a].quota as f64;
+                let fb = (lists[b].quota - taken[b]) as f64 / lists[b].quota as f64;
+                fa.total_cmp(&fb).then(b.cmp(&a))
+            })
+            .or_else(|| (0..lists.len()).find(|&i| !dry[i]));
+        let Some(l) = due else { break };
+        let list = &lists[l];
+        let admissible = |c: &Candidate| {
+            !seen.contains(&c.key)
+                && match (cap, capped_value(&c.key)) {
+                    (Some(cap), Some(value)) => {
+                        per_value.get(&value).copied().unwrap_or(0) < cap.max
+                    }
+                    _ => true,
+                }
+        };
+        let chosen = if list.mmr_lambda > 0.0 && !picked_vectors.is_empty() {
+            let lambda = list.mmr_lambda;
+            let mut best: Option<(usize, f32)> = None;
+            for (i, c) in list.candidates.iter().enumerate().skip(next[l]) {
+                if !admissible(c) {
+                    continue;
+                }
+                let Some(v) = vectors.get(&c.key) else {
+                    continue;
+                };
+                let redundancy = picked_vectors
+                    .iter()
+                    .map(|p| dot(p, &v))
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let value = (1.0 - lambda) * c.score - lambda * redundancy;
+                if best.is_none_or(|(_, b)| value > b) {
+                    best = Some((i, value));
+                }
+            }
+            best.map(|(i, _)| i)
+        } else {
+            // Candidates before `next[l]` were all taken or inadmissible,
+            // and stay so (caps only tighten), so the scan resumes there.
+            let found = (next[l]..list.candidates.len()).find(|&i| admissible(&list.candidates[i]));
+            if let Some(i) = found {
+                next[l] = i + 1;
+            }
+            found
+        };
+        let Some(i) = chosen else {
+            dry[l] = true;
+            continue;
+        };
+        let c = list.candidates[i].clone();
+        seen.insert(Arc::clone(&c.key));
+        if let Some(value) = capped_value(&c.key) {
+            *per_value.entry(value).or_default() += 1;
+        }
+        if let Some(v) = vectors.get(&c.key) {
+            picked_vectors.push(v);
+        }
+        taken[l] += 1;
+        picks.push((l, c));
+    }
+    // Without MMR the pick order is an artefact of the round robin; show
+    // the best first. With MMR the pick order is the diversified ranking.
+    if lists.iter().all(|l| l.mmr_lambda <= 0.0) {
+        picks.sort_by(|a, b| {
+            b.1.score
+                .total_cmp(&a.1.score)
+                .then_with(|| a.1.key.cmp(&b.1.key))
+        });
+    }
+    picks
+        .into_iter()
+        .map(|(l, c)| {
+            let reason = match &lists[l].why {
+                Why::Fixed(s) => (*s).to_owned(),
+                Why::NearestAnchor => vectors
+                    .get(&c.key)
+                    .and_then(|v| {
+                        anchors
+                            .iter()
+                            .map(|a| (a, dot(&a.vector, &v)))
+                            .max_by(|x, y| x.1.total_cmp(&y.1))
+                            .map(|(a, _)| a.reason.clone())
+                    })
+                    .unwrap_or_default(),
+            };
+            Pick {
+                key: c.key,
+                score: c.score,
+                reason,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn quotas_follow_shares_and_sum_to_k() {
+        assert_eq!(quotas(10, &[0.5, 0.3, 0.2]), vec![5, 3, 2]);
+        assert_eq!(quotas(10, &[0.7, 0.3]), vec![7, 3]);
+        assert_eq!(quotas(3, &[0.34, 0.33, 0.33]), vec![1, 1, 1]);
+        assert_eq!(quotas(1, &[0.6, 0.4]), vec![1, 0]);
+        assert_eq!(quotas(5, &[]), Vec::<usize>::new());
+    }
+
+    proptest! {
+        #[test]
+        fn quotas_always_sum_to_k(k in 0usize..200, shares in proptest::collection::vec(0.0f64..1.0, 1..8)) {
+            let q = quotas(k, &shares);
+            if shares.iter().sum::<f64>() > 0.0 {
+                prop_assert_eq!(q.iter().sum::<usize>(), k);
+            }
+        }
+    }
+}
