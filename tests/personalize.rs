@@ -472,7 +472,7 @@ async fn add_cluster_products(c: &mut Client) {
     let r = c
         .add_products(futures::stream::iter(items))
         .await
-        .unwrap()
+        .expect("import the synthetic clusters")
         .into_inner();
     assert_eq!(r.added, 60);
 }

@@ -563,7 +563,8 @@ mod tests {
             (Action::Purchase, now),
             "0 means now"
         );
-        let cases: Vec<(proto::RecordInteractionRequest, fn(&InvalidRequest) -> bool)> = vec![
+        type Case = (proto::RecordInteractionRequest, fn(&InvalidRequest) -> bool);
+        let cases: Vec<Case> = vec![
             (interaction("u", "p", 0, 0), |e| {
                 *e == InvalidRequest::UnspecifiedAction
             }),

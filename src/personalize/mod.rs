@@ -664,13 +664,16 @@ type Pending = Vec<(
     oneshot::Sender<Result<(), PersonalizeError>>,
 )>;
 
+/// A user's new state in a commit, with the history rows it appends and
+/// the sequence numbers it evicts.
+type Touched = (UserState, Vec<(u64, StoredInteraction)>, Vec<u64>);
+
 fn commit(shared: &Shared, batch: Pending) {
     if batch.is_empty() {
         return;
     }
     let config = &shared.config;
-    let mut touched: HashMap<Arc<str>, (UserState, Vec<(u64, StoredInteraction)>, Vec<u64>)> =
-        HashMap::new();
+    let mut touched: HashMap<Arc<str>, Touched> = HashMap::new();
     let mut trends = Vec::new();
     {
         let users = shared.users.read();

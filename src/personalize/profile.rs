@@ -160,7 +160,8 @@ impl TasteProfile {
     /// share first. Interests whose mean cancelled out are skipped.
     pub fn directions(&self) -> Vec<(Vec<f32>, f64)> {
         let total: f64 = self.interests.iter().map(|i| i.weight).sum();
-        if !(total > 0.0) {
+        // Also catches NaN.
+        if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Vec::new();
         }
         let mut out: Vec<(Vec<f32>, f64)> = self

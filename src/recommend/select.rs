@@ -94,7 +94,7 @@ pub struct Cap {
 /// Largest-remainder split of `k` by `shares` (which sum to ~1).
 pub fn quotas(k: usize, shares: &[f64]) -> Vec<usize> {
     let total: f64 = shares.iter().sum();
-    if shares.is_empty() || !(total > 0.0) {
+    if shares.is_empty() || total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return vec![0; shares.len()];
     }
     let exact: Vec<f64> = shares.iter().map(|s| s / total * k as f64).collect();
