@@ -72,6 +72,10 @@ say "## RecommendSimilar by product id, k=10, 12,000 products"
 for c in 1 4; do
   "$bin" bench --server "$url" --rpc similar --catalog "$data" --concurrency "$c" --duration 20 --warmup 3 -k 10 | block
 done
+
+say "## RecommendForUser, k=10, 12,000 products, shoppers with 500 interactions each"
+say "32 synthetic shoppers, each with 500 interactions (70% views, 15% clicks, 10% add-to-cart, 5% purchases) around three favourite products, recorded through RecordInteractions first; then queried round-robin."
+"$bin" bench --server "$url" --rpc user --catalog "$data" --concurrency 1 --duration 20 --warmup 3 -k 10 --shoppers 32 --history 500 | block
 stop_server
 
 say "## Start-up and memory with 12,000 products"

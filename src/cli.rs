@@ -100,6 +100,12 @@ pub enum Command {
         warmup: f64,
         #[arg(short, default_value_t = 10)]
         k: u32,
+        /// `user`: synthetic shoppers to create and query.
+        #[arg(long, default_value_t = 32)]
+        shoppers: usize,
+        /// `user`: interactions recorded per shopper before the run.
+        #[arg(long, default_value_t = 500)]
+        history: usize,
     },
     /// Grow a running server's catalogue to TOTAL products with synthetic
     /// products clustered like the real ones (noisy copies of real embeddings).
@@ -170,6 +176,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             duration,
             warmup,
             k,
+            shoppers,
+            history,
         } => {
             let spec = LoadSpec {
                 rpc,
@@ -177,8 +185,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 warmup: Duration::from_secs_f64(warmup.max(0.0)),
                 duration: Duration::from_secs_f64(duration.max(0.1)),
                 k,
+                shoppers: shoppers.max(1),
             };
-            bench(&server.server, &catalog, &spec).await
+            bench(&server.server, &catalog, &spec, history).await
         }
         Command::Synth {
             server,
@@ -430,7 +439,7 @@ async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<(
     Ok(())
 }
 
-async fn bench(server: &str, catalog: &Path, spec: &LoadSpec) -> Result<()> {
+async fn bench(server: &str, catalog: &Path, spec: &LoadSpec, history: usize) -> Result<()> {
     let (entries, _) = dataset::read_catalog(catalog)?;
     if entries.is_empty() {
         bail!("{} lists no products with an image", catalog.display());
@@ -446,9 +455,26 @@ async fn bench(server: &str, catalog: &Path, spec: &LoadSpec) -> Result<()> {
                     .with_context(|| format!("cannot read {}", e.image.display()))
             })
             .collect::<Result<Vec<_>>>()?,
-        Rpc::Similar => Vec::new(),
+        Rpc::Similar | Rpc::User => Vec::new(),
     };
-    let client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    let mut client = Client::connect(server, CLIENT_MAX_MESSAGE).await?;
+    if spec.rpc == Rpc::User {
+        let items = loadgen::shopper_histories(&ids, spec.shoppers, history, 7);
+        let started = Instant::now();
+        let (recorded, failed, errors) = client
+            .record_interactions(futures::stream::iter(items))
+            .await?;
+        if failed > 0 {
+            bail!("{failed} interactions failed, e.g. {:?}", errors.first());
+        }
+        use std::io::Write;
+        writeln!(
+            std::io::stdout().lock(),
+            "recorded {recorded} interactions ({} shoppers x {history}) in {:.1} s through RecordInteractions",
+            spec.shoppers,
+            started.elapsed().as_secs_f64()
+        )?;
+    }
     let r = loadgen::run(client, spec, Arc::new(ids), Arc::new(images)).await?;
     use std::io::Write;
     writeln!(

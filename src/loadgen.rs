@@ -25,6 +25,45 @@ pub enum Rpc {
     Similar,
     /// Embed one photo per call.
     Embed,
+    /// RecommendForUser for shoppers with a long history (set up first
+    /// with `seed_shoppers`).
+    User,
+}
+
+/// Shopper ids `seed_shoppers` creates.
+pub fn shopper_id(n: usize) -> String {
+    format!("bench-shopper-{n}")
+}
+
+/// Records `history` interactions for each of `shoppers` synthetic
+/// shoppers: each has three favourite products and interacts with random
+/// products near them in id order (ids are a proxy for catalogue
+/// neighbourhoods), mostly views, some clicks, carts and purchases.
+pub fn shopper_histories(
+    ids: &[String],
+    shoppers: usize,
+    history: usize,
+    seed: u64,
+) -> Vec<(String, String, crate::personalize::Action)> {
+    use crate::personalize::Action;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(shoppers * history);
+    for n in 0..shoppers {
+        let favourites: Vec<usize> = (0..3).map(|_| rng.random_range(0..ids.len())).collect();
+        for _ in 0..history {
+            let centre = favourites[rng.random_range(0..favourites.len())];
+            let offset = rng.random_range(0..50usize);
+            let product = &ids[(centre + offset) % ids.len()];
+            let action = match rng.random_range(0..100) {
+                0..70 => Action::View,
+                70..85 => Action::Click,
+                85..95 => Action::AddToCart,
+                _ => Action::Purchase,
+            };
+            out.push((shopper_id(n), product.clone(), action));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +73,8 @@ pub struct LoadSpec {
     pub warmup: Duration,
     pub duration: Duration,
     pub k: u32,
+    /// Shoppers queried by `Rpc::User`.
+    pub shoppers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +122,10 @@ pub async fn run(
                         .map(drop),
                     Rpc::Embed => client
                         .embed(vec![images[i % images.len()].clone()])
+                        .await
+                        .map(drop),
+                    Rpc::User => client
+                        .for_user(&shopper_id(i % spec.shoppers.max(1)), spec.k)
                         .await
                         .map(drop),
                 };

@@ -10,6 +10,7 @@ use futures::Stream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::proto::{self, recommender_client::RecommenderClient};
+use crate::personalize::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -145,15 +146,42 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.items
-            .into_iter()
-            .map(|i| Hit {
-                id: i.product_id,
-                score: i.score,
-                attributes: i.attributes.into_iter().collect(),
-                reason: i.reason,
+        Ok(hits(r))
+    }
+
+    /// RecommendForUser without filter or context.
+    pub async fn for_user(&mut self, user: &str, k: u32) -> Result<Vec<Hit>, ClientError> {
+        let r = self
+            .inner
+            .recommend_for_user(proto::RecommendForUserRequest {
+                user_id: user.to_owned(),
+                k,
+                ..Default::default()
             })
-            .collect())
+            .await?
+            .into_inner();
+        Ok(hits(r))
+    }
+
+    /// Streams (user, product, action) through `RecordInteractions`, stamped
+    /// now; returns (recorded, failed, first errors).
+    pub async fn record_interactions(
+        &mut self,
+        items: impl Stream<Item = (String, String, Action)> + Send + 'static,
+    ) -> Result<(u64, u64, Vec<String>), ClientError> {
+        use futures::StreamExt;
+        let requests = items.map(
+            |(user_id, product_id, action)| proto::RecordInteractionRequest {
+                interaction: Some(proto::Interaction {
+                    user_id,
+                    product_id,
+                    action: action_to_proto(action) as i32,
+                    timestamp_ms: 0,
+                }),
+            },
+        );
+        let r = self.inner.record_interactions(requests).await?.into_inner();
+        Ok((r.recorded, r.failed, r.errors))
     }
 
     pub async fn stats(&mut self) -> Result<ServerStats, ClientError> {
@@ -224,5 +252,27 @@ impl Client {
             errors: r.errors,
             catalog_size: r.catalog_size,
         })
+    }
+}
+
+fn hits(r: proto::RecommendResponse) -> Vec<Hit> {
+    r.items
+        .into_iter()
+        .map(|i| Hit {
+            id: i.product_id,
+            score: i.score,
+            attributes: i.attributes.into_iter().collect(),
+            reason: i.reason,
+        })
+        .collect()
+}
+
+fn action_to_proto(a: Action) -> proto::Action {
+    match a {
+        Action::View => proto::Action::View,
+        Action::Click => proto::Action::Click,
+        Action::AddToCart => proto::Action::AddToCart,
+        Action::Purchase => proto::Action::Purchase,
+        Action::Dislike => proto::Action::Dislike,
     }
 }
