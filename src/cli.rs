@@ -218,7 +218,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             let report = crate::eval_personal::run(&config, &dir, &spec).await?;
             use std::io::Write;
-            write!(std::io::stdout().lock(), "{report}")?;
+            write!(std::io::stdout().lock(), "{}", report.markdown())?;
             Ok(())
         }
     }

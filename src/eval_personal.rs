@@ -168,13 +168,14 @@ fn simulate(
         .collect()
 }
 
+/// Sums while accumulating, means in a [`Report`].
 #[derive(Debug, Clone, Copy, Default)]
-struct Metrics {
-    n: usize,
-    hit: f64,
-    ndcg: f64,
-    taste_precision: f64,
-    diversity: f64,
+pub struct Metrics {
+    pub n: usize,
+    pub hit: f64,
+    pub ndcg: f64,
+    pub taste_precision: f64,
+    pub diversity: f64,
 }
 
 impl Metrics {
@@ -330,8 +331,8 @@ fn decode_cache(
     Some(out)
 }
 
-/// Runs the protocol; returns the report as Markdown.
-pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<String> {
+/// Runs the protocol.
+pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<Report> {
     let (entries, _) = dataset::read_catalog(dir)?;
     let tastes_of: Vec<Option<String>> = entries.iter().map(taste_of).collect();
     let mut tastes: HashMap<String, Vec<usize>> = HashMap::new();
@@ -419,12 +420,6 @@ pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<String> {
         "simulated histories recorded (twice)"
     );
 
-    let methods = [
-        "personalized, multi-interest",
-        "personalized, single centroid",
-        "trending",
-        "random",
-    ];
     // [method][tastes - 1]
     let mut totals = [[Metrics::default(); 3]; 4];
     let mut latencies = Vec::new();
@@ -460,62 +455,126 @@ pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<String> {
     }
     latencies.sort_by(f64::total_cmp);
     let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-
-    let mut out = String::new();
-    let k = spec.k;
-    writeln!(
-        out,
-        "Simulated shoppers (see `src/eval_personal.rs`): {} shoppers (1/2/3 tastes in equal thirds), \
-         {recorded} interactions, {} products, {} tastes (gender/articleType/colour group with >= {MIN_TASTE_SIZE} products), \
-         seed {}, max_interests {}, interest_similarity {}.\n",
-        shoppers.len(),
-        entries.len(),
-        tastes.len(),
-        spec.seed,
-        config.personalize.max_interests,
-        config.personalize.interest_similarity,
-    )?;
-    writeln!(
-        out,
-        "| method | hit-rate@{k} | NDCG@{k} | taste-precision@{k} | intra-list diversity |"
-    )?;
-    writeln!(out, "|---|---:|---:|---:|---:|")?;
-    for (name, per) in methods.iter().zip(&totals) {
-        let mut all = Metrics::default();
-        for m in per {
-            all.add(*m);
-        }
-        let a = all.mean();
-        writeln!(
-            out,
-            "| {name} | {:.4} | {:.4} | {:.4} | {:.4} |",
-            a.hit, a.ndcg, a.taste_precision, a.diversity
-        )?;
-    }
-    writeln!(
-        out,
-        "\ntaste-precision@{k} by number of tastes per shopper:\n"
-    )?;
-    writeln!(out, "| method | 1 taste | 2 tastes | 3 tastes |")?;
-    writeln!(out, "|---|---:|---:|---:|")?;
-    for (name, per) in methods.iter().zip(&totals) {
-        writeln!(
-            out,
-            "| {name} | {:.4} | {:.4} | {:.4} |",
-            per[0].mean().taste_precision,
-            per[1].mean().taste_precision,
-            per[2].mean().taste_precision
-        )?;
-    }
-    writeln!(
-        out,
-        "\nRecommendForUser in-process latency (multi-interest, {} queries, no gRPC): p50 {:.2} ms, p99 {:.2} ms.",
-        latencies.len(),
-        p(0.5),
-        p(0.99)
-    )?;
     drop(scratch);
-    Ok(out)
+    Ok(Report {
+        shoppers: shoppers.len(),
+        interactions: recorded,
+        products: entries.len(),
+        tastes: tastes.len(),
+        seed: spec.seed,
+        k: spec.k,
+        max_interests: config.personalize.max_interests,
+        interest_similarity: config.personalize.interest_similarity,
+        methods: METHODS
+            .iter()
+            .zip(totals)
+            .map(|(name, per)| MethodResult {
+                name,
+                by_tastes: per.map(|m| m.mean()),
+                overall: {
+                    let mut all = Metrics::default();
+                    for m in per {
+                        all.add(m);
+                    }
+                    all.mean()
+                },
+            })
+            .collect(),
+        latency_ms: (p(0.5), p(0.99)),
+    })
+}
+
+/// Method names, in the order of `Report::methods`.
+pub const METHODS: [&str; 4] = [
+    "personalized, multi-interest",
+    "personalized, single centroid",
+    "trending",
+    "random",
+];
+
+#[derive(Debug, Clone)]
+pub struct MethodResult {
+    pub name: &'static str,
+    /// Means over shoppers with 1, 2 and 3 tastes.
+    pub by_tastes: [Metrics; 3],
+    pub overall: Metrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub shoppers: usize,
+    pub interactions: usize,
+    pub products: usize,
+    pub tastes: usize,
+    pub seed: u64,
+    pub k: usize,
+    pub max_interests: usize,
+    pub interest_similarity: f32,
+    pub methods: Vec<MethodResult>,
+    /// In-process RecommendForUser (multi-interest) p50 and p99.
+    pub latency_ms: (f64, f64),
+}
+
+impl Report {
+    pub fn method(&self, name: &str) -> Option<&MethodResult> {
+        self.methods.iter().find(|m| m.name == name)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_markdown(&mut out);
+        out
+    }
+
+    fn write_markdown(&self, out: &mut String) -> std::fmt::Result {
+        let k = self.k;
+        writeln!(
+            out,
+            "Simulated shoppers (see `src/eval_personal.rs`): {} shoppers (1/2/3 tastes in equal thirds), \
+             {} interactions, {} products, {} tastes (gender/articleType/colour group with >= {MIN_TASTE_SIZE} products), \
+             seed {}, max_interests {}, interest_similarity {}.\n",
+            self.shoppers,
+            self.interactions,
+            self.products,
+            self.tastes,
+            self.seed,
+            self.max_interests,
+            self.interest_similarity,
+        )?;
+        writeln!(
+            out,
+            "| method | hit-rate@{k} | NDCG@{k} | taste-precision@{k} | intra-list diversity |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|")?;
+        for m in &self.methods {
+            let a = &m.overall;
+            writeln!(
+                out,
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                m.name, a.hit, a.ndcg, a.taste_precision, a.diversity
+            )?;
+        }
+        writeln!(
+            out,
+            "\ntaste-precision@{k} by number of tastes per shopper:\n"
+        )?;
+        writeln!(out, "| method | 1 taste | 2 tastes | 3 tastes |")?;
+        writeln!(out, "|---|---:|---:|---:|")?;
+        for m in &self.methods {
+            let [one, two, three] = &m.by_tastes;
+            writeln!(
+                out,
+                "| {} | {:.4} | {:.4} | {:.4} |",
+                m.name, one.taste_precision, two.taste_precision, three.taste_precision
+            )?;
+        }
+        writeln!(
+            out,
+            "\nRecommendForUser in-process latency (multi-interest, {} queries, no gRPC): p50 {:.2} ms, p99 {:.2} ms.",
+            self.shoppers, self.latency_ms.0, self.latency_ms.1
+        )
+    }
 }
 
 /// A scratch data directory, removed on drop.
