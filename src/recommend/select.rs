@@ -243,7 +243,122 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        catalog::AttributeTable,
+        index::{IndexParams, VectorIndex},
+    };
     use proptest::prelude::*;
+
+    /// Products `p0..` with the given kinds, at angles `i * 10` degrees.
+    fn fixture(kinds: &[&str]) -> (AttributeTable, VectorIndex) {
+        let table = AttributeTable::default();
+        let index = VectorIndex::new(2, IndexParams::default(), kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let id: Arc<str> = Arc::from(format!("p{i}"));
+            table.insert(
+                Arc::clone(&id),
+                [("kind".to_owned(), (*kind).to_owned())]
+                    .into_iter()
+                    .collect(),
+            );
+            let angle = (i as f32 * 10.0).to_radians();
+            index
+                .upsert(id, Arc::from(vec![angle.cos(), angle.sin()]))
+                .unwrap();
+        }
+        (table, index)
+    }
+
+    fn list(ids: &[(usize, f32)], quota: usize, mmr_lambda: f32) -> List {
+        List {
+            candidates: ids
+                .iter()
+                .map(|&(i, score)| Candidate {
+                    key: Arc::from(format!("p{i}")),
+                    score,
+                })
+                .collect(),
+            quota,
+            mmr_lambda,
+            why: Why::Fixed("test"),
+            saturated: false,
+        }
+    }
+
+    fn keys(picks: &[Pick]) -> Vec<&str> {
+        picks.iter().map(|p| &*p.key).collect()
+    }
+
+    #[test]
+    fn caps_skip_and_a_dry_list_hands_over_to_the_next() {
+        let (table, index) = fixture(&["a", "a", "a", "b", "b", "c"]);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        let lists = [
+            list(&[(0, 0.9), (1, 0.8), (2, 0.7)], 3, 0.0),
+            list(&[(3, 0.6), (4, 0.5), (5, 0.4)], 0, 0.0),
+        ];
+        let cap = Cap {
+            key: "kind".into(),
+            max: 1,
+        };
+        let picks = select(&lists, 5, Some(&cap), &view, &mut vectors, &[]);
+        assert_eq!(
+            keys(&picks),
+            ["p0", "p3", "p5"],
+            "one per kind, then nothing left"
+        );
+        let picks = select(&lists, 4, None, &view, &mut vectors, &[]);
+        assert_eq!(keys(&picks), ["p0", "p1", "p2", "p3"]);
+    }
+
+    #[test]
+    fn quotas_share_k_between_lists_and_duplicates_count_once() {
+        let (table, index) = fixture(&["a", "a", "b", "b", "b"]);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        let lists = [
+            list(&[(0, 0.9), (1, 0.8), (2, 0.2)], 1, 0.0),
+            list(&[(0, 0.9), (2, 0.7), (3, 0.6), (4, 0.5)], 2, 0.0),
+        ];
+        let picks = select(&lists, 3, None, &view, &mut vectors, &[]);
+        assert_eq!(keys(&picks), ["p0", "p2", "p3"]);
+    }
+
+    #[test]
+    fn mmr_trades_relevance_for_distance_from_the_picks() {
+        let (table, index) = fixture(&["a", "a", "a", "a", "a", "a", "a", "a", "a", "a"]);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        // p0 and p1 are 10 degrees apart, p9 is 90 degrees from p0.
+        let plain = [list(&[(0, 0.9), (1, 0.89), (9, 0.5)], 2, 0.0)];
+        let diverse = [list(&[(0, 0.9), (1, 0.89), (9, 0.5)], 2, 0.5)];
+        assert_eq!(
+            keys(&select(&plain, 2, None, &view, &mut vectors, &[])),
+            ["p0", "p1"]
+        );
+        assert_eq!(
+            keys(&select(&diverse, 2, None, &view, &mut vectors, &[])),
+            ["p0", "p9"]
+        );
+    }
+
+    #[test]
+    fn reasons_name_the_nearest_anchor() {
+        let (table, index) = fixture(&["a", "a", "a", "a", "a", "a", "a", "a", "a", "a"]);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        let anchor = |i: usize, reason: &str| Anchor {
+            reason: reason.to_owned(),
+            vector: index.get(&format!("p{i}")).unwrap(),
+        };
+        let anchors = [anchor(0, "near p0"), anchor(9, "near p9")];
+        let mut l = list(&[(1, 0.9), (8, 0.8)], 2, 0.0);
+        l.why = Why::NearestAnchor;
+        let picks = select(&[l], 2, None, &view, &mut vectors, &anchors);
+        let reasons: Vec<&str> = picks.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons, ["near p0", "near p9"]);
+    }
 
     #[test]
     fn quotas_follow_shares_and_sum_to_k() {
