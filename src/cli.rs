@@ -1,9 +1,11 @@
-//! The `lookbook` command line: `serve`, and the client-side tools
-//! `import`, `similar` and `eval`.
+//! The `lookbook` command line: `serve`, the client-side tools `import`,
+//! `similar`, `bench` and `synth`, and the evaluations `eval` and
+//! `eval-personal`.
 //!
 //! Client commands talk to a running server through [`crate::api::client`]
-//! so they exercise exactly what platform services call; `eval` runs the
-//! model and index in-process because it measures them, not the transport.
+//! so they exercise exactly what platform services call; the evaluations
+//! run the model, index and shopper state in-process because they measure
+//! them, not the transport.
 
 use std::{
     net::SocketAddr,

@@ -6,7 +6,8 @@
 //!   `lookbook.v1` types, the service, request validation (`TryFrom` into
 //!   domain types), the single error -> `Status` mapping, a typed client.
 //! - [`app`]: wiring: bind, load, serve with health/reflection, drain.
-//! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`, `eval`).
+//! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`,
+//!   `bench`, `synth`, `eval`, `eval-personal`).
 //! - [`recommend`]: query planning: similar products (Qdrant-style
 //!   positives/negatives) and per-shopper recommendations; shares, caps,
 //!   MMR and reasons.
