@@ -190,9 +190,42 @@ impl fmt::Debug for Embedding {
     }
 }
 
+/// Independent accumulators in [`dot`]. A single running sum is a serial
+/// dependency chain that LLVM may not reorder (float addition is not
+/// associative); split sums vectorise. 16 lanes beat 8, and fill one
+/// AVX-512 register.
+const DOT_LANES: usize = 16;
+
 /// Dot product; the cosine similarity of two unit vectors.
+///
+/// The hottest loop in the service: every HNSW step, exact scan, MMR pick
+/// and reason is made of it. The release build targets baseline x86-64
+/// (SSE2, 4 lanes), so `multiversion` also compiles it for AVX2 and
+/// AVX-512 and picks the best at run time. Measured with
+/// `cargo bench --bench index` on this machine (AVX2): a 1280-d dot took
+/// 1.31 µs as a plain iterator sum and takes 0.10 µs now; an HNSW search
+/// (k=10, 5K x 1280-d) went from 1.21 ms with the same loop compiled for
+/// SSE2 only to 0.97 ms.
+///
+/// Callers guarantee equal lengths (every vector is checked against the
+/// model's dimension on the way in); a mismatch would only shorten the sum,
+/// so it is a debug assertion rather than a panic on the hot path.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    debug_assert_eq!(a.len(), b.len(), "dot of slices of different lengths");
+    let (chunks_a, rest_a) = a.as_chunks::<DOT_LANES>();
+    let (chunks_b, rest_b) = b.as_chunks::<DOT_LANES>();
+    let mut acc = [0.0_f32; DOT_LANES];
+    for (xa, xb) in chunks_a.iter().zip(chunks_b) {
+        for (s, (p, q)) in acc.iter_mut().zip(xa.iter().zip(xb)) {
+            *s += p * q;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (p, q) in rest_a.iter().zip(rest_b) {
+        sum += p * q;
+    }
+    sum
 }
 
 /// Euclidean norm.

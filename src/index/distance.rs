@@ -10,34 +10,8 @@
 
 use hnsw_rs::prelude::Distance;
 
-/// Number of independent accumulators in [`dot`]. Splitting the sum lets LLVM
-/// vectorise it (a single running sum is a serial dependency chain that it may
-/// not reorder, because float addition is not associative): about 8x faster
-/// than the naive sum at 1280 dimensions with plain SSE2; 16 lanes beat 8.
-const LANES: usize = 16;
-
-/// Dot product of two equally long slices.
-///
-/// Callers guarantee equal lengths (every vector is checked against the
-/// index dimension on the way in); a mismatch would only shorten the sum, so
-/// it is a debug assertion rather than a panic on the hot path.
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len(), "dot of slices of different lengths");
-    let (chunks_a, rest_a) = a.as_chunks::<LANES>();
-    let (chunks_b, rest_b) = b.as_chunks::<LANES>();
-    let mut acc = [0.0_f32; LANES];
-    for (xa, xb) in chunks_a.iter().zip(chunks_b) {
-        for (s, (p, q)) in acc.iter_mut().zip(xa.iter().zip(xb)) {
-            *s += p * q;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (p, q) in rest_a.iter().zip(rest_b) {
-        sum += p * q;
-    }
-    sum
-}
+/// The kernel lives in [`crate::domain`], shared with the rest of the core.
+pub(crate) use crate::domain::dot;
 
 /// Cosine distance for unit vectors: `max(0, 1 - a·b)`.
 ///
