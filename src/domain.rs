@@ -47,36 +47,46 @@ fn check_id(raw: &str, max_bytes: usize) -> Result<(), InvalidId> {
     Ok(())
 }
 
-impl ProductId {
-    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidId> {
-        check_id(raw, max_bytes)?;
-        Ok(Self(Arc::from(raw)))
-    }
+/// The shared methods of the id newtypes: parsing with [`check_id`], access,
+/// and `Debug`/`Display` as the bare string.
+macro_rules! id_type {
+    ($name:ident) => {
+        impl $name {
+            pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidId> {
+                check_id(raw, max_bytes)?;
+                Ok(Self(Arc::from(raw)))
+            }
 
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn as_arc(&self) -> &Arc<str> {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(ProductId);
+
+impl ProductId {
     /// For ids read back from our own store or index, which were validated
     /// when they were written.
     pub fn from_trusted(raw: Arc<str>) -> Self {
         Self(raw)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn as_arc(&self) -> &Arc<str> {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ProductId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for ProductId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -85,37 +95,7 @@ impl fmt::Display for ProductId {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(Arc<str>);
 
-impl UserId {
-    pub fn parse(raw: &str, max_bytes: usize) -> Result<Self, InvalidId> {
-        check_id(raw, max_bytes)?;
-        Ok(Self(Arc::from(raw)))
-    }
-
-    /// For ids read back from our own store, validated when written.
-    pub fn from_trusted(raw: Arc<str>) -> Self {
-        Self(raw)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn as_arc(&self) -> &Arc<str> {
-        &self.0
-    }
-}
-
-impl fmt::Debug for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+id_type!(UserId);
 
 /// An L2-normalised, finite embedding. Cosine similarity between two of
 /// these is their dot product.

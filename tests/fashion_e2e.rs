@@ -84,15 +84,7 @@ async fn fashion_sample_end_to_end() {
 
     // --- Import the whole sample through AddProducts.
     let started = std::time::Instant::now();
-    let items: Vec<proto::AddProductRequest> = entries
-        .iter()
-        .map(|e| proto::AddProductRequest {
-            product_id: e.id.clone(),
-            image: read(&e.image),
-            embedding: None,
-            attributes: e.attributes.clone().into_iter().collect(),
-        })
-        .collect();
+    let items: Vec<proto::AddProductRequest> = entries.iter().map(photo_request).collect();
     let r = c
         .add_products(futures::stream::iter(items))
         .await

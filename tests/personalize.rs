@@ -121,15 +121,7 @@ async fn shoppers_on_real_photos() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let mut c = server.client().await;
-    let items: Vec<proto::AddProductRequest> = chosen
-        .iter()
-        .map(|e| proto::AddProductRequest {
-            product_id: e.id.clone(),
-            image: std::fs::read(&e.image).unwrap().into(),
-            embedding: None,
-            attributes: e.attributes.clone().into_iter().collect(),
-        })
-        .collect();
+    let items: Vec<proto::AddProductRequest> = chosen.iter().map(|e| photo_request(e)).collect();
     let r = c
         .add_products(futures::stream::iter(items))
         .await

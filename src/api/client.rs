@@ -63,6 +63,18 @@ pub struct Hit {
     pub reason: String,
 }
 
+impl From<proto::AddProductsResponse> for ImportSummary {
+    fn from(r: proto::AddProductsResponse) -> Self {
+        Self {
+            added: r.added,
+            replaced: r.replaced,
+            failed: r.failed,
+            errors: r.errors,
+            catalog_size: r.catalog_size,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerStats {
     pub catalog_size: u64,
@@ -120,14 +132,7 @@ impl Client {
             embedding: None,
             attributes: item.attributes.into_iter().collect(),
         });
-        let r = self.inner.add_products(requests).await?.into_inner();
-        Ok(ImportSummary {
-            added: r.added,
-            replaced: r.replaced,
-            failed: r.failed,
-            errors: r.errors,
-            catalog_size: r.catalog_size,
-        })
+        Ok(self.inner.add_products(requests).await?.into_inner().into())
     }
 
     pub async fn similar(&mut self, to: SimilarTo, k: u32) -> Result<Vec<Hit>, ClientError> {
@@ -244,14 +249,7 @@ impl Client {
             embedding: Some(proto::Embedding { values }),
             attributes: attributes.into_iter().collect(),
         });
-        let r = self.inner.add_products(requests).await?.into_inner();
-        Ok(ImportSummary {
-            added: r.added,
-            replaced: r.replaced,
-            failed: r.failed,
-            errors: r.errors,
-            catalog_size: r.catalog_size,
-        })
+        Ok(self.inner.add_products(requests).await?.into_inner().into())
     }
 }
 

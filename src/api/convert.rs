@@ -239,11 +239,7 @@ impl TryFrom<(proto::RecommendForUserRequest, &RequestLimits)> for UserQuery {
         Ok(Self {
             user,
             k: k(raw.k, limits)?,
-            filter: raw
-                .filter
-                .map(Filter::try_from)
-                .transpose()?
-                .unwrap_or_default(),
+            filter: optional_filter(raw.filter)?,
             exclude: exclusions(&raw.exclude_ids, limits)?,
             context: product_ids(&raw.context_product_ids, "context_product_ids", limits)?,
             diversity: Diversity::try_from(raw.diversity)?,
@@ -311,6 +307,11 @@ fn clauses(raw: Vec<proto::AttributeFilter>) -> Result<Vec<AttributeFilter>, Inv
             })
         })
         .collect()
+}
+
+/// A missing filter admits everything.
+fn optional_filter(raw: Option<proto::Filter>) -> Result<Filter, InvalidFilter> {
+    Ok(raw.map(Filter::try_from).transpose()?.unwrap_or_default())
 }
 
 impl TryFrom<proto::Filter> for Filter {
@@ -400,11 +401,7 @@ impl TryFrom<(proto::RecommendSimilarRequest, &RequestLimits)> for SimilarQuery 
             negatives,
             strategy,
             k: k(raw.k, limits)?,
-            filter: raw
-                .filter
-                .map(Filter::try_from)
-                .transpose()?
-                .unwrap_or_default(),
+            filter: optional_filter(raw.filter)?,
             exclude: exclusions(&raw.exclude_ids, limits)?,
             diversity: Diversity::try_from(raw.diversity)?,
         })

@@ -33,7 +33,7 @@ use crate::{
     domain::{ProductId, UserId},
     store::{
         InteractionCommit, Store, StoreError, StoredInteraction, StoredInterest, StoredProfile,
-        UserWrite,
+        StoredTrend, UserWrite,
     },
 };
 
@@ -674,7 +674,9 @@ fn commit(shared: &Shared, batch: Pending) {
     }
     let config = &shared.config;
     let mut touched: HashMap<Arc<str>, Touched> = HashMap::new();
-    let mut trends = Vec::new();
+    // Latest value per product: a product touched twice in one commit is
+    // written once.
+    let mut trends: HashMap<String, StoredTrend> = HashMap::new();
     {
         let users = shared.users.read();
         let mut trending = shared.trending.write();
@@ -713,7 +715,7 @@ fn commit(shared: &Shared, batch: Pending) {
                     // commit, so a failed commit may leave it counting
                     // interactions the caller was told failed.
                     let t = trending.add(i.product.as_arc(), weight, i.timestamp_ms);
-                    trends.push((i.product.to_string(), t));
+                    trends.insert(i.product.to_string(), t);
                 }
             }
         }
@@ -745,12 +747,9 @@ fn commit(shared: &Shared, batch: Pending) {
                 },
             })
             .collect(),
-        trends,
+        trends: trends.into_iter().collect(),
     };
-    let result = shared
-        .store
-        .commit_interactions(&write)
-        .map_err(PersonalizeError::from);
+    let result = shared.store.commit_interactions(&write).map_err(Arc::new);
     if result.is_ok() {
         let mut users = shared.users.write();
         for (user, (state, _, _)) in touched {
@@ -758,11 +757,7 @@ fn commit(shared: &Shared, batch: Pending) {
         }
     }
     for (_, done) in batch {
-        let reply = match &result {
-            Ok(()) => Ok(()),
-            Err(PersonalizeError::Store(e)) => Err(PersonalizeError::Store(Arc::clone(e))),
-            Err(_) => Err(PersonalizeError::WriterStopped),
-        };
+        let reply = result.clone().map_err(PersonalizeError::Store);
         // The caller may have gone away (cancelled); the write stands.
         let _ = done.send(reply);
     }

@@ -245,6 +245,16 @@ pub fn embedding_request(
     }
 }
 
+/// An `AddProduct` of a catalogue entry's real photo and attributes.
+pub fn photo_request(e: &lookbook::dataset::CatalogEntry) -> proto::AddProductRequest {
+    proto::AddProductRequest {
+        product_id: e.id.clone(),
+        image: std::fs::read(&e.image).expect("read a sample photo").into(),
+        embedding: None,
+        attributes: e.attributes.clone().into_iter().collect(),
+    }
+}
+
 pub fn similar_to_id(id: &str, k: u32) -> proto::RecommendSimilarRequest {
     proto::RecommendSimilarRequest {
         query: Some(proto::recommend_similar_request::Query::ProductId(
