@@ -33,8 +33,9 @@ lint:
 fmt:
 	$(CARGO) fmt
 
+## bench: every performance figure vs the Python peers -> bench/RESULTS.md, bench/results.json
 bench: setup
-	$(CARGO) bench --locked
+	bash bench/run.sh
 
 eval: setup
 	./target/release/lookbook eval $(LOOKBOOK_FASHION_DATA)

@@ -7,21 +7,27 @@
 #      against the sha256 its manifest pins, then verified on the photos (which also
 #      writes the Rust fixtures in .cache/fixtures/efficientnet_lite2/);
 #   5. with --with-test-models: models/resnet50_random.onnx (random weights, shape and
-#      speed tests only).
+#      speed tests only);
+#   6. with --with-int8: models/efficientnet_lite2_int8.onnx, statically quantized from
+#      the fp32 model (models/quantize_int8.py), calibrated on 200 photos of the fashion
+#      sample in $LOOKBOOK_FASHION_DATA (default ../shared/data/fashion-sample, relative
+#      to the repository root) and checked against the sha256 its manifest pins.
 #
 # Idempotent: every step checks its result first and is skipped, silently, when that
 # is in place, so a repeat run costs a few hashes. A lock serialises concurrent runs
 # (the Rust test suite may start several at once).
 #
-# Usage (from anywhere): bash models/setup.sh [--with-test-models]
+# Usage (from anywhere): bash models/setup.sh [--with-test-models] [--with-int8]
 set -euo pipefail
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 with_test_models=0
+with_int8=0
 for arg in "$@"; do
     case "$arg" in
         --with-test-models) with_test_models=1 ;;
+        --with-int8) with_int8=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "setup: unknown argument $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -156,5 +162,18 @@ if ((with_test_models)); then
     if ! model_current "$onnx" models/resnet50_random.toml; then
         step "generating $onnx (random weights, for shape and speed tests)"
         build_model "$onnx" models/resnet50_random.toml "$py" models/make_resnet50_random.py --output "$onnx"
+    fi
+fi
+
+# 6. int8 model (opt-in: it needs the fashion sample's photos for calibration)
+if ((with_int8)); then
+    onnx=models/efficientnet_lite2_int8.onnx
+    if ! model_current "$onnx" models/efficientnet_lite2_int8.toml; then
+        data="${LOOKBOOK_FASHION_DATA:-../shared/data/fashion-sample}"
+        [[ -d "$data/images" ]] || die "--with-int8 needs the fashion sample's photos in $data/images" \
+            "(set LOOKBOOK_FASHION_DATA to the folder holding images/ and styles.csv)"
+        step "quantizing $onnx to int8, calibrated on 200 photos of $data (about a minute)"
+        build_model "$onnx" models/efficientnet_lite2_int8.toml \
+            "$py" models/quantize_int8.py --calibration "$data/images" --count 200 --output "$onnx"
     fi
 fi

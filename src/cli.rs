@@ -29,9 +29,11 @@ use crate::{
     dataset::{self, ARTICLE_TYPE},
     encoder::Encoder,
     eval,
-    index::VectorIndex,
+    index::{IndexParams, VectorIndex},
     loadgen::{self, LoadSpec, Rpc},
+    perf,
 };
+use std::io::Write as _;
 
 /// Photos sent per `AddProducts` stream item batch; the server commits in
 /// its own batches, this only bounds how many files are read ahead.
@@ -72,6 +74,17 @@ pub enum Command {
         /// Import only the first N products.
         #[arg(long)]
         limit: Option<usize>,
+        /// Also write the figures as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Wait until a server reports SERVING on the standard gRPC health
+    /// service (for scripts); fails after the timeout.
+    WaitReady {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
     },
     /// Print the products most similar to a product or a photo.
     Similar {
@@ -108,6 +121,12 @@ pub enum Command {
         /// `user`: interactions recorded per shopper before the run.
         #[arg(long, default_value_t = 500)]
         history: usize,
+        /// HTTP/2 connections the load is spread over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Also write the figures as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Grow a running server's catalogue to TOTAL products with synthetic
     /// products clustered like the real ones (noisy copies of real embeddings).
@@ -131,6 +150,64 @@ pub enum Command {
         /// Evaluate only the first N products.
         #[arg(long)]
         limit: Option<usize>,
+        /// Also write the embeddings to PREFIX.f32 (row-major little-endian
+        /// f32) and PREFIX.ids (one product id per line).
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Also write the figures as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Encoder throughput on a catalogue's photos, in-process: images/s,
+    /// latency per call and the decode/resize/normalise/inference split.
+    BenchEncode {
+        dir: PathBuf,
+        /// Photos used (read into memory first).
+        #[arg(long, default_value_t = 512)]
+        limit: usize,
+        /// Images per call, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        batch: Vec<usize>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Index build time, memory and QPS/recall@10 sweep on a dataset written by
+    /// `bench/peers/make_vectors.py`.
+    BenchIndex {
+        data: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+        ef_search: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Load a dataset's base vectors into a running server through
+    /// AddProducts with precomputed embeddings (ids from its ids.txt).
+    LoadVectors {
+        data: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Skip the first N rows (e.g. real products already imported with photos).
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time from AddProduct's reply until the product is returned by a query.
+    Freshness {
+        /// Dataset whose query vectors become the new products.
+        data: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Evaluate personalized recommendations on simulated shoppers built
     /// from the catalogue's labels (prints a Markdown report).
@@ -163,7 +240,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::telemetry::init(&config.telemetry);
             serve(config).await
         }
-        Command::Import { dir, server, limit } => import(&dir, &server.server, limit).await,
+        Command::Import {
+            dir,
+            server,
+            limit,
+            json,
+        } => import(&dir, &server.server, limit, json.as_deref()).await,
+        Command::WaitReady { server, timeout } => {
+            wait_ready(&server.server, Duration::from_secs_f64(timeout.max(0.0))).await
+        }
         Command::Similar {
             server,
             product,
@@ -180,6 +265,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             k,
             shoppers,
             history,
+            connections,
+            json,
         } => {
             let spec = LoadSpec {
                 rpc,
@@ -188,8 +275,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 duration: Duration::from_secs_f64(duration.max(0.1)),
                 k,
                 shoppers: shoppers.max(1),
+                connections: connections.max(1),
             };
-            bench(&server.server, &catalog, &spec, history).await
+            bench(&server.server, &catalog, &spec, history, json.as_deref()).await
         }
         Command::Synth {
             server,
@@ -198,10 +286,96 @@ pub async fn run(cli: Cli) -> Result<()> {
             noise,
             seed,
         } => synth(&server.server, &catalog, total, noise, seed).await,
-        Command::Eval { dir, limit } => {
+        Command::Eval {
+            dir,
+            limit,
+            export,
+            json,
+        } => {
             let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
             crate::telemetry::init(&config.telemetry);
-            evaluate(&config, &dir, limit).await
+            evaluate(&config, &dir, limit, export.as_deref(), json.as_deref()).await
+        }
+        Command::BenchEncode {
+            dir,
+            limit,
+            batch,
+            json,
+        } => {
+            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
+            crate::telemetry::init(&config.telemetry);
+            bench_encode(&config, &dir, limit, batch, json).await
+        }
+        Command::BenchIndex {
+            data,
+            m,
+            ef_construction,
+            ef_search,
+            threads,
+            json,
+        } => {
+            let params = IndexParams {
+                max_nb_connection: m,
+                ef_construction,
+                ..IndexParams::default()
+            };
+            params.validate()?;
+            let report = tokio::task::spawn_blocking(move || {
+                let dataset = perf::Dataset::load(&data, true)?;
+                perf::bench_index(&dataset, params, &ef_search, &threads)
+            })
+            .await??;
+            let mut out = std::io::stdout().lock();
+            for r in &report.runs {
+                writeln!(
+                    out,
+                    "lookbook {} n={}: ef={:<4} threads={} qps={:>9.1} recall@10={:.4}",
+                    report.scale, report.n, r.ef_search, r.threads, r.qps, r.recall_at_10
+                )?;
+            }
+            writeln!(
+                out,
+                "build {:.1} s, {:.0} bytes/vector (raw {})",
+                report.build_seconds, report.memory_bytes_per_vector, report.raw_vector_bytes
+            )?;
+            emit(json.as_deref(), &report)
+        }
+        Command::LoadVectors {
+            data,
+            server,
+            skip,
+            json,
+        } => {
+            let dataset = load_dataset(data.clone(), false).await?;
+            let mut client = Client::connect(&server.server, CLIENT_MAX_MESSAGE).await?;
+            let report = perf::ingest_vectors(&mut client, &data, &dataset, skip).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "added {} products with embeddings in {:.1} s ({:.0}/s)",
+                report.products,
+                report.seconds,
+                report.products_per_second
+            )?;
+            emit(json.as_deref(), &report)
+        }
+        Command::Freshness {
+            data,
+            server,
+            count,
+            json,
+        } => {
+            let dataset = load_dataset(data, false).await?;
+            let mut client = Client::connect(&server.server, CLIENT_MAX_MESSAGE).await?;
+            let report = perf::freshness(&mut client, &dataset, count).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "{} of {} new products were returned by the first query after AddProduct replied; reply to visible p50 {:.2} ms, max {:.2} ms",
+                report.visible_on_first_query,
+                report.products,
+                report.reply_to_visible_ms.p50,
+                report.max_ms
+            )?;
+            emit(json.as_deref(), &report)
         }
         Command::EvalPersonal {
             dir,
@@ -266,7 +440,7 @@ async fn wait_for_signal() {
     }
 }
 
-async fn import(dir: &Path, server: &str, limit: Option<usize>) -> Result<()> {
+async fn import(dir: &Path, server: &str, limit: Option<usize>, json: Option<&Path>) -> Result<()> {
     let (mut entries, missing) = dataset::read_catalog(dir)?;
     if let Some(limit) = limit {
         entries.truncate(limit);
@@ -320,7 +494,44 @@ async fn import(dir: &Path, server: &str, limit: Option<usize>) -> Result<()> {
     for e in &summary.errors {
         writeln!(out, "  error: {e}")?;
     }
-    Ok(())
+    drop(out);
+    emit(
+        json,
+        &perf::IngestReport {
+            products: total as usize,
+            seconds: secs,
+            products_per_second: total as f64 / secs.max(1e-9),
+        },
+    )
+}
+
+/// Polls the health service every 50 ms until SERVING or `timeout`.
+async fn wait_ready(server: &str, timeout: Duration) -> Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("not reached yet");
+    while Instant::now() < deadline {
+        match tonic::transport::Endpoint::from_shared(server.to_owned())?
+            .connect()
+            .await
+        {
+            Ok(channel) => match HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
+                Ok(r) => last = format!("status {:?}", r.get_ref().status()),
+                Err(status) => last = status.message().to_owned(),
+            },
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{server} did not report SERVING within {timeout:?} ({last})")
 }
 
 async fn similar(
@@ -365,7 +576,13 @@ async fn similar(
     Ok(())
 }
 
-async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<()> {
+async fn evaluate(
+    config: &Config,
+    dir: &Path,
+    limit: Option<usize>,
+    export: Option<&Path>,
+    json: Option<&Path>,
+) -> Result<()> {
     let (mut entries, _) = dataset::read_catalog(dir)?;
     if let Some(limit) = limit {
         entries.truncate(limit);
@@ -411,11 +628,14 @@ async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<(
             encoder.model_name().to_owned(),
             embed_secs,
             build_secs,
+            items,
         ))
     })
     .await??;
-    let (r, model, embed_secs, build_secs) = report;
-    use std::io::Write;
+    let (r, model, embed_secs, build_secs, items) = report;
+    if let Some(prefix) = export {
+        export_embeddings(prefix, &items)?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -438,10 +658,96 @@ async fn evaluate(config: &Config, dir: &Path, limit: Option<usize>) -> Result<(
         "HNSW recall@10 vs exact search:   {:.4}",
         r.recall_at_10
     )?;
+    drop(out);
+    emit(
+        json,
+        &serde_json::json!({
+            "model": model,
+            "products": r.products,
+            "queries": r.queries,
+            "classes": r.classes,
+            "precision": r.precision.iter().map(|(k, p)| (format!("at_{k}"), *p)).collect::<std::collections::BTreeMap<_, _>>(),
+            "recall_at_10": r.recall_at_10,
+            "images_per_second": r.products as f64 / embed_secs.max(1e-9),
+        }),
+    )
+}
+
+/// `PREFIX.f32` + `PREFIX.ids`, the format `bench/peers/make_vectors.py` reads.
+fn export_embeddings(prefix: &Path, items: &[eval::LabelledVector]) -> Result<()> {
+    let with = |ext: &str| prefix.with_extension(ext);
+    if let Some(parent) = prefix.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut vectors = Vec::with_capacity(items.iter().map(|(_, v, _)| v.len() * 4).sum());
+    let mut ids = String::new();
+    for (id, v, _) in items {
+        vectors.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        ids.push_str(id);
+        ids.push('\n');
+    }
+    std::fs::write(with("f32"), vectors)
+        .with_context(|| format!("cannot write {}", with("f32").display()))?;
+    std::fs::write(with("ids"), ids)
+        .with_context(|| format!("cannot write {}", with("ids").display()))?;
     Ok(())
 }
 
-async fn bench(server: &str, catalog: &Path, spec: &LoadSpec, history: usize) -> Result<()> {
+/// Writes a report as JSON when a path was given.
+fn emit(json: Option<&Path>, report: &impl serde::Serialize) -> Result<()> {
+    match json {
+        Some(path) => perf::write_json(path, report),
+        None => Ok(()),
+    }
+}
+
+async fn load_dataset(dir: PathBuf, with_truth: bool) -> Result<perf::Dataset> {
+    tokio::task::spawn_blocking(move || perf::Dataset::load(&dir, with_truth)).await?
+}
+
+async fn bench_encode(
+    config: &Config,
+    dir: &Path,
+    limit: usize,
+    batches: Vec<usize>,
+    json: Option<PathBuf>,
+) -> Result<()> {
+    let (entries, _) = dataset::read_catalog(dir)?;
+    let photos = perf::read_photos(entries.iter().map(|e| &e.image), limit)?;
+    let encoder_config = config.encoder();
+    let report = tokio::task::spawn_blocking(move || -> Result<_> {
+        let encoder = Encoder::load(&encoder_config)?;
+        perf::bench_encode(&encoder, &photos, &batches)
+    })
+    .await??;
+    let mut out = std::io::stdout().lock();
+    for r in &report.runs {
+        let s = &r.split_share;
+        writeln!(
+            out,
+            "{} batch {:>2}: {:.1} images/s, p50 {:.1} ms, p99 {:.1} ms per call; decode {:.1}% resize {:.1}% normalise {:.1}% inference {:.1}%",
+            report.model,
+            r.batch,
+            r.images_per_second,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            s.decode * 100.0,
+            s.resize * 100.0,
+            s.normalise * 100.0,
+            s.inference * 100.0
+        )?;
+    }
+    drop(out);
+    emit(json.as_deref(), &report)
+}
+
+async fn bench(
+    server: &str,
+    catalog: &Path,
+    spec: &LoadSpec,
+    history: usize,
+    json: Option<&Path>,
+) -> Result<()> {
     let (entries, _) = dataset::read_catalog(catalog)?;
     if entries.is_empty() {
         bail!("{} lists no products with an image", catalog.display());
@@ -477,7 +783,11 @@ async fn bench(server: &str, catalog: &Path, spec: &LoadSpec, history: usize) ->
             started.elapsed().as_secs_f64()
         )?;
     }
-    let r = loadgen::run(client, spec, Arc::new(ids), Arc::new(images)).await?;
+    let mut clients = vec![client];
+    for _ in 1..spec.connections {
+        clients.push(Client::connect(server, CLIENT_MAX_MESSAGE).await?);
+    }
+    let r = loadgen::run(&clients, spec, Arc::new(ids), Arc::new(images)).await?;
     use std::io::Write;
     writeln!(
         std::io::stdout().lock(),
@@ -493,7 +803,7 @@ async fn bench(server: &str, catalog: &Path, spec: &LoadSpec, history: usize) ->
         r.p99,
         r.max
     )?;
-    Ok(())
+    emit(json, &r)
 }
 
 async fn synth(server: &str, catalog: &Path, total: usize, noise: f32, seed: u64) -> Result<()> {

@@ -82,6 +82,11 @@ pub struct ModelConfig {
     pub max_pixels: u64,
     /// Most images in one `Embed` call.
     pub max_batch: usize,
+    /// Dynamic batching: most images in one coalesced model run (1 = off).
+    pub batch_max_images: usize,
+    /// Dynamic batching: longest wait for more calls to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_delay: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +170,8 @@ impl Default for ModelConfig {
             queue_capacity: 64,
             max_pixels: 40_000_000,
             max_batch: 64,
+            batch_max_images: crate::encoder::DEFAULT_BATCH_MAX_IMAGES,
+            batch_max_delay: crate::encoder::DEFAULT_BATCH_MAX_DELAY,
         }
     }
 }
@@ -282,6 +289,7 @@ impl Config {
         positive("model.intra_threads", self.model.intra_threads)?;
         positive("model.queue_capacity", self.model.queue_capacity)?;
         positive("model.max_batch", self.model.max_batch)?;
+        positive("model.batch_max_images", self.model.batch_max_images)?;
         if self.model.max_pixels == 0 {
             return Err(invalid("model.max_pixels", "must be at least 1"));
         }
@@ -329,6 +337,8 @@ impl Config {
             queue_capacity: self.model.queue_capacity,
             max_pixels: self.model.max_pixels,
             max_batch: self.model.max_batch,
+            batch_max_images: self.model.batch_max_images,
+            batch_max_delay: self.model.batch_max_delay,
         }
     }
 

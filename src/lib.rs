@@ -20,6 +20,8 @@
 //! - [`store`]: durable products in redb.
 //! - [`domain`]: validated types shared by the core.
 //! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.
+//! - [`perf`]: the measurements `make bench` compares with the Python peers
+//!   (encoder split, index sweeps, ingest, freshness).
 //! - [`config`], [`telemetry`], [`dataset`] (Kaggle-style folders), [`eval`]
 //!   (retrieval metrics), [`eval_personal`] (simulated shoppers).
 
@@ -35,6 +37,7 @@ pub mod eval;
 pub mod eval_personal;
 pub mod index;
 pub mod loadgen;
+pub mod perf;
 pub mod personalize;
 pub mod recommend;
 pub mod store;

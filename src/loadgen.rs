@@ -75,9 +75,13 @@ pub struct LoadSpec {
     pub k: u32,
     /// Shoppers queried by `Rpc::User`.
     pub shoppers: usize,
+    /// HTTP/2 connections the workers are spread over. One connection is
+    /// driven by one task on each side, which caps QPS before the server
+    /// does; a fleet of callers would hold several.
+    pub connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
     pub requests: u64,
     pub errors: u64,
@@ -92,7 +96,7 @@ pub struct LoadReport {
 
 /// Runs the load; `ids` feed `similar`, `images` feed `embed`.
 pub async fn run(
-    client: Client,
+    clients: &[Client],
     spec: &LoadSpec,
     ids: Arc<Vec<String>>,
     images: Arc<Vec<Bytes>>,
@@ -102,7 +106,7 @@ pub async fn run(
     let end = measure_from + spec.duration;
     let mut tasks = Vec::with_capacity(spec.concurrency);
     for worker in 0..spec.concurrency {
-        let mut client = client.clone();
+        let mut client = clients[worker % clients.len()].clone();
         let (ids, images, spec) = (Arc::clone(&ids), Arc::clone(&images), spec.clone());
         tasks.push(tokio::spawn(async move {
             // 1 µs .. 60 s at 3 significant digits.

@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong loading the encoder or embedding images.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` because one failed model run is the answer to every job in its batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EncoderError {
     /// The image at `index` in the request had zero bytes.
     #[error("image {index} is empty")]

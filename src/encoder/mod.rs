@@ -32,6 +32,7 @@ mod session;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use ndarray::{Array2, Array4};
@@ -42,9 +43,9 @@ pub use error::{EncoderError, ImageError};
 pub use manifest::{
     ColorOrder, InputSpec, Interpolation, Layout, MAX_INPUT_SIDE, ModelManifest, OutputSpec,
 };
-pub use preprocess::preprocess;
+pub use preprocess::{StageTimes, preprocess, preprocess_timed};
 
-use pool::{Job, Pool, WorkerContext};
+use pool::{Batching, Job, Pool, WorkerContext};
 use session::ModelSession;
 
 /// Default number of inference threads (each with its own session).
@@ -57,6 +58,11 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 /// Default maximum number of images per call (one model run).
 pub const DEFAULT_MAX_BATCH: usize = 32;
+/// Default most images in one coalesced model run (dynamic batching).
+pub const DEFAULT_BATCH_MAX_IMAGES: usize = 16;
+/// Default longest wait for more jobs to fill a batch: none, so a lone caller
+/// is never delayed; see `EncoderConfig::batch_max_delay`.
+pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::ZERO;
 
 /// How to load and run the encoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +81,13 @@ pub struct EncoderConfig {
     pub max_pixels: u64,
     /// Most images accepted in one call; they are run through the model as one batch.
     pub max_batch: usize,
+    /// Dynamic batching: concurrent calls are coalesced into one model run of
+    /// up to this many images (>= 1; 1 turns coalescing off).
+    pub batch_max_images: usize,
+    /// Dynamic batching: how long a worker holding a partial batch waits for
+    /// more calls. Zero coalesces only calls that are already queued, which
+    /// adds no latency for a lone caller.
+    pub batch_max_delay: Duration,
 }
 
 impl EncoderConfig {
@@ -88,6 +101,8 @@ impl EncoderConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_batch: DEFAULT_MAX_BATCH,
+            batch_max_images: DEFAULT_BATCH_MAX_IMAGES,
+            batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
         }
     }
 
@@ -106,7 +121,8 @@ impl EncoderConfig {
         at_least_one("intra_threads", self.intra_threads as u64)?;
         at_least_one("queue_capacity", self.queue_capacity as u64)?;
         at_least_one("max_pixels", self.max_pixels)?;
-        at_least_one("max_batch", self.max_batch as u64)
+        at_least_one("max_batch", self.max_batch as u64)?;
+        at_least_one("batch_max_images", self.batch_max_images as u64)
     }
 }
 
@@ -123,6 +139,17 @@ pub struct EncoderStats {
     pub jobs_rejected: u64,
     /// Images embedded by completed jobs.
     pub images_embedded: u64,
+    /// Model runs for `embed` jobs; `images_embedded / model_runs` is the
+    /// mean batch size that dynamic batching achieved.
+    pub model_runs: u64,
+    /// Time spent decoding images, summed over workers.
+    pub decode_time: Duration,
+    /// Time spent resizing and cropping, summed over workers.
+    pub resize_time: Duration,
+    /// Time spent writing normalised values into the input tensor.
+    pub normalise_time: Duration,
+    /// Time spent in ONNX Runtime for `embed` jobs.
+    pub inference_time: Duration,
 }
 
 /// A loaded model and its worker pool. Cheap to clone (shared); the workers stop
@@ -206,6 +233,10 @@ impl Encoder {
                 input: manifest.input.clone(),
                 max_pixels: cfg.max_pixels,
                 dim: manifest.output.dim,
+                batching: Batching {
+                    max_images: cfg.batch_max_images,
+                    max_delay: cfg.batch_max_delay,
+                },
             },
         )?;
         tracing::info!(
@@ -216,6 +247,8 @@ impl Encoder {
             intra_threads = cfg.intra_threads,
             queue_capacity = cfg.queue_capacity,
             max_batch = cfg.max_batch,
+            batch_max_images = cfg.batch_max_images,
+            batch_max_delay_us = cfg.batch_max_delay.as_micros() as u64,
             "image encoder ready"
         );
         Ok(Self {

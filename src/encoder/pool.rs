@@ -1,5 +1,5 @@
 //! The encoder's worker pool: dedicated OS threads, each owning one ONNX Runtime
-//! session, fed from one bounded queue.
+//! session, fed from one bounded queue, with dynamic batching.
 //!
 //! Why this shape:
 //! - Decoding, resizing and inference are CPU-bound and must not run on the async
@@ -11,7 +11,15 @@
 //!   instead of piling up latency. Blocking callers (CLI, benchmarks) wait for room.
 //! - The receiver sits behind a mutex that an idle worker holds while it waits, so
 //!   the next job goes to whichever worker is free; the lock is released as soon as
-//!   a job is taken.
+//!   a job (or a batch of them) is taken.
+//! - Dynamic batching, like Triton's dynamic batcher: a worker that takes an
+//!   `Embed` job also takes the `Embed` jobs already queued behind it, up to
+//!   `max_images` images, waiting at most `max_delay` for more, and runs them
+//!   through the model as one batch. With `max_delay` zero only jobs that are
+//!   already waiting are coalesced, so a lone caller never waits for company
+//!   (its latency is unchanged), while under concurrency the queue that builds up
+//!   during one model run becomes the next batch. Each job's images are
+//!   preprocessed separately, so one caller's bad image fails only that caller.
 //! - A job whose caller has gone away (request cancelled) is dropped before any
 //!   work is done, so cancelled requests do not consume inference time.
 //! - A panic while handling a job (say, in an image decoder) becomes an error reply
@@ -22,8 +30,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ndarray::{Array2, Array4};
@@ -33,7 +44,7 @@ use tokio::sync::oneshot;
 use super::EncoderStats;
 use super::error::EncoderError;
 use super::manifest::InputSpec;
-use super::preprocess::preprocess;
+use super::preprocess::{StageTimes, preprocess_timed};
 use super::session::ModelSession;
 
 /// Where a worker sends a job's result.
@@ -41,7 +52,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, EncoderError>>;
 
 /// A unit of work for one worker.
 pub(crate) enum Job {
-    /// Decode, preprocess and embed a batch of images (one model run).
+    /// Decode, preprocess and embed a batch of images.
     Embed {
         images: Vec<Bytes>,
         reply: Reply<Vec<Vec<f32>>>,
@@ -53,15 +64,26 @@ pub(crate) enum Job {
     },
 }
 
+/// How `Embed` jobs are coalesced into model batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
+    /// Most images in one coalesced model run; 1 turns coalescing off. A
+    /// single job larger than this still runs, alone.
+    pub(crate) max_images: usize,
+    /// Longest a worker holding a partial batch waits for more jobs.
+    pub(crate) max_delay: Duration,
+}
+
 /// What workers need besides their session.
 #[derive(Debug)]
 pub(crate) struct WorkerContext {
     pub(crate) input: InputSpec,
     pub(crate) max_pixels: u64,
     pub(crate) dim: usize,
+    pub(crate) batching: Batching,
 }
 
-/// Monotonic job counters, shared by the workers and the submitting side.
+/// Monotonic counters, shared by the workers and the submitting side.
 #[derive(Debug, Default)]
 struct Counters {
     completed: AtomicU64,
@@ -69,10 +91,19 @@ struct Counters {
     cancelled: AtomicU64,
     rejected: AtomicU64,
     images: AtomicU64,
+    model_runs: AtomicU64,
+    decode_nanos: AtomicU64,
+    resize_nanos: AtomicU64,
+    normalise_nanos: AtomicU64,
+    inference_nanos: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+fn bump_time(counter: &AtomicU64, by: Duration) {
+    bump(counter, u64::try_from(by.as_nanos()).unwrap_or(u64::MAX));
 }
 
 /// The running pool. Invariant: `sender` is `Some` until `drop`.
@@ -111,14 +142,15 @@ impl Pool {
             let worker = Worker {
                 session,
                 ctx: Arc::clone(&ctx),
+                counters: Arc::clone(&pool.counters),
+                held: None,
                 batch: Vec::new(),
                 rows: Vec::new(),
             };
             let receiver = Arc::clone(&receiver);
-            let counters = Arc::clone(&pool.counters);
             let thread = std::thread::Builder::new()
                 .name(format!("lookbook-encoder-{n}"))
-                .spawn(move || worker.run(&receiver, &counters))
+                .spawn(move || worker.run(&receiver))
                 .map_err(|err| {
                     EncoderError::Runtime(format!("cannot start encoder thread {n}: {err}"))
                 })?;
@@ -153,12 +185,18 @@ impl Pool {
     pub(crate) fn stats(&self) -> EncoderStats {
         let c = &self.counters;
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let time = |v: &AtomicU64| Duration::from_nanos(get(v));
         EncoderStats {
             jobs_completed: get(&c.completed),
             jobs_failed: get(&c.failed),
             jobs_cancelled: get(&c.cancelled),
             jobs_rejected: get(&c.rejected),
             images_embedded: get(&c.images),
+            model_runs: get(&c.model_runs),
+            decode_time: time(&c.decode_nanos),
+            resize_time: time(&c.resize_nanos),
+            normalise_time: time(&c.normalise_nanos),
+            inference_time: time(&c.inference_nanos),
         }
     }
 }
@@ -175,89 +213,226 @@ impl Drop for Pool {
     }
 }
 
+/// One caller's `Embed` job inside a coalesced batch.
+struct EmbedJob {
+    images: Vec<Bytes>,
+    reply: Reply<Vec<Vec<f32>>>,
+    /// Set once this job's answer is known; `None` after the model run means
+    /// the batch as a whole failed.
+    outcome: Option<Result<Vec<Vec<f32>>, EncoderError>>,
+}
+
 /// State owned by one worker thread.
 struct Worker {
     session: ModelSession,
     ctx: Arc<WorkerContext>,
-    /// Batch input tensor, reused between jobs (keeps the largest batch's capacity).
+    counters: Arc<Counters>,
+    /// A job taken off the queue while gathering a batch that did not fit in
+    /// it; it is handled next, before the queue is read again.
+    held: Option<Job>,
+    /// Batch input tensor, reused between batches (keeps the largest capacity).
     batch: Vec<f32>,
-    /// Raw model output, reused between jobs.
+    /// Raw model output, reused between batches.
     rows: Vec<f32>,
 }
 
 impl Worker {
-    fn run(mut self, receiver: &Mutex<Receiver<Job>>, counters: &Counters) {
+    fn run(mut self, receiver: &Mutex<Receiver<Job>>) {
         loop {
-            // The guard is a temporary: it is released as soon as a job arrives.
-            let Ok(job) = receiver.lock().recv() else {
-                break; // queue closed and drained: the pool is being dropped
+            let job = match self.held.take() {
+                Some(job) => job,
+                // The guard is a temporary: it is released as soon as a job arrives.
+                None => match receiver.lock().recv() {
+                    Ok(job) => job,
+                    Err(_) => break, // queue closed and drained: the pool is being dropped
+                },
             };
             match job {
                 Job::Embed { images, reply } => {
-                    let count = images.len() as u64;
-                    self.answer(reply, counters, count, |w| w.embed(&images));
+                    let mut group = Vec::new();
+                    self.admit(&mut group, images, reply);
+                    if !group.is_empty() {
+                        self.gather(receiver, &mut group);
+                        self.embed_group(group);
+                    }
                 }
-                Job::Tensor { input, reply } => {
-                    self.answer(reply, counters, 0, |w| w.run_tensor(input));
-                }
+                Job::Tensor { input, reply } => self.tensor_job(input, reply),
             }
         }
         tracing::debug!("image encoder worker exiting");
     }
 
-    /// Runs `work` unless the caller is gone, and sends its result. Counters are
-    /// updated before the reply, so a caller that got its answer sees them.
-    fn answer<T>(
-        &mut self,
-        reply: Reply<T>,
-        counters: &Counters,
-        images: u64,
-        work: impl FnOnce(&mut Self) -> Result<T, EncoderError>,
-    ) {
+    /// Adds a job to `group` unless its caller has gone away.
+    fn admit(&self, group: &mut Vec<EmbedJob>, images: Vec<Bytes>, reply: Reply<Vec<Vec<f32>>>) {
         if reply.is_closed() {
-            bump(&counters.cancelled, 1);
+            bump(&self.counters.cancelled, 1);
             return;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| work(self))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            tracing::error!(panic = %what, "image encoder job panicked");
-            Err(EncoderError::Runtime(format!(
-                "encoder job panicked: {what}"
-            )))
+        group.push(EmbedJob {
+            images,
+            reply,
+            outcome: None,
         });
-        if result.is_ok() {
-            bump(&counters.completed, 1);
-            bump(&counters.images, images);
-        } else {
-            bump(&counters.failed, 1);
-        }
-        // The caller may have given up while we worked; the result is then unwanted.
-        let _ = reply.send(result);
     }
 
-    fn embed(&mut self, images: &[Bytes]) -> Result<Vec<Vec<f32>>, EncoderError> {
+    /// Takes queued `Embed` jobs into `group` until it holds `max_images`
+    /// images, the queue stays empty for `max_delay`, or a job that does not
+    /// fit (a tensor job, or too many images) comes up; that one is held over.
+    fn gather(&mut self, receiver: &Mutex<Receiver<Job>>, group: &mut Vec<EmbedJob>) {
+        let Batching {
+            max_images,
+            max_delay,
+        } = self.ctx.batching;
+        let mut images: usize = group.iter().map(|j| j.images.len()).sum();
+        if images >= max_images {
+            return;
+        }
+        let deadline = Instant::now() + max_delay;
+        // Held by another worker only while that one is idle in `recv` (so
+        // nothing is queued) or gathering a batch of its own: either way
+        // there is nothing to add, and waiting for the lock could wait
+        // forever for a job that never comes while this one's callers wait.
+        let Some(queue) = receiver.try_lock() else {
+            return;
+        };
+        while images < max_images {
+            let next = match queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match queue.recv_timeout(left) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            match next {
+                Job::Embed {
+                    images: more,
+                    reply,
+                } if images + more.len() <= max_images => {
+                    images += more.len();
+                    self.admit(group, more, reply);
+                }
+                other => {
+                    self.held = Some(other);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Embeds a group of jobs with one model run and answers each caller.
+    fn embed_group(&mut self, mut group: Vec<EmbedJob>) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.embed_jobs(&mut group)))
+            .unwrap_or_else(|panic| Err(panicked(&*panic)));
+        for job in group {
+            let result = match job.outcome {
+                Some(result) => result,
+                None => Err(match &outcome {
+                    Err(err) => err.clone(),
+                    Ok(()) => EncoderError::Runtime("a batched job got no result".to_owned()),
+                }),
+            };
+            match &result {
+                Ok(rows) => {
+                    bump(&self.counters.completed, 1);
+                    bump(&self.counters.images, rows.len() as u64);
+                }
+                Err(_) => bump(&self.counters.failed, 1),
+            }
+            // The caller may have given up while we worked; the result is then unwanted.
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Preprocesses every job's images into the batch tensor (a job with a bad
+    /// image gets its error and is left out), runs the model once, and sets each
+    /// remaining job's outcome to its rows.
+    fn embed_jobs(&mut self, group: &mut [EmbedJob]) -> Result<(), EncoderError> {
         let spec = &self.ctx.input;
         let per_image = spec.tensor_len();
-        self.batch.resize(images.len() * per_image, 0.0);
-        for (index, (bytes, slot)) in images
-            .iter()
-            .zip(self.batch.chunks_exact_mut(per_image))
-            .enumerate()
-        {
-            preprocess(bytes, spec, self.ctx.max_pixels, slot).map_err(|err| err.at(index))?;
+        let total: usize = group.iter().map(|j| j.images.len()).sum();
+        self.batch.resize(total * per_image, 0.0);
+        let mut times = StageTimes::default();
+        // Images written so far; a failed job's slots are reused by the next one.
+        let mut filled = 0;
+        // (job index, first row, rows) of the jobs that made it into the batch.
+        let mut spans = Vec::with_capacity(group.len());
+        for (job_index, job) in group.iter_mut().enumerate() {
+            let start = filled;
+            let mut failure = None;
+            for (index, bytes) in job.images.iter().enumerate() {
+                let slot = &mut self.batch[filled * per_image..(filled + 1) * per_image];
+                match preprocess_timed(bytes, spec, self.ctx.max_pixels, slot) {
+                    Ok(t) => {
+                        times.decode += t.decode;
+                        times.resize += t.resize;
+                        times.normalise += t.normalise;
+                        filled += 1;
+                    }
+                    Err(err) => {
+                        failure = Some(err.at(index));
+                        break;
+                    }
+                }
+            }
+            match failure {
+                Some(err) => {
+                    filled = start;
+                    job.outcome = Some(Err(err));
+                }
+                None => spans.push((job_index, start, filled - start)),
+            }
+        }
+        bump_time(&self.counters.decode_nanos, times.decode);
+        bump_time(&self.counters.resize_nanos, times.resize);
+        bump_time(&self.counters.normalise_nanos, times.normalise);
+        if filled == 0 {
+            return Ok(());
         }
         let side = spec.size as usize;
-        self.session
-            .run(&self.batch, images.len(), side, side, &mut self.rows)?;
-        self.rows
-            .chunks_exact(self.ctx.dim)
-            .enumerate()
-            .map(|(index, row)| l2_normalised(row, index))
-            .collect()
+        let started = Instant::now();
+        self.session.run(
+            &self.batch[..filled * per_image],
+            filled,
+            side,
+            side,
+            &mut self.rows,
+        )?;
+        bump_time(&self.counters.inference_nanos, started.elapsed());
+        bump(&self.counters.model_runs, 1);
+        let dim = self.ctx.dim;
+        for (job_index, first, count) in spans {
+            let rows = &self.rows[first * dim..(first + count) * dim];
+            group[job_index].outcome = Some(
+                rows.chunks_exact(dim)
+                    .enumerate()
+                    .map(|(index, row)| l2_normalised(row, index))
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+
+    fn tensor_job(&mut self, input: Array4<f32>, reply: Reply<Array2<f32>>) {
+        if reply.is_closed() {
+            bump(&self.counters.cancelled, 1);
+            return;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_tensor(input)))
+            .unwrap_or_else(|panic| Err(panicked(&*panic)));
+        let counter = if result.is_ok() {
+            &self.counters.completed
+        } else {
+            &self.counters.failed
+        };
+        bump(counter, 1);
+        let _ = reply.send(result);
     }
 
     fn run_tensor(&mut self, input: Array4<f32>) -> Result<Array2<f32>, EncoderError> {
@@ -279,6 +454,17 @@ impl Worker {
         Array2::from_shape_vec((n, self.ctx.dim), self.rows.clone())
             .map_err(|err| EncoderError::Runtime(format!("model output: {err}")))
     }
+}
+
+/// The error a caller gets when its job panicked; the panic is logged.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> EncoderError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(panic = %what, "image encoder job panicked");
+    EncoderError::Runtime(format!("encoder job panicked: {what}"))
 }
 
 /// Scales `row` to unit length, so that dot products are cosine similarities.

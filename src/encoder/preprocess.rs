@@ -24,6 +24,7 @@
 
 use std::cell::RefCell;
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -41,6 +42,8 @@ const DECODER_SLACK_BYTES: u64 = 16 << 20;
 /// Largest intermediate (resized, before the crop) image: 64 MP, about 190 MB
 /// of RGB8, far above any real product photo (297 x 396 for a 3:4 photo).
 const MAX_RESIZED_PIXELS: u64 = 64_000_000;
+/// Largest resize buffer kept for the next image (16 MiB, about 5 MP).
+const KEEP_RESIZED_BYTES: usize = 16 << 20;
 
 /// Decodes `img_bytes`, prepares it as `spec` describes and writes the
 /// `3 * size * size` normalised values, channel-major (CHW), into `out`.
@@ -52,6 +55,29 @@ pub fn preprocess(
     max_pixels: u64,
     out: &mut [f32],
 ) -> Result<(), ImageError> {
+    preprocess_timed(img_bytes, spec, max_pixels, out).map(|_| ())
+}
+
+/// Wall time of each preprocessing stage of one image. The encoder adds
+/// these up (see `EncoderStats`), so that `lookbook bench-encode` can show
+/// where an image's time goes without a second, instrumented code path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Header checks, decode, orientation, flattening to RGB8.
+    pub decode: Duration,
+    /// Resize of the shorter side and the centre crop.
+    pub resize: Duration,
+    /// Conversion of the crop to normalised floats in the input tensor.
+    pub normalise: Duration,
+}
+
+/// [`preprocess`], reporting how long each stage took.
+pub fn preprocess_timed(
+    img_bytes: &[u8],
+    spec: &InputSpec,
+    max_pixels: u64,
+    out: &mut [f32],
+) -> Result<StageTimes, ImageError> {
     let expected = spec.tensor_len();
     if out.len() != expected {
         return Err(ImageError::BufferSize {
@@ -59,7 +85,9 @@ pub fn preprocess(
             actual: out.len(),
         });
     }
+    let started = Instant::now();
     let rgb = decode_rgb(img_bytes, max_pixels)?;
+    let decoded = Instant::now();
     // The resized image is materialised before the crop, so it is bounded
     // too. Only extreme aspect ratios reach the bound: a 1 x 10000 strip
     // would become 297 x 2970000.
@@ -73,15 +101,22 @@ pub fn preprocess(
     }
     SCRATCH.with_borrow_mut(|scratch| {
         resize_crop(&rgb, spec, scratch);
+        let resized = Instant::now();
         normalise(&scratch.crop, spec, out);
-    });
-    Ok(())
+        Ok(StageTimes {
+            decode: decoded - started,
+            resize: resized - decoded,
+            normalise: resized.elapsed(),
+        })
+    })
 }
 
 /// Per-thread buffers reused from image to image, so that preprocessing
 /// allocates only the decoded image itself.
 struct Scratch {
     resizer: Resizer,
+    /// The whole resized RGB8 image (before the crop).
+    full: Vec<u8>,
     /// The cropped `size x size` RGB8 image.
     crop: Vec<u8>,
 }
@@ -89,6 +124,7 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         resizer: Resizer::new(),
+        full: Vec::new(),
         crop: Vec::new(),
     });
 }
@@ -220,7 +256,10 @@ fn resize_crop(rgb: &RgbImage, spec: &InputSpec, scratch: &mut Scratch) {
     );
     let src = ImageRef::new(width, height, rgb.as_raw(), PixelType::U8x3)
         .expect("an RgbImage buffer always holds width * height RGB8 pixels");
-    let mut full = Image::new(rw, rh, PixelType::U8x3);
+    // Every byte is overwritten by the resize, so stale contents do not matter.
+    scratch.full.resize(rw as usize * rh as usize * 3, 0);
+    let mut full = Image::from_slice_u8(rw, rh, &mut scratch.full, PixelType::U8x3)
+        .expect("the buffer was just sized to rw * rh RGB8 pixels");
     let options = ResizeOptions::new()
         .resize_alg(filter(spec))
         .use_alpha(false);
@@ -234,7 +273,12 @@ fn resize_crop(rgb: &RgbImage, spec: &InputSpec, scratch: &mut Scratch) {
         let start = (y * resized_w + x0) as usize * 3;
         scratch
             .crop
-            .extend_from_slice(&full.buffer()[start..start + row_bytes]);
+            .extend_from_slice(&scratch.full[start..start + row_bytes]);
+    }
+    // A rare huge photo must not pin its buffer for the thread's lifetime;
+    // a 3:4 catalogue photo needs 0.35 MB.
+    if scratch.full.capacity() > KEEP_RESIZED_BYTES {
+        scratch.full = Vec::new();
     }
 }
 
@@ -721,7 +765,7 @@ dim = 3
         ) {
             let spec = spec(size, size + extra, if bicubic { "bicubic" } else { "bilinear" });
             let rgb = gradient(w, h);
-            let mut scratch = Scratch { resizer: Resizer::new(), crop: Vec::new() };
+            let mut scratch = Scratch { resizer: Resizer::new(), full: Vec::new(), crop: Vec::new() };
             resize_crop(&rgb, &spec, &mut scratch);
             let reference = resize_then_crop(&rgb, &spec);
             prop_assert_eq!(scratch.crop.len(), reference.len());

@@ -122,6 +122,64 @@ async fn batch_equals_singles_in_order() {
     assert!(batch[1] != batch[3]);
 }
 
+/// Six concurrent single-image calls, one of them a broken image, to an
+/// encoder with one worker and `batch_max_images` images per model run.
+/// Returns each call's result, in order, and the model runs it took.
+async fn concurrent_calls(
+    batch_max_images: usize,
+) -> (Vec<Result<Vec<Vec<f32>>, EncoderError>>, u64, Encoder) {
+    let encoder = Encoder::load(&EncoderConfig {
+        batch_max_images,
+        // Long enough that all six calls, submitted in one poll, are taken
+        // into one batch however slowly the worker thread gets scheduled.
+        batch_max_delay: std::time::Duration::from_millis(500),
+        ..config(1, 16)
+    })
+    .unwrap();
+    let calls = (0..6u8).map(|i| {
+        let image = if i == 3 {
+            Bytes::from_static(b"not an image")
+        } else {
+            solid_png([40 * i, 200 - 30 * i, 7 * i])
+        };
+        encoder.embed(vec![image])
+    });
+    let results = futures::future::join_all(calls).await;
+    let runs = encoder.stats().model_runs;
+    (results, runs, encoder)
+}
+
+#[tokio::test]
+async fn concurrent_calls_are_coalesced_and_keep_their_own_results() {
+    let (results, runs, encoder) = concurrent_calls(8).await;
+    for (i, result) in results.iter().enumerate() {
+        let i = i as u8;
+        if i == 3 {
+            // The broken image fails its own call only, at its own index.
+            assert!(
+                matches!(result, Err(EncoderError::UndecodableImage { index: 0, .. })),
+                "{result:?}"
+            );
+        } else {
+            let rows = result.as_ref().unwrap();
+            let want = expected_solid(&encoder, [40 * i, 200 - 30 * i, 7 * i]);
+            assert_close(&rows[0], &want, 1e-6);
+        }
+    }
+    // Five good calls: without batching that is five model runs.
+    assert!(runs <= 2, "{runs} model runs for five coalescable calls");
+    let stats = encoder.stats();
+    assert_eq!((stats.jobs_completed, stats.jobs_failed), (5, 1));
+    assert_eq!(stats.images_embedded, 5);
+}
+
+#[tokio::test]
+async fn batching_can_be_turned_off() {
+    let (results, runs, _) = concurrent_calls(1).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+    assert_eq!(runs, 5, "one model run per call when batch_max_images = 1");
+}
+
 #[tokio::test]
 async fn per_image_errors_carry_the_index() {
     let encoder = load(1, 8);

@@ -351,6 +351,12 @@ impl VectorIndex {
         &self.params
     }
 
+    /// Changes the search-time candidate list size (`ef_search`) of an index
+    /// held exclusively, e.g. to sweep it in a benchmark. Zero is raised to 1.
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.params.ef_search = ef.max(1);
+    }
+
     fn pool(&self) -> Option<&rayon::ThreadPool> {
         self.pool
             .get_or_init(|| {

@@ -1,0 +1,491 @@
+//! In-process and client-side measurements behind `make bench`: the encoder's
+//! throughput with its time split by stage, the index's build time, memory,
+//! QPS and recall against an exact ground truth, and ingest and freshness over
+//! gRPC. Each writes a JSON report that `bench/report.py` puts next to the
+//! Python peers' reports (`bench/peers/`), which use the same schema.
+//!
+//! The index datasets are plain files so that both sides read the very same
+//! bytes: `base.f32` / `query.f32` (row-major little-endian f32), `gt.i32`
+//! (the exact top-10 row numbers per query) and `meta.json`, written by
+//! `bench/peers/make_vectors.py`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::api::client::{Client, SimilarTo};
+use crate::encoder::{Encoder, EncoderStats};
+use crate::index::{IndexParams, VectorIndex};
+
+/// Neighbours asked for and checked, as in the ground truth files.
+const K: usize = 10;
+/// Vectors handed to the index per `upsert_batch` while building: large
+/// enough for the parallel insert, small enough that the copies made for the
+/// call (freed afterwards, but kept by the allocator) hardly count in the
+/// memory figure.
+const BUILD_CHUNK: usize = 4096;
+/// Each (ef, threads) point is timed over at least this long.
+const MIN_MEASURE: Duration = Duration::from_secs(1);
+
+/// `meta.json` of an index dataset (only the fields used here).
+#[derive(Debug, Deserialize)]
+pub struct DatasetMeta {
+    pub scale: String,
+    pub n: usize,
+    pub nq: usize,
+    pub dim: usize,
+}
+
+/// A dataset directory's files, loaded.
+#[derive(Debug)]
+pub struct Dataset {
+    pub meta: DatasetMeta,
+    pub base: Vec<f32>,
+    pub queries: Vec<f32>,
+    /// `nq x K` row numbers into `base`, best first.
+    pub truth: Vec<u32>,
+}
+
+impl Dataset {
+    /// Reads `dir/{meta.json, base.f32, query.f32, gt.i32}`, checking sizes.
+    pub fn load(dir: &Path, with_truth: bool) -> Result<Self> {
+        let meta: DatasetMeta = serde_json::from_slice(
+            &std::fs::read(dir.join("meta.json"))
+                .with_context(|| format!("cannot read {}/meta.json", dir.display()))?,
+        )
+        .context("meta.json")?;
+        let base = read_f32(&dir.join("base.f32"), meta.n * meta.dim)?;
+        let queries = read_f32(&dir.join("query.f32"), meta.nq * meta.dim)?;
+        let truth = if with_truth {
+            let bytes = std::fs::read(dir.join("gt.i32")).context("gt.i32")?;
+            ensure!(
+                bytes.len() == meta.nq * K * 4,
+                "gt.i32 is not {} x {K}",
+                meta.nq
+            );
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            meta,
+            base,
+            queries,
+            truth,
+        })
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.base[i * self.meta.dim..(i + 1) * self.meta.dim]
+    }
+
+    pub fn query(&self, i: usize) -> &[f32] {
+        &self.queries[i * self.meta.dim..(i + 1) * self.meta.dim]
+    }
+}
+
+fn read_f32(path: &Path, values: usize) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        bytes.len() == values * 4,
+        "{} has {} bytes, expected {}",
+        path.display(),
+        bytes.len(),
+        values * 4
+    );
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Writes `value` as pretty JSON to `path` (creating its folder).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` (`"self"` for this one).
+pub fn rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// p50 and p99 of `samples` (milliseconds); sorts them.
+fn percentiles(samples: &mut [f64]) -> Percentiles {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let i = ((samples.len() - 1) as f64 * q).round() as usize;
+        samples[i]
+    };
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Split {
+    pub decode: f64,
+    pub resize: f64,
+    pub normalise: f64,
+    pub inference: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EncodeRun {
+    pub batch: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    /// Per call, i.e. per batch.
+    pub latency_ms: Percentiles,
+    /// Seconds per stage, summed over the worker threads.
+    pub split_seconds: Split,
+    /// `split_seconds` over the wall time.
+    pub split_share: Split,
+    /// Inference seconds per image (the model alone).
+    pub inference_seconds_per_image: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EncodeReport {
+    pub peer: &'static str,
+    pub model: String,
+    pub model_sha256: String,
+    pub runs: Vec<EncodeRun>,
+}
+
+/// Embeds `images` in calls of each size in `batches` from one caller
+/// (closed loop, as the Python peer does), after one warm-up call.
+///
+/// Blocking; run it outside an async runtime.
+pub fn bench_encode(
+    encoder: &Encoder,
+    images: &[Vec<u8>],
+    batches: &[usize],
+) -> Result<EncodeReport> {
+    ensure!(!images.is_empty(), "no images to encode");
+    let mut runs = Vec::new();
+    for &batch in batches {
+        ensure!(batch >= 1, "batch sizes start at 1");
+        let warm: Vec<&[u8]> = images.iter().take(batch).map(Vec::as_slice).collect();
+        encoder.embed_blocking(&warm)?;
+        let before = encoder.stats();
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for chunk in images.chunks(batch) {
+            let call: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let t = Instant::now();
+            let out = encoder.embed_blocking(&call)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            ensure!(out.len() == chunk.len(), "the encoder lost images");
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let split = stage_delta(&before, &encoder.stats());
+        let share = |v: f64| v / seconds;
+        runs.push(EncodeRun {
+            batch,
+            images: images.len(),
+            seconds,
+            images_per_second: images.len() as f64 / seconds,
+            latency_ms: percentiles(&mut latencies),
+            split_share: Split {
+                decode: share(split.decode),
+                resize: share(split.resize),
+                normalise: share(split.normalise),
+                inference: share(split.inference),
+            },
+            inference_seconds_per_image: split.inference / images.len() as f64,
+            split_seconds: split,
+        });
+    }
+    Ok(EncodeReport {
+        peer: "lookbook",
+        model: encoder.model_name().to_owned(),
+        model_sha256: encoder.model_sha256().to_owned(),
+        runs,
+    })
+}
+
+fn stage_delta(before: &EncoderStats, after: &EncoderStats) -> Split {
+    let d = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
+    Split {
+        decode: d(after.decode_time, before.decode_time),
+        resize: d(after.resize_time, before.resize_time),
+        normalise: d(after.normalise_time, before.normalise_time),
+        inference: d(after.inference_time, before.inference_time),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct IndexRun {
+    pub ef_search: usize,
+    pub threads: usize,
+    pub qps: f64,
+    pub recall_at_10: f64,
+}
+
+/// Same fields as `bench/peers/index_peers.py` writes.
+#[derive(Debug, Serialize)]
+pub struct IndexReport {
+    pub lib: &'static str,
+    pub version: &'static str,
+    pub scale: String,
+    pub n: usize,
+    pub nq: usize,
+    pub dim: usize,
+    pub m: usize,
+    pub ef_construction: usize,
+    pub build_threads: usize,
+    pub build_seconds: f64,
+    pub memory_bytes_per_vector: f64,
+    pub raw_vector_bytes: usize,
+    pub runs: Vec<IndexRun>,
+}
+
+/// Builds the service's index over `data`'s base vectors (keys are row
+/// numbers) and measures single-query searches at each `ef` with each thread
+/// count, as the service runs them: `T` threads, each searching one query
+/// at a time.
+pub fn bench_index(
+    data: &Dataset,
+    params: IndexParams,
+    efs: &[usize],
+    threads: &[usize],
+) -> Result<IndexReport> {
+    let (n, nq, dim) = (data.meta.n, data.meta.nq, data.meta.dim);
+    ensure!(nq > 0 && data.truth.len() == nq * K, "no ground truth");
+    let (m, ef_construction) = (params.max_nb_connection, params.ef_construction);
+    let rss_before = rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let mut index = VectorIndex::new(dim, params, n);
+    for start in (0..n).step_by(BUILD_CHUNK) {
+        let items = (start..(start + BUILD_CHUNK).min(n))
+            .map(|i| {
+                (
+                    Arc::<str>::from(i.to_string()),
+                    Arc::<[f32]>::from(data.row(i)),
+                )
+            })
+            .collect();
+        index.upsert_batch(items)?;
+    }
+    let build_seconds = started.elapsed().as_secs_f64();
+    let rss_after = rss_bytes().unwrap_or(0);
+    ensure!(
+        index.len() == n,
+        "the index holds {} of {n} vectors",
+        index.len()
+    );
+
+    let mut runs = Vec::new();
+    for &ef in efs {
+        index.set_ef_search(ef);
+        for &t in threads {
+            let (qps, recall) = measure_search(&index, data, t.max(1));
+            runs.push(IndexRun {
+                ef_search: ef,
+                threads: t,
+                qps,
+                recall_at_10: recall,
+            });
+        }
+    }
+    Ok(IndexReport {
+        lib: "lookbook",
+        version: env!("CARGO_PKG_VERSION"),
+        scale: data.meta.scale.clone(),
+        n,
+        nq,
+        dim,
+        m,
+        ef_construction,
+        build_threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+        build_seconds,
+        memory_bytes_per_vector: rss_after.saturating_sub(rss_before) as f64 / n as f64,
+        raw_vector_bytes: dim * 4,
+        runs,
+    })
+}
+
+/// Queries per second and recall@10 with `threads` searching threads.
+fn measure_search(index: &VectorIndex, data: &Dataset, threads: usize) -> (f64, f64) {
+    let nq = data.meta.nq;
+    let search = |q: usize| index.search(data.query(q), K, &|_| true);
+    // Warm-up pass, which also gives the recall (searches are deterministic).
+    let mut found = 0usize;
+    for q in 0..nq {
+        let truth = &data.truth[q * K..(q + 1) * K];
+        found += search(q)
+            .iter()
+            .filter_map(|h| h.key.parse::<u32>().ok())
+            .filter(|id| truth.contains(id))
+            .count();
+    }
+    let recall = found as f64 / (nq * K) as f64;
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed() < MIN_MEASURE {
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let search = &search;
+                s.spawn(move || {
+                    for q in (t..nq).step_by(threads) {
+                        std::hint::black_box(search(q));
+                    }
+                });
+            }
+        });
+        done += nq;
+    }
+    (done as f64 / started.elapsed().as_secs_f64(), recall)
+}
+
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub products: usize,
+    pub seconds: f64,
+    pub products_per_second: f64,
+}
+
+/// Streams rows `skip..` of `data`'s base (ids from `ids.txt`) through
+/// `AddProducts` with precomputed embeddings; the reply comes after the
+/// products are durable and searchable.
+pub async fn ingest_vectors(
+    client: &mut Client,
+    dir: &Path,
+    data: &Dataset,
+    skip: usize,
+) -> Result<IngestReport> {
+    let ids = std::fs::read_to_string(dir.join("ids.txt")).context("ids.txt")?;
+    let ids: Vec<String> = ids.lines().map(str::to_owned).collect();
+    ensure!(
+        ids.len() == data.meta.n,
+        "ids.txt has {} lines, expected {}",
+        ids.len(),
+        data.meta.n
+    );
+    let rows: Vec<(String, Vec<f32>, BTreeMap<String, String>)> = (skip..data.meta.n)
+        .map(|i| (ids[i].clone(), data.row(i).to_vec(), BTreeMap::new()))
+        .collect();
+    let products = rows.len();
+    let started = Instant::now();
+    let summary = client
+        .import_embeddings(futures::stream::iter(rows))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if summary.failed > 0 {
+        bail!(
+            "{} products failed, e.g. {:?}",
+            summary.failed,
+            summary.errors.first()
+        );
+    }
+    Ok(IngestReport {
+        products,
+        seconds,
+        products_per_second: products as f64 / seconds,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct FreshnessReport {
+    pub products: usize,
+    /// Products found by the first query sent after `AddProduct` replied.
+    pub visible_on_first_query: usize,
+    /// From `AddProduct`'s reply to the end of the first query that
+    /// returned the product.
+    pub reply_to_visible_ms: Percentiles,
+    pub max_ms: f64,
+}
+
+/// Adds `count` products (the dataset's query vectors, which are not in the
+/// base) one call each, and after each reply queries with the product's own
+/// embedding until it comes back as the best match (at most 100 tries).
+pub async fn freshness(
+    client: &mut Client,
+    data: &Dataset,
+    count: usize,
+) -> Result<FreshnessReport> {
+    let count = count.min(data.meta.nq);
+    let mut first = 0;
+    let mut waits = Vec::with_capacity(count);
+    for q in 0..count {
+        let id = format!("fresh-{q:05}");
+        let vector = data.query(q).to_vec();
+        let item = (id.clone(), vector.clone(), BTreeMap::new());
+        let summary = client
+            .import_embeddings(futures::stream::iter([item]))
+            .await?;
+        ensure!(
+            summary.failed == 0,
+            "AddProducts refused {id}: {:?}",
+            summary.errors
+        );
+        let replied = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let hits = client
+                .similar(SimilarTo::Embedding(vector.clone()), K as u32)
+                .await?;
+            if hits.first().is_some_and(|h| h.id == id) {
+                break;
+            }
+            ensure!(tries < 100, "{id} did not show up in 100 queries");
+        }
+        waits.push(replied.elapsed().as_secs_f64() * 1e3);
+        if tries == 1 {
+            first += 1;
+        }
+    }
+    let max_ms = waits.iter().copied().fold(0.0, f64::max);
+    Ok(FreshnessReport {
+        products: count,
+        visible_on_first_query: first,
+        reply_to_visible_ms: percentiles(&mut waits),
+        max_ms,
+    })
+}
+
+/// Reads the photos of a catalogue folder into memory (file I/O is not
+/// part of what the encoder benchmark measures).
+pub fn read_photos(
+    paths: impl Iterator<Item = impl AsRef<Path>>,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>> {
+    paths
+        .take(limit)
+        .map(|p| {
+            let p = p.as_ref();
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        })
+        .collect()
+}
