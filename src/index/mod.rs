@@ -130,7 +130,7 @@ impl Default for IndexParams {
         Self {
             max_nb_connection: 16,
             ef_construction: 200,
-            ef_search: 64,
+            ef_search: 32,
             max_layer: HNSW_MAX_LAYERS,
             rebuild_dead_ratio: 0.2,
             rebuild_min_dead: 100,
