@@ -1,6 +1,8 @@
 //! The `lookbook` command line: `serve`, the client-side tools `import`,
-//! `similar`, `bench` and `synth`, and the evaluations `eval` and
-//! `eval-personal`.
+//! `similar`, `bench`, `synth`, `load-vectors`, `freshness` and
+//! `wait-ready`, the evaluations `eval` and `eval-personal`, and the
+//! in-process measurements `bench-encode` and `bench-index` that `make bench`
+//! puts next to the Python peers.
 //!
 //! Client commands talk to a running server through [`crate::api::client`]
 //! so they exercise exactly what platform services call; the evaluations

@@ -7,7 +7,7 @@
 //!   domain types), the single error -> `Status` mapping, a typed client.
 //! - [`app`]: wiring: bind, load, serve with health/reflection, drain.
 //! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`,
-//!   `bench`, `synth`, `eval`, `eval-personal`).
+//!   `bench`, `synth`, `eval`, `eval-personal`, and the `make bench` tools).
 //! - [`recommend`]: query planning: similar products (Qdrant-style
 //!   positives/negatives) and per-shopper recommendations; shares, caps,
 //!   MMR and reasons.

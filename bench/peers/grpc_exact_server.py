@@ -6,7 +6,7 @@ server that speaks lookbook's own proto (`lookbook.v1.Recommender`), so that
 `lookbook bench --rpc similar` drives it exactly as it drives lookbook:
 
     python bench/peers/grpc_exact_server.py --vectors V.f32 --ids IDS.txt \
-        --dim 1280 --listen 127.0.0.1:0 [--workers 4] [--styles styles.csv]
+        --dim 1280 --listen 127.0.0.1:0 [--styles styles.csv]
 
 It prints `listening on HOST:PORT` (the bound port) on stdout once it serves.
 
@@ -23,27 +23,57 @@ servicer's default). `lookbook bench --rpc similar` calls nothing else (it
 does not call GetStats). No grpc.health.v1: grpcio-health-checking is not in
 bench/peers/requirements.txt.
 
-Search: one float32 matrix-vector product over all n vectors (BLAS sgemv,
-which releases the GIL) and an argpartition for the top k+1, then a sort of
-those k+1. Exact, no index.
+Search: exact, no index. A lone query is one float32 matrix-vector product
+over all n vectors (BLAS sgemv, GIL released) and an argpartition for the
+top k+1, then a sort of those. Under concurrent load the default batches
+dynamically (see Batcher): the queries queued while a search runs are
+answered together by one sgemm, same results, the matrix streamed once per
+batch. `--batch 0` is the plain one-sgemv-per-request server.
 
 The Python stubs are generated at start-up from proto/lookbook/v1/
 recommender.proto with grpc_tools.protoc into a temporary directory that is
-removed at exit; nothing generated is committed.
+removed once they are imported; nothing generated is committed.
 
-Measurements (2-core x86 VM, Haswell OpenBLAS 0.3.31 from the numpy 2.4.6
-wheel, grpcio 1.85.1, protobuf 7.36.2 upb; 12,000 random unit vectors of dim
-1280, k=10, no --styles; load from `lookbook bench --rpc similar --duration 10`
-on the same 2 cores; QPS / p50 / p99 ms):
+Measurements that chose the defaults. 2-core AMD EPYC KVM guest, OpenBLAS
+0.3.31 (numpy 2.4.6 wheel), grpcio 1.85.1, protobuf 7.36.2 (upb); 12,000
+random unit vectors of dim 1280, k=10, no --styles; load from
+`lookbook bench --rpc similar --duration 10` (warm-up 2 s, one connection)
+on the same two cores; 2-3 interleaved runs each, only runs during which
+other processes used < 10% CPU. QPS, p50 / p99 in ms:
 
-  configuration                         c=1                    c=32
-  see MEASUREMENTS below
+  configuration                         c=1                      c=32
+  sync, 2 workers, BLAS 1               136-139  7.1-7.2 / 9.8   238-269  118-133 / 147-164
+  sync, 4 workers, BLAS 1               133-143  7.0-7.4 / 9-10  254      126 / 151
+  sync, 8 workers, BLAS 1               128-131  7.5-7.8 / 10    267-270  118-119 / 149-157
+  sync, 4 workers, BLAS 2               164-190  4.8-5.7 / 12-13 101-107  299-312 / 400-428
+  aio, search on the event loop         131-140  7.1-7.4 / 9-11  152      212 / 240-250
+  aio, search on 4 threads              116-126  7.8-8.4 / 12-13 231-258  124-137 / 152-180
+  sync, 32 workers, batch<=32, BLAS 1   128-133  7.4-7.6 / 10-11 518-520  61-62 / 81-85
+  sync, 32 workers, batch<=32, BLAS 2   152-163  5.6-6.1 / 15-16 515-636  49-61 / 75-92
+  sync, batch<=32, 2 search threads     134      7.4 / 9.6       495      65 / 108
+  sync, batch<=16, 2 search threads                              513-559  57-62 / 91-109
+  sync, batch<=16, BLAS 2                                        543-579  54-57 / 89
+  sync, batch<=8, BLAS 1                                         330-366  87-96 / 102-119
+  aio, batch<=32, BLAS 1                120      7.8-8.3 / 11-15 524-533  60-61 / 80-83
+  aio, batch<=32, BLAS 2                153-162  5.8-6.0 / 12-14 495-504  63-64 / 95-100
+  default (sync, 64 workers, batch<=32, 166      5.7 / 13.0      502      63 / 94
+    BLAS 2), a later run
+
+Why: one sgemv over the 61 MB matrix takes ~5 ms and is memory-bound, so
+two concurrent sgemvs gain almost nothing on this VM (184 vs 189 QPS for
+bare numpy in 2 threads), whereas an sgemm of 32 queries costs ~31 ms
+(1 ms a query). Without batching c=32 tops out at ~270 QPS; with it ~520,
+where the GIL-bound gRPC/protobuf work (~0.6-0.9 ms a request: 1,450-1,760
+QPS with a trivial search) becomes the limit. BLAS 2 threads helps the
+lone sgemv at c=1 (p50 5.6 vs 7.4 ms) but hurts several concurrent sgemvs
+(oversubscription), so it is on only with batching and one search thread.
+grpc.aio is no faster here. Caveat: the numbers move +-20% with what else
+runs on the host; compare peers in one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
 import sys
@@ -64,7 +94,6 @@ def load_stubs():
     from grpc_tools import protoc
 
     out = tempfile.mkdtemp(prefix="lookbook-peer-stubs-")
-    atexit.register(shutil.rmtree, out, ignore_errors=True)
     rc = protoc.main(
         [
             "grpc_tools.protoc",
@@ -75,10 +104,16 @@ def load_stubs():
         ]
     )
     if rc != 0:
+        shutil.rmtree(out, ignore_errors=True)
         sys.exit(f"protoc failed on {PROTO_ROOT / PROTO_FILE} (exit {rc})")
     sys.path.insert(0, out)
-    from lookbook.v1 import recommender_pb2, recommender_pb2_grpc
-
+    try:
+        from lookbook.v1 import recommender_pb2, recommender_pb2_grpc
+    finally:
+        # Loaded: nothing reads the files again, and a server stopped by a
+        # signal (no atexit) leaves nothing behind.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
     return recommender_pb2, recommender_pb2_grpc
 
 
