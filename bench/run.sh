@@ -152,6 +152,7 @@ stop
 
 step "Python grpcio + numpy exact-search server, same load"
 "$py" bench/peers/grpc_exact_server.py --vectors "$work/12k/base.f32" --ids "$work/12k/ids.txt" \
+    --styles "$data/styles.csv" \
     --dim 1280 --listen 127.0.0.1:0 > "$work/python-server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
