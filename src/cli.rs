@@ -294,8 +294,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             export,
             json,
         } => {
-            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
-            crate::telemetry::init(&config.telemetry);
+            let config = local_config(cli.config.as_deref())?;
             evaluate(&config, &dir, limit, export.as_deref(), json.as_deref()).await
         }
         Command::BenchEncode {
@@ -304,8 +303,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             batch,
             json,
         } => {
-            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
-            crate::telemetry::init(&config.telemetry);
+            let config = local_config(cli.config.as_deref())?;
             bench_encode(&config, &dir, limit, batch, json).await
         }
         Command::BenchIndex {
@@ -386,8 +384,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             k,
             cache,
         } => {
-            let config = Config::load(cli.config.as_deref(), &Overrides::default())?;
-            crate::telemetry::init(&config.telemetry);
+            let config = local_config(cli.config.as_deref())?;
             let spec = crate::eval_personal::Spec {
                 shoppers: shoppers.max(3),
                 seed,
@@ -693,6 +690,14 @@ fn export_embeddings(prefix: &Path, items: &[eval::LabelledVector]) -> Result<()
     std::fs::write(with("ids"), ids)
         .with_context(|| format!("cannot write {}", with("ids").display()))?;
     Ok(())
+}
+
+/// Configuration for the in-process commands (model, index), with tracing
+/// set up from it; no command-line overrides apply to them.
+fn local_config(file: Option<&Path>) -> Result<Config> {
+    let config = Config::load(file, &Overrides::default())?;
+    crate::telemetry::init(&config.telemetry);
+    Ok(config)
 }
 
 /// Writes a report as JSON when a path was given.
