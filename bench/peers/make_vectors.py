@@ -113,22 +113,26 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x
 
 
-_BASIS: dict[int, np.ndarray] = {}
+# (real, its basis): the basis of the one real matrix a run uses. Holding the
+# array itself (not its id(), which Python may reuse once an array is freed)
+# makes the identity check below exact.
+_BASIS: list[tuple[np.ndarray, np.ndarray]] = []
 
 
 def noise_basis(real: np.ndarray) -> np.ndarray:
     """Rows = the real vectors' principal axes scaled by their standard deviation,
     rescaled so that E|g @ basis|^2 = dim for g ~ N(0, I): noise g @ basis has the
     real data's covariance shape and the same overall size as isotropic N(0, I)."""
-    key = id(real)
-    if key not in _BASIS:
-        centred = real.astype(np.float64) - real.mean(axis=0, dtype=np.float64)
-        _, s, vt = np.linalg.svd(centred, full_matrices=False)
-        std = s / np.sqrt(len(real) - 1)
-        basis = std[:, None] * vt
-        basis *= np.sqrt(real.shape[1] / float((std ** 2).sum()))
-        _BASIS[key] = basis.astype(np.float32)
-    return _BASIS[key]
+    for cached, basis in _BASIS:
+        if cached is real:
+            return basis
+    centred = real.astype(np.float64) - real.mean(axis=0, dtype=np.float64)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    std = s / np.sqrt(len(real) - 1)
+    basis = std[:, None] * vt
+    basis *= np.sqrt(real.shape[1] / float((std ** 2).sum()))
+    _BASIS[:] = [(real, basis.astype(np.float32))]
+    return _BASIS[0][1]
 
 
 def shaped_noise(real: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
