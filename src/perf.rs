@@ -285,7 +285,7 @@ pub fn bench_index(
     let (m, ef_construction) = (params.max_nb_connection, params.ef_construction);
     let rss_before = rss_bytes().unwrap_or(0);
     let started = Instant::now();
-    let mut index = VectorIndex::new(dim, params, n);
+    let mut index = VectorIndex::new(dim, params);
     for start in (0..n).step_by(BUILD_CHUNK) {
         let items = (start..(start + BUILD_CHUNK).min(n))
             .map(|i| {
