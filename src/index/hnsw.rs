@@ -48,9 +48,6 @@ const NO_ENTRY: u64 = u64::MAX;
 /// Seed of the level hash, fixed so builds are reproducible.
 const LEVEL_SEED: u64 = 0x6c6f_6f6b_626f_6f6b;
 
-/// Cache lines of each neighbour's vector read ahead of scoring (see `beam`).
-const TOUCH_LINES: usize = 4;
-
 /// First bytes of a serialised graph; the digit is the layout version.
 const MAGIC: &[u8; 8] = b"LBHNSW01";
 
@@ -373,7 +370,6 @@ impl Graph {
             let mut candidates = BinaryHeap::with_capacity(ef * 2);
             // Min-heap by similarity: the top is the worst result kept.
             let mut results: BinaryHeap<Reverse<Near>> = BinaryHeap::with_capacity(ef + 1);
-            let mut fresh: Vec<(u32, &[f32])> = Vec::with_capacity(self.m0);
             for &entry in entries {
                 if visited.insert(entry.id) {
                     candidates.push(entry);
@@ -391,26 +387,13 @@ impl Graph {
                 let Some(node) = self.nodes.get(candidate.id as usize) else {
                     continue;
                 };
-                // Two passes: first find the unvisited neighbours' vectors and
-                // read the first cache lines of each, so that their memory
-                // fetches overlap (safe Rust has no prefetch instruction);
-                // then score them while the lines arrive.
-                fresh.clear();
-                let mut touched = 0.0_f32;
                 for slot in self.neighbours(node, layer) {
                     let id = slot.load(Ordering::Relaxed);
-                    if visited.insert(id)
-                        && let Some(vector) = self.vector(id as usize)
-                    {
-                        touched += vector.iter().step_by(16).take(TOUCH_LINES).sum::<f32>();
-                        fresh.push((id, vector));
+                    if !visited.insert(id) {
+                        continue;
                     }
-                }
-                std::hint::black_box(touched);
-                for &(id, vector) in &fresh {
-                    let near = Near {
-                        sim: dot(query, vector),
-                        id,
+                    let Some(near) = self.near(query, id) else {
+                        continue;
                     };
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0.sim);
                     if results.len() < ef || near.sim > worst {
