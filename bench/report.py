@@ -55,6 +55,8 @@ PACKAGES = {  # shown name -> distribution name
 }
 ENCODE_BATCHES = (1, 16)
 EMBED_CONCURRENCY = (1, 4, 16)
+# Batch sizes of our in-process encoder run beyond batch 1 (sets batch_max_images).
+BATCH_SIZES_SWEPT = (4, 16)
 SIMILAR_CONCURRENCY = (1, 32)
 INDEX_LIBS = ("lookbook", "hnswlib", "faiss", "sklearn")
 INDEX_PEERS = ("hnswlib", "faiss", "sklearn")
@@ -426,13 +428,26 @@ def errors_detail(frag) -> str | None:
 
 def section_batching(fr: Fragments, params: dict) -> Section:
     s = Section("dynamic_batching", "3. Dynamic batching (Embed RPC): with vs without")
+    o32 = fr.load("encode-lookbook-fp32.json")
+    one = get(run_for_batch(o32, 1), "images_per_second")
+    for b in BATCH_SIZES_SWEPT:
+        s.add(row(f"model throughput at batch {b} vs batch 1 (in process, images/s)",
+                  get(run_for_batch(o32, b), "images_per_second"), one, "batch 1", "images/s"))
     for c in EMBED_CONCURRENCY:
         w, wo = fr.load(f"embed-batching-c{c}.json"), fr.load(f"embed-nobatch-c{c}.json")
         p99_goal = Goal("ratio", "<=", 1.10, "<= 1.10x without (within 10%)") if c == 1 else None
         load_rows(s, f"concurrency {c}", w, wo, "without batching", p99_goal=p99_goal)
         params.setdefault("load", {})[f"embed-batching-c{c}"] = load_params(w, c)
         params["load"][f"embed-nobatch-c{c}"] = load_params(wo, c)
-    s.notes.append("Without batching = the same server with LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1.")
+    for c in EMBED_CONCURRENCY:
+        big, wo = fr.load(f"embed-batch16-c{c}.json"), fr.load(f"embed-nobatch-c{c}.json")
+        load_rows(s, f"batch_max_images 16, concurrency {c}", big, wo, "without batching")
+        params["load"][f"embed-batch16-c{c}"] = load_params(big, c)
+    s.notes.append("With batching = the shipped default (batch_max_images = 4, batch_max_delay = 0); "
+                   "without = the same server with LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1; "
+                   "batch_max_images 16 = LOOKBOOK__MODEL__BATCH_MAX_IMAGES=16.")
+    s.notes.append("Model throughput rows: `lookbook bench-encode` on the same photos, one call of the given "
+                   "batch size at a time (what one coalesced model run of that size achieves per image).")
     return s
 
 

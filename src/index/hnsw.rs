@@ -205,7 +205,7 @@ impl Graph {
     /// `(id, level)` of the entry point.
     pub(crate) fn entry(&self) -> Option<(u32, usize)> {
         let packed = self.entry.load(Ordering::Acquire);
-        (packed != NO_ENTRY).then(|| (packed as u32, (packed >> 32) as usize))
+        (packed != NO_ENTRY).then_some((packed as u32, (packed >> 32) as usize))
     }
 
     fn set_entry(&self, id: u32, level: usize) {
