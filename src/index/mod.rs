@@ -687,12 +687,18 @@ impl VectorIndex {
             None => Err("replay log overflowed".to_string()),
         };
         let mut replayed = 0;
+        let mut previous = usize::MAX;
         for _ in 0..CATCH_UP_ROUNDS {
             let ops = take_log(&mut self.writer.lock())?;
-            let small = ops.len() <= CATCH_UP_SMALL;
+            // Writers that outpace the (single-threaded) replay would make
+            // every round longer than the last until the log overflows; once
+            // a round is no shorter than the one before, the rest is
+            // replayed under the lock instead, pausing writers briefly.
+            let done = ops.len() <= CATCH_UP_SMALL || ops.len() >= previous;
+            previous = ops.len();
             replayed += ops.len();
             Self::replay(&fresh, ops)?;
-            if small {
+            if done {
                 break;
             }
         }

@@ -471,6 +471,7 @@ fn concurrent_writes_searches_and_rebuilds() {
                 .collect();
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(100 + w as u64);
+                let mut background = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let i = 2 * rng.random_range(0..1500) + w;
                     let k = key(i);
@@ -482,10 +483,10 @@ fn concurrent_writes_searches_and_rebuilds() {
                         assert_eq!(created, model.insert(k, v).is_none());
                     }
                     if rng.random_range(0..200) == 0 {
-                        index.spawn_rebuild_if_needed();
+                        background.extend(index.spawn_rebuild_if_needed());
                     }
                 }
-                model
+                (model, background)
             })
         })
         .collect();
@@ -532,16 +533,22 @@ fn concurrent_writes_searches_and_rebuilds() {
     }
     stop.store(true, Ordering::Relaxed);
     let mut model = HashMap::new();
+    let mut swapped = 0;
     for w in writers {
-        model.extend(w.join().expect("writer panicked"));
+        let (part, background) = w.join().expect("writer panicked");
+        model.extend(part);
+        // Rebuilds the writers started count too: with fast inserts one of
+        // them is often running whenever the rebuilder thread tries.
+        for rebuild in background {
+            let stats = rebuild.join().expect("background rebuild panicked");
+            swapped += usize::from(stats.outcome == RebuildOutcome::Swapped);
+        }
     }
     for s in searchers {
         assert!(s.join().expect("searcher panicked") > 0);
     }
-    assert!(
-        rebuilder.join().expect("rebuilder panicked") > 0,
-        "no rebuild completed"
-    );
+    swapped += rebuilder.join().expect("rebuilder panicked");
+    assert!(swapped > 0, "no rebuild completed");
 
     assert_eq!(index.len(), model.len());
     for i in 0..3002 {
