@@ -19,6 +19,9 @@ use super::{Hit, IndexError, IndexParams};
 /// the scan is split over rayon's global pool.
 const PARALLEL_SCAN_MIN: usize = 4096;
 
+/// Nodes of a new graph linked one by one before parallel linking starts.
+const SEQUENTIAL_START: usize = 1024;
+
 pub(crate) struct Generation {
     /// Holds the vectors; node id = point id.
     pub(crate) graph: Graph,
@@ -111,8 +114,14 @@ impl Generation {
                 });
             }
         }
+        // A graph's first nodes are linked one at a time: linked in parallel,
+        // each would find only the few nodes linked before it (at the start,
+        // just the entry point), and those poor early links left later
+        // searches stuck in the wrong cluster of clustered data.
+        let sequential = start.max(SEQUENTIAL_START).min(start + items.len());
+        (start..sequential).for_each(|id| self.graph.link(id));
         let link_all = || {
-            (start..start + items.len())
+            (sequential..start + items.len())
                 .into_par_iter()
                 .for_each(|id| self.graph.link(id));
         };

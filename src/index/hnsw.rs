@@ -13,7 +13,7 @@
 //! lookup for the visited check; each candidate also allocates two `Arc`s.
 //! Here a node's links are `u32` ids stored inline in one array per node,
 //! the visited set is a reusable per-thread array of epoch tags, candidates
-//! are plain `(similarity, id)` pairs on the stack-allocated heaps, and a
+//! are plain `(similarity, id)` pairs (no allocation per candidate), and a
 //! node costs its vector plus `4 * (2M + 1)` bytes of layer-0 links.
 //!
 //! **Concurrency without `unsafe`.** Nodes live in an [`AppendTable`]
@@ -26,7 +26,7 @@
 //! sees valid ids, and a mixed list costs at most a little recall for that
 //! one query (hnswlib makes the same trade with plain loads). Inserting a
 //! batch publishes all its nodes first (one writer), then links them in
-//! parallel.
+//! parallel (a new graph's first nodes one by one; see `Generation`).
 //!
 //! **Determinism.** A node's level is a hash of its id, so the same inserts
 //! in the same order build the same graph (parallel linking aside).
