@@ -545,7 +545,9 @@ def section_index(fr: Fragments, params: dict) -> Section:
                 cell(memory[lib], "ours") + (f" ({memory[lib]['ratio']:.2f}x raw)" if memory[lib]["ratio"] else "")
                 for lib in INDEX_LIBS) + " |",
             ""]
+        s.extra_md += sweep_table(frags)
         params["index"][sc] = {lib: index_params(f) for lib, f in frags.items()}
+        params["index"][sc]["sweep"] = {lib: sweep_runs(frags[lib]) for lib in INDEX_PEERS_HNSW}
     if "1m" not in scales:
         s.notes.append("1m: not run (BENCH_SCALES without 1m).")
     s.notes.append("Best QPS = the fastest (ef_search) run whose recall@10 reaches the target; "
@@ -553,6 +555,42 @@ def section_index(fr: Fragments, params: dict) -> Section:
                    "scikit-learn is exact (no ef_search), so its recall is 1.0 at its only setting.")
     s.notes.append("Memory per vector = process RSS growth from building the index / n (includes the vectors).")
     return s
+
+
+# The HNSW libraries of the sweep table (scikit-learn has no ef_search).
+INDEX_PEERS_HNSW = ("lookbook", "hnswlib", "faiss")
+
+
+def sweep_runs(frag) -> list[dict]:
+    """The (ef_search, threads, recall@10, QPS) of each run of an index fragment."""
+    out = []
+    for r in get(frag, "runs") or []:
+        if isinstance(r, dict) and r.get("ef_search") is not None:
+            out.append({k: r.get(k) for k in ("ef_search", "threads", "recall_at_10", "qps")})
+    return out
+
+
+def sweep_table(frags: dict) -> list[str]:
+    """Markdown: recall@10 and QPS at 1 / 2 threads for each ef_search and HNSW library."""
+    cells = {}
+    for lib in INDEX_PEERS_HNSW:
+        for r in sweep_runs(frags.get(lib)):
+            cells.setdefault(r["ef_search"], {}).setdefault(lib, {})[r["threads"]] = r
+    if not cells:
+        return []
+    out = ["Every ef_search of the sweep: recall@10, QPS with 1 / 2 threads:", "",
+           "| ef_search | " + " | ".join(INDEX_PEERS_HNSW) + " |", "|---" * (len(INDEX_PEERS_HNSW) + 1) + "|"]
+    for ef in sorted(cells):
+        line = [str(ef)]
+        for lib in INDEX_PEERS_HNSW:
+            runs = cells[ef].get(lib, {})
+            rec = next((num(r.get("recall_at_10")) for r in runs.values() if num(r.get("recall_at_10")) is not None),
+                       None)
+            qps = [num(runs.get(t, {}).get("qps")) for t in INDEX_THREADS]
+            line.append("–" if rec is None else f"{rec:.4f}, " + " / ".join(
+                "–" if q is None else f"{q:,.0f}" for q in qps))
+        out.append("| " + " | ".join(line) + " |")
+    return out + [""]
 
 
 def index_detail(frag, best, top) -> str | None:
@@ -923,6 +961,9 @@ def main() -> int:
     ap.add_argument("--md", type=Path, required=True, help="Markdown report to write")
     ap.add_argument("--json", type=Path, required=True, help="JSON report to write")
     ap.add_argument("--total-seconds", type=float, help="wall time of the whole run")
+    ap.add_argument("--started-unix", type=float,
+                    help="when the run started (seconds since the epoch); default: now - total seconds, "
+                         "which is right only when the report is written at the end of the run")
     args = ap.parse_args()
     work = args.work or args.results.resolve().parent
 
@@ -952,7 +993,10 @@ def main() -> int:
     params["datasets"] = datasets
     now = dt.datetime.now(dt.timezone.utc)
     total = args.total_seconds
-    started = now - dt.timedelta(seconds=total) if total is not None else None
+    if args.started_unix is not None:
+        started = dt.datetime.fromtimestamp(args.started_unix, dt.timezone.utc)
+    else:
+        started = now - dt.timedelta(seconds=total) if total is not None else None
 
     rows_all = [r for s in sections for r in s.rows]
     goals = [r for r in rows_all if r["goal"]]

@@ -173,5 +173,5 @@ cp "$work/criterion.txt" "$results/criterion.txt"
 
 step "report"
 "$py" bench/report.py --results "$results" --md bench/RESULTS.md --json bench/results.json \
-    --total-seconds "$(( $(date +%s) - started ))"
+    --total-seconds "$(( $(date +%s) - started ))" --started-unix "$started"
 step "done: bench/RESULTS.md, bench/results.json"
