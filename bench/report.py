@@ -55,6 +55,8 @@ PACKAGES = {  # shown name -> distribution name
 }
 ENCODE_BATCHES = (1, 16)
 EMBED_CONCURRENCY = (1, 4, 16)
+# Batch sizes of our in-process encoder run beyond batch 1 (sets batch_max_images).
+BATCH_SIZES_SWEPT = (4, 16)
 SIMILAR_CONCURRENCY = (1, 32)
 INDEX_LIBS = ("lookbook", "hnswlib", "faiss", "sklearn")
 INDEX_PEERS = ("hnswlib", "faiss", "sklearn")
@@ -426,13 +428,26 @@ def errors_detail(frag) -> str | None:
 
 def section_batching(fr: Fragments, params: dict) -> Section:
     s = Section("dynamic_batching", "3. Dynamic batching (Embed RPC): with vs without")
+    o32 = fr.load("encode-lookbook-fp32.json")
+    one = get(run_for_batch(o32, 1), "images_per_second")
+    for b in BATCH_SIZES_SWEPT:
+        s.add(row(f"model throughput at batch {b} vs batch 1 (in process, images/s)",
+                  get(run_for_batch(o32, b), "images_per_second"), one, "batch 1", "images/s"))
     for c in EMBED_CONCURRENCY:
         w, wo = fr.load(f"embed-batching-c{c}.json"), fr.load(f"embed-nobatch-c{c}.json")
         p99_goal = Goal("ratio", "<=", 1.10, "<= 1.10x without (within 10%)") if c == 1 else None
         load_rows(s, f"concurrency {c}", w, wo, "without batching", p99_goal=p99_goal)
         params.setdefault("load", {})[f"embed-batching-c{c}"] = load_params(w, c)
         params["load"][f"embed-nobatch-c{c}"] = load_params(wo, c)
-    s.notes.append("Without batching = the same server with LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1.")
+    for c in EMBED_CONCURRENCY:
+        big, wo = fr.load(f"embed-batch16-c{c}.json"), fr.load(f"embed-nobatch-c{c}.json")
+        load_rows(s, f"batch_max_images 16, concurrency {c}", big, wo, "without batching")
+        params["load"][f"embed-batch16-c{c}"] = load_params(big, c)
+    s.notes.append("With batching = the shipped default (batch_max_images = 4, batch_max_delay = 0); "
+                   "without = the same server with LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1; "
+                   "batch_max_images 16 = LOOKBOOK__MODEL__BATCH_MAX_IMAGES=16.")
+    s.notes.append("Model throughput rows: `lookbook bench-encode` on the same photos, one call of the given "
+                   "batch size at a time (what one coalesced model run of that size achieves per image).")
     return s
 
 
@@ -530,7 +545,9 @@ def section_index(fr: Fragments, params: dict) -> Section:
                 cell(memory[lib], "ours") + (f" ({memory[lib]['ratio']:.2f}x raw)" if memory[lib]["ratio"] else "")
                 for lib in INDEX_LIBS) + " |",
             ""]
+        s.extra_md += sweep_table(frags)
         params["index"][sc] = {lib: index_params(f) for lib, f in frags.items()}
+        params["index"][sc]["sweep"] = {lib: sweep_runs(frags[lib]) for lib in INDEX_PEERS_HNSW}
     if "1m" not in scales:
         s.notes.append("1m: not run (BENCH_SCALES without 1m).")
     s.notes.append("Best QPS = the fastest (ef_search) run whose recall@10 reaches the target; "
@@ -538,6 +555,42 @@ def section_index(fr: Fragments, params: dict) -> Section:
                    "scikit-learn is exact (no ef_search), so its recall is 1.0 at its only setting.")
     s.notes.append("Memory per vector = process RSS growth from building the index / n (includes the vectors).")
     return s
+
+
+# The HNSW libraries of the sweep table (scikit-learn has no ef_search).
+INDEX_PEERS_HNSW = ("lookbook", "hnswlib", "faiss")
+
+
+def sweep_runs(frag) -> list[dict]:
+    """The (ef_search, threads, recall@10, QPS) of each run of an index fragment."""
+    out = []
+    for r in get(frag, "runs") or []:
+        if isinstance(r, dict) and r.get("ef_search") is not None:
+            out.append({k: r.get(k) for k in ("ef_search", "threads", "recall_at_10", "qps")})
+    return out
+
+
+def sweep_table(frags: dict) -> list[str]:
+    """Markdown: recall@10 and QPS at 1 / 2 threads for each ef_search and HNSW library."""
+    cells = {}
+    for lib in INDEX_PEERS_HNSW:
+        for r in sweep_runs(frags.get(lib)):
+            cells.setdefault(r["ef_search"], {}).setdefault(lib, {})[r["threads"]] = r
+    if not cells:
+        return []
+    out = ["Every ef_search of the sweep: recall@10, QPS with 1 / 2 threads:", "",
+           "| ef_search | " + " | ".join(INDEX_PEERS_HNSW) + " |", "|---" * (len(INDEX_PEERS_HNSW) + 1) + "|"]
+    for ef in sorted(cells):
+        line = [str(ef)]
+        for lib in INDEX_PEERS_HNSW:
+            runs = cells[ef].get(lib, {})
+            rec = next((num(r.get("recall_at_10")) for r in runs.values() if num(r.get("recall_at_10")) is not None),
+                       None)
+            qps = [num(runs.get(t, {}).get("qps")) for t in INDEX_THREADS]
+            line.append("–" if rec is None else f"{rec:.4f}, " + " / ".join(
+                "–" if q is None else f"{q:,.0f}" for q in qps))
+        out.append("| " + " | ".join(line) + " |")
+    return out + [""]
 
 
 def index_detail(frag, best, top) -> str | None:
@@ -572,9 +625,22 @@ def section_ingest(fr: Fragments, params: dict) -> Section:
               unit="products/s", ours_detail=count_detail(vec, "products")))
     visible, total = num(get(fresh, "visible_on_first_query")), num(get(fresh, "products"))
     share = ratio(visible, total)
-    s.add(row("freshness: share visible on the first query after AddProduct replied", share, unit="%",
+    s.add(row("freshness: share visible on the first query after AddProduct replied (query filtered to the new "
+              "products)", share, unit="%",
               goal=Goal("ours", ">=", 1.0, "100% (visible immediately)"),
               ours_detail=None if visible is None or total is None else f"{visible:.0f} of {total:.0f}"))
+    graph_first = num(get(fresh, "graph_top1_first_query"))
+    graph_later = num(get(fresh, "graph_found_when_repeated"))
+    missed = get(fresh, "graph_missed")
+    s.add(row("freshness: share that an unfiltered query by its own embedding (HNSW search) returns first",
+              ratio(graph_first, total), unit="%",
+              ours_detail=None if graph_first is None or total is None or missed is None else
+              f"{graph_first:.0f} of {total:.0f} at once, {graph_later:.0f} only when repeated, "
+              f"{len(missed)} never in 20 tries" + (f" ({', '.join(missed[:5])})" if missed else "")))
+    if missed:
+        s.notes.append("A product that the filtered query returns at once but the unfiltered one never does is a "
+                       "recall miss of the approximate search (its vector is far from the rest, and the graph walk at "
+                       "ef_search ends elsewhere), not a delay: the answer does not change when the query is repeated.")
     s.add(row("freshness: reply to visible, p50", get(fresh, "reply_to_visible_ms", "p50"), unit="ms"))
     s.add(row("freshness: reply to visible, p99", get(fresh, "reply_to_visible_ms", "p99"), unit="ms"))
     s.add(row("freshness: reply to visible, max", get(fresh, "max_ms"), unit="ms"))
@@ -895,6 +961,9 @@ def main() -> int:
     ap.add_argument("--md", type=Path, required=True, help="Markdown report to write")
     ap.add_argument("--json", type=Path, required=True, help="JSON report to write")
     ap.add_argument("--total-seconds", type=float, help="wall time of the whole run")
+    ap.add_argument("--started-unix", type=float,
+                    help="when the run started (seconds since the epoch); default: now - total seconds, "
+                         "which is right only when the report is written at the end of the run")
     args = ap.parse_args()
     work = args.work or args.results.resolve().parent
 
@@ -924,7 +993,10 @@ def main() -> int:
     params["datasets"] = datasets
     now = dt.datetime.now(dt.timezone.utc)
     total = args.total_seconds
-    started = now - dt.timedelta(seconds=total) if total is not None else None
+    if args.started_unix is not None:
+        started = dt.datetime.fromtimestamp(args.started_unix, dt.timezone.utc)
+    else:
+        started = now - dt.timedelta(seconds=total) if total is not None else None
 
     rows_all = [r for s in sections for r in s.rows]
     goals = [r for r in rows_all if r["goal"]]

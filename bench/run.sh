@@ -56,7 +56,7 @@ step "model FLOPs"
 "$py" bench/peers/model_flops.py --model models/efficientnet_lite2.onnx --out "$results/flops.json"
 
 step "encoder: lookbook vs Python onnxruntime+Pillow, fp32 and int8"
-"$bin" bench-encode "$data" --limit "$photos" --batch 1,16 --json "$results/encode-lookbook-fp32.json"
+"$bin" bench-encode "$data" --limit "$photos" --batch 1,4,16 --json "$results/encode-lookbook-fp32.json"
 "$py" bench/peers/encode.py --manifest models/efficientnet_lite2.toml --images "$data/images" \
     --limit "$photos" --batch 1,16 --out "$results/encode-python-fp32.json"
 LOOKBOOK__MODEL__MANIFEST=$int8 "$bin" bench-encode "$data" --limit "$photos" --batch 1,16 \
@@ -145,9 +145,12 @@ for c in 1 4 16; do load embed "$c" "embed-batching-c$c"; done
 "$bin" freshness "$work/12k" --server "$url" --count 200 --json "$results/freshness.json"
 stop
 
-step "server without dynamic batching: Embed load"
+step "server without dynamic batching, then with batches of up to 16: Embed load"
 serve nobatch LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1
 for c in 1 4 16; do load embed "$c" "embed-nobatch-c$c"; done
+stop
+serve batch16 LOOKBOOK__MODEL__BATCH_MAX_IMAGES=16
+for c in 1 4 16; do load embed "$c" "embed-batch16-c$c"; done
 stop
 
 step "Python grpcio + numpy exact-search server, same load"
@@ -170,5 +173,5 @@ cp "$work/criterion.txt" "$results/criterion.txt"
 
 step "report"
 "$py" bench/report.py --results "$results" --md bench/RESULTS.md --json bench/results.json \
-    --total-seconds "$(( $(date +%s) - started ))"
+    --total-seconds "$(( $(date +%s) - started ))" --started-unix "$started"
 step "done: bench/RESULTS.md, bench/results.json"

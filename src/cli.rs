@@ -369,11 +369,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             let report = perf::freshness(&mut client, &dataset, count).await?;
             writeln!(
                 std::io::stdout().lock(),
-                "{} of {} new products were returned by the first query after AddProduct replied; reply to visible p50 {:.2} ms, max {:.2} ms",
+                "{} of {} new products were returned by the first query after AddProduct replied; reply to visible p50 {:.2} ms, max {:.2} ms; \
+                 unrestricted graph search returned {} first at once, {} when repeated, missed {}",
                 report.visible_on_first_query,
                 report.products,
                 report.reply_to_visible_ms.p50,
-                report.max_ms
+                report.max_ms,
+                report.graph_top1_first_query,
+                report.graph_found_when_repeated,
+                report.graph_missed.len()
             )?;
             emit(json.as_deref(), &report)
         }

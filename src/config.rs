@@ -207,8 +207,7 @@ impl Default for LimitsConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            // hnsw_rs logs every graph's parameters at info.
-            log_filter: "info,hnsw_rs=warn".to_owned(),
+            log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
         }
     }

@@ -15,8 +15,8 @@
 //!   trending, group-committed to the store.
 //! - [`catalog`]: keeps the store, the attribute table and the index in step.
 //! - [`encoder`]: image -> embedding with ONNX Runtime, on its own bounded pool.
-//! - [`index`]: HNSW (hnsw_rs) with tombstones, exact fallback, background
-//!   rebuild and crash-safe dumps.
+//! - [`index`]: our own HNSW graph, with tombstones, exact fallback,
+//!   background rebuild and crash-safe dumps.
 //! - [`store`]: durable products in redb.
 //! - [`domain`]: validated types shared by the core.
 //! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.

@@ -136,6 +136,17 @@ impl Client {
     }
 
     pub async fn similar(&mut self, to: SimilarTo, k: u32) -> Result<Vec<Hit>, ClientError> {
+        self.similar_where(to, k, None).await
+    }
+
+    /// [`Self::similar`] restricted to products whose attribute `key` is
+    /// `value` (`must`), or unrestricted with `None`.
+    pub async fn similar_where(
+        &mut self,
+        to: SimilarTo,
+        k: u32,
+        attribute: Option<(&str, &str)>,
+    ) -> Result<Vec<Hit>, ClientError> {
         use proto::recommend_similar_request::Query;
         let query = match to {
             SimilarTo::Product(id) => Query::ProductId(id),
@@ -147,6 +158,13 @@ impl Client {
             .recommend_similar(proto::RecommendSimilarRequest {
                 query: Some(query),
                 k,
+                filter: attribute.map(|(key, value)| proto::Filter {
+                    must: vec![proto::AttributeFilter {
+                        key: key.to_owned(),
+                        values: vec![value.to_owned()],
+                    }],
+                    must_not: Vec::new(),
+                }),
                 ..Default::default()
             })
             .await?

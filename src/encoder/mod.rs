@@ -58,8 +58,12 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 /// Default maximum number of images per call (one model run).
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// Default most images in one coalesced model run (dynamic batching).
-pub const DEFAULT_BATCH_MAX_IMAGES: usize = 16;
+/// Default most images in one coalesced model run (dynamic batching). The
+/// best of 1, 4 and 16 in the Embed loads of bench/RESULTS.md: on its 2-core
+/// CPU a model run costs about the same per image at any batch size, and each
+/// caller in a batch waits for the whole batch, so 16 lost to 4 in QPS and
+/// p99 at concurrency 4 and 16.
+pub const DEFAULT_BATCH_MAX_IMAGES: usize = 4;
 /// Default longest wait for more jobs to fill a batch: none, so a lone caller
 /// is never delayed; see `EncoderConfig::batch_max_delay`.
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::ZERO;

@@ -1,4 +1,4 @@
-//! One generation of the index: an hnsw_rs graph plus the tables that map its
+//! One generation of the index: an HNSW graph plus the tables that map its
 //! points to keys. A rebuild makes a new generation and swaps it in whole.
 
 use std::collections::HashMap;
@@ -6,28 +6,28 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hnsw_rs::prelude::{Hnsw, Point};
 use parking_lot::RwLock;
 use rayon::prelude::*;
 
-use super::distance::{UnitCosineDistance, dot};
+use super::distance::dot;
+use super::hnsw::{Graph, Near, Shape};
 use super::slots::{Slot, SlotTable};
 use super::topk::{Scored, TopK, finish};
 use super::{Hit, IndexError, IndexParams};
-
-/// The graph type. `'static` because points own their vectors (no mmap); a
-/// graph loaded from disk gets `'static` from a leaked loader (see `persist`).
-pub(crate) type Graph = Hnsw<'static, f32, UnitCosineDistance>;
 
 /// Below this many slots an exact scan runs on the calling thread; above it
 /// the scan is split over rayon's global pool.
 const PARALLEL_SCAN_MIN: usize = 4096;
 
+/// Nodes of a new graph linked one by one before parallel linking starts.
+const SEQUENTIAL_START: usize = 1024;
+
 pub(crate) struct Generation {
+    /// Holds the vectors; node id = point id.
     pub(crate) graph: Graph,
-    /// Point id (= hnsw_rs data id) -> key, vector, tombstone. Every point of
-    /// `graph` has a slot once the inserting writer returns; a point found by
-    /// a search before that has no slot yet and is treated as absent.
+    /// Point id -> key, tombstone. Every node of `graph` has a slot once the
+    /// inserting writer returns; a node found by a search before that has no
+    /// slot yet and is treated as absent.
     pub(crate) slots: SlotTable,
     /// Live key -> point id. Invariant (under the lock): each id refers to a
     /// live slot holding that key, and at most one live slot per key exists
@@ -35,7 +35,7 @@ pub(crate) struct Generation {
     pub(crate) by_key: RwLock<HashMap<Arc<str>, usize>>,
     /// `by_key.len()`, readable without the lock.
     live: AtomicUsize,
-    /// Tombstoned slots, i.e. points hnsw_rs still traverses but we hide.
+    /// Tombstoned slots, i.e. points the graph still traverses but we hide.
     dead: AtomicUsize,
 }
 
@@ -50,14 +50,8 @@ impl fmt::Debug for Generation {
 }
 
 impl Generation {
-    pub(crate) fn empty(params: &IndexParams, capacity: usize) -> Self {
-        let graph = Hnsw::new(
-            params.max_nb_connection,
-            capacity.max(1),
-            params.max_layer,
-            params.ef_construction,
-            UnitCosineDistance,
-        );
+    pub(crate) fn empty(params: &IndexParams) -> Self {
+        let graph = Graph::new(shape_of(params));
         Self::from_parts(graph, SlotTable::new(), HashMap::new(), 0)
     }
 
@@ -84,26 +78,28 @@ impl Generation {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// Number of points per layer, to find where the next insert lands.
-    fn layer_lens(&self) -> Vec<usize> {
-        let indexation = self.graph.get_point_indexation();
-        (0..self.graph.get_max_level())
-            .map(|layer| indexation.get_layer_nb_point(layer))
-            .collect()
+    /// The vector of a point (dead ones included).
+    pub(crate) fn vector(&self, id: usize) -> Option<&[f32]> {
+        self.graph.vector(id)
     }
 
     /// Inserts one point. Caller must be the only writer of this generation.
     pub(crate) fn insert_one(&self, key: Arc<str>, vector: &[f32]) -> Result<bool, IndexError> {
         self.check_in_step()?;
         let id = self.slots.len();
-        let before = self.layer_lens();
-        self.graph.insert_slice((vector, id));
-        let point = self.find_new_point(&before, id)?;
-        self.append(key, point, id)
+        let node = self.graph.push(vector).ok_or(IndexError::Internal {
+            reason: "the graph is full".into(),
+        })?;
+        self.graph.link(node);
+        self.append(key, id, node)
     }
 
-    /// Inserts distinct keys in parallel on `pool` (rayon's global pool if `None`). Caller must be the only
-    /// writer of this generation. Returns per item whether the key was new.
+    /// Inserts distinct keys, linking them in parallel on `pool` (rayon's
+    /// global pool if `None`). Caller must be the only writer of this
+    /// generation. Returns per item whether the key was new.
+    ///
+    /// Every node is published before any is linked (see `hnsw`); the slots
+    /// are added after linking, so searches skip the batch until then.
     pub(crate) fn insert_many(
         &self,
         items: &[(Arc<str>, &[f32])],
@@ -111,31 +107,42 @@ impl Generation {
     ) -> Result<Vec<bool>, IndexError> {
         self.check_in_step()?;
         let start = self.slots.len();
-        let data: Vec<(&[f32], usize)> = items
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| (*v, start + i))
-            .collect();
-        match pool {
-            Some(pool) => pool.install(|| self.graph.parallel_insert_slice(&data)),
-            None => self.graph.parallel_insert_slice(&data),
+        for (i, (_, vector)) in items.iter().enumerate() {
+            if self.graph.push(vector) != Some(start + i) {
+                return Err(IndexError::Internal {
+                    reason: format!("could not publish node {}", start + i),
+                });
+            }
         }
-        let points = resolve_range(&self.graph, start, items.len())?;
+        // A graph's first nodes are linked one at a time: linked in parallel,
+        // each would find only the few nodes linked before it (at the start,
+        // just the entry point), and those poor early links left later
+        // searches stuck in the wrong cluster of clustered data.
+        let sequential = start.max(SEQUENTIAL_START).min(start + items.len());
+        (start..sequential).for_each(|id| self.graph.link(id));
+        let link_all = || {
+            (sequential..start + items.len())
+                .into_par_iter()
+                .for_each(|id| self.graph.link(id));
+        };
+        match pool {
+            Some(pool) => pool.install(link_all),
+            None => link_all(),
+        }
         items
             .iter()
-            .zip(points)
             .enumerate()
-            .map(|(i, ((key, _), point))| self.append(Arc::clone(key), point, start + i))
+            .map(|(i, (key, _))| self.append(Arc::clone(key), start + i, start + i))
             .collect()
     }
 
-    /// Data ids are slot ids, so the next insert must find the graph and the
-    /// slot table the same size. Only a panic inside an earlier insert (a
-    /// point in the graph but never registered) can break that; refusing
-    /// further inserts then beats silently reusing a data id. A rebuild
-    /// (which makes a new generation) recovers.
+    /// Point ids are node ids, so the next insert must find the graph and
+    /// the slot table the same size. Only a failure between publishing a
+    /// node and registering its slot can break that; refusing further
+    /// inserts then beats silently pairing keys with the wrong vectors. A
+    /// rebuild (which makes a new generation) recovers.
     fn check_in_step(&self) -> Result<(), IndexError> {
-        let (graph, slots) = (self.graph.get_nb_point(), self.slots.len());
+        let (graph, slots) = (self.graph.len(), self.slots.len());
         if graph == slots {
             Ok(())
         } else {
@@ -145,40 +152,13 @@ impl Generation {
         }
     }
 
-    /// hnsw_rs's insert does not return the point it created. With a single
-    /// writer the new point is the last one of whichever layer grew, so only
-    /// that layer is walked; the origin id check makes this robust and the
-    /// full scan is the fallback.
-    fn find_new_point(
-        &self,
-        before: &[usize],
-        id: usize,
-    ) -> Result<Arc<Point<'static, f32>>, IndexError> {
-        let indexation = self.graph.get_point_indexation();
-        for (layer, &len) in before.iter().enumerate() {
-            if indexation.get_layer_nb_point(layer) > len
-                && let Some(point) = indexation.get_layer_iterator(layer).nth(len)
-                && point.get_origin_id() == id
-            {
-                return Ok(point);
-            }
-        }
-        let mut found = resolve_range(&self.graph, id, 1)?;
-        found.pop().ok_or(IndexError::Internal {
-            reason: "resolve_range(id, 1) returned no point".into(),
-        })
-    }
-
-    fn append(
-        &self,
-        key: Arc<str>,
-        point: Arc<Point<'static, f32>>,
-        expected_id: usize,
-    ) -> Result<bool, IndexError> {
-        let id = self.slots.push(Slot::new(Arc::clone(&key), point, true));
-        if id != Some(expected_id) {
+    fn append(&self, key: Arc<str>, expected_id: usize, node: usize) -> Result<bool, IndexError> {
+        let id = self.slots.push(Slot::new(Arc::clone(&key), true));
+        if id != Some(expected_id) || node != expected_id {
             return Err(IndexError::Internal {
-                reason: format!("slot id {id:?} != data id {expected_id} (concurrent writers?)"),
+                reason: format!(
+                    "slot id {id:?}, node {node}, expected {expected_id} (concurrent writers?)"
+                ),
             });
         }
         Ok(self.publish(key, expected_id))
@@ -226,28 +206,32 @@ impl Generation {
         self.slots.get(id).filter(|s| s.is_live())
     }
 
-    fn scored<'a>(&'a self, query: &[f32], id: usize, slot: &'a Slot) -> Scored<'a> {
-        Scored {
-            score: dot(query, slot.vector()).clamp(-1.0, 1.0),
+    fn scored<'a>(&'a self, query: &[f32], id: usize, slot: &'a Slot) -> Option<Scored<'a>> {
+        Some(Scored {
+            score: dot(query, self.vector(id)?).clamp(-1.0, 1.0),
             key: &slot.key,
             id,
-        }
+        })
     }
 
-    /// Scores the given point ids (skipping dead, unknown and rejected ones)
-    /// and returns the best `k`, deduplicated by key.
-    pub(crate) fn rank_ids(
+    /// Ranks graph results (skipping dead, unknown and rejected points) and
+    /// returns the best `k`, deduplicated by key.
+    pub(crate) fn rank_found(
         &self,
-        query: &[f32],
         k: usize,
-        ids: impl IntoIterator<Item = usize>,
+        found: &[Near],
         accept: &(dyn Fn(&str) -> bool + Sync),
     ) -> Vec<Hit> {
-        let candidates = ids
-            .into_iter()
-            .filter_map(|id| {
+        let candidates = found
+            .iter()
+            .filter_map(|near| {
+                let id = near.id as usize;
                 let slot = self.live_slot(id)?;
-                accept(&slot.key).then(|| self.scored(query, id, slot))
+                accept(&slot.key).then_some(Scored {
+                    score: near.sim.clamp(-1.0, 1.0),
+                    key: &slot.key,
+                    id,
+                })
             })
             .collect();
         self.to_hits(finish(candidates, k))
@@ -286,8 +270,9 @@ impl Generation {
             let id = id_at(i);
             if let Some(slot) = self.live_slot(id)
                 && accept(&slot.key)
+                && let Some(scored) = self.scored(query, id, slot)
             {
-                top.push(self.scored(query, id, slot));
+                top.push(scored);
             }
             top
         };
@@ -342,39 +327,11 @@ impl Generation {
     }
 }
 
-/// Finds the points with data ids `start..start + n` by walking every layer
-/// (hnsw_rs has no lookup by data id).
-pub(crate) fn resolve_range(
-    graph: &Graph,
-    start: usize,
-    n: usize,
-) -> Result<Vec<Arc<Point<'static, f32>>>, IndexError> {
-    let indexation = graph.get_point_indexation();
-    let mut found: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; n];
-    for layer in 0..graph.get_max_level() {
-        if indexation.get_layer_nb_point(layer) == 0 {
-            continue;
-        }
-        for point in indexation.get_layer_iterator(layer) {
-            let origin = point.get_origin_id();
-            if let Some(entry) = origin.checked_sub(start).and_then(|i| found.get_mut(i)) {
-                if entry.is_some() {
-                    return Err(IndexError::Internal {
-                        reason: format!("data id {origin} appears twice in the graph"),
-                    });
-                }
-                *entry = Some(point);
-            }
-        }
+/// The graph shape the index parameters ask for.
+pub(crate) fn shape_of(params: &IndexParams) -> Shape {
+    Shape {
+        m: params.max_nb_connection,
+        ef_construction: params.ef_construction,
+        layers: params.max_layer,
     }
-    let missing = found.iter().filter(|p| p.is_none()).count();
-    found
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or(IndexError::Internal {
-            reason: format!(
-                "{missing} of data ids {start}..{} not in the graph",
-                start + n
-            ),
-        })
 }

@@ -1,49 +1,45 @@
 //! In-memory approximate nearest-neighbour index over L2-normalised product
-//! embeddings, keyed by product id, built on `hnsw_rs`.
+//! embeddings, keyed by product id.
 //!
-//! hnsw_rs gives a concurrent HNSW graph (insert and search take `&self`) but
-//! no delete, no update, a distance that can panic on exact matches, filtered
-//! searches that may return fewer than `k`, and a dump format that is neither
-//! atomic nor safe to load when damaged. This module adds what the service
+//! The graph itself (`hnsw`) is a concurrent HNSW graph over dense point ids
+//! (insert and search take `&self`); it knows nothing of keys, deletes or
+//! filters. It replaced hnsw_rs, which this index first used; `hnsw`'s module
+//! doc gives the measurements behind that. This module adds what the service
 //! needs on top:
 //!
-//! * **Keys, replace and delete.** Points get dense data ids (`usize`); a slot
-//!   table maps id -> key/vector/tombstone and a map holds key -> live id.
+//! * **Keys, replace and delete.** Points get dense ids (`usize`); a slot
+//!   table maps id -> key/tombstone and a map holds key -> live id.
 //!   Replacing a key inserts a new point and tombstones the old one; removing
-//!   tombstones. Tombstones are applied to every candidate list (not through
-//!   hnsw_rs's `FilterT`, whose search mode is several times slower; see
-//!   `search`).
+//!   tombstones. Tombstones and filters are applied to the candidate list of
+//!   a graph pass, widened by the dead fraction (see `search`).
 //! * **Generations.** Dead points still cost traversal time, so once they pass
 //!   `rebuild_dead_ratio` a rebuild builds a fresh graph from the live vectors
 //!   while queries and writes continue on the current one, replays the writes
 //!   that arrived meanwhile, and swaps the new generation in with `ArcSwap`.
-//! * **Concurrency.** One writer at a time (a mutex), because hnsw_rs does not
-//!   report which point an insert created and we identify it by "the newest
-//!   point", and because the rebuild log needs a total order of writes.
-//!   Searches take none of this module's locks on their hot path: the slot
-//!   table is append-only and lock-free to read, and the generation is an
-//!   `ArcSwap` load. (hnsw_rs's own per-node locks are write-held by an insert
-//!   only for microseconds.) Only the key map is behind an `RwLock`, held for
-//!   single lookups/updates by `get`/`contains`/`search_among` and writers.
-//! * **Distance.** `UnitCosineDistance` (`max(0, 1 - dot)`) instead of
-//!   `DistDot`, which asserts on self-matches whose f32 self-dot exceeds 1.
+//! * **Concurrency.** One writer at a time (a mutex): point ids are assigned
+//!   in order, and the rebuild log needs a total order of writes. A large
+//!   batch is still linked in parallel inside that one write. Searches take
+//!   none of this module's locks on their hot path: the slot and node tables
+//!   are append-only and lock-free to read, and the generation is an
+//!   `ArcSwap` load. Only the key map is behind an `RwLock`, held for single
+//!   lookups/updates by `get`/`contains`/`search_among` and writers.
+//! * **Similarity.** The dot product of unit vectors (cosine); vectors are
+//!   checked to be finite unit vectors on the way in.
 //! * **Filters.** `search` guarantees `min(k, #accepted live)` results: an
 //!   HNSW pass post-filtered; if short, an exact scan of the accepted points
 //!   or (when cheaper) a wider HNSW pass; an exact scan if that still falls short.
 //! * **Dumps** (`persist`): temp dir + fsync + atomic rename, a checksummed
-//!   manifest, and verification before hnsw_rs's panicking loader runs.
+//!   manifest, and a checksummed graph file verified before it is parsed.
 //!
-//! **Where vectors live.** Each vector is stored once, inside its hnsw_rs
-//! `Point` (hnsw_rs always copies on insert; nothing can avoid that copy). The
-//! slot table keeps an `Arc` to the point, so exact search, rebuild and `get`
-//! read the vector from there. Keeping our own `Arc<[f32]>` as well would
-//! double the memory (12K x 1280-d is 61 MB per copy) for no gain. The costs:
-//! `get` returns a fresh `Arc<[f32]>` copy, and after each single insert the
-//! new point is located by walking the layer it landed in (hnsw_rs offers no
-//! random access by position); a rebuild briefly holds two copies.
+//! **Where vectors live.** Each vector is stored once, in its graph node;
+//! exact search, rebuild and `get` read it from there. Keeping an
+//! `Arc<[f32]>` as well would double the memory (12K x 1280-d is 61 MB per
+//! copy) for no gain. The costs: `get` returns a fresh `Arc<[f32]>` copy,
+//! and a rebuild briefly holds two copies.
 
 mod distance;
 mod generation;
+mod hnsw;
 mod persist;
 mod slots;
 mod topk;
@@ -62,10 +58,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-pub use distance::UnitCosineDistance;
 use generation::Generation;
 
-/// The most layers hnsw_rs supports; its dump format requires exactly this.
+/// The most layers a graph may have. With `M` = 16 a node reaches level `l`
+/// with probability `16^-l`, so 16 layers suffice for any catalogue.
 pub const HNSW_MAX_LAYERS: usize = 16;
 
 /// Cost of one unit of HNSW `ef` in exact dot products, for choosing between
@@ -115,7 +111,7 @@ pub struct IndexParams {
     pub ef_construction: usize,
     /// Candidate list size while searching (raised to `k` when smaller).
     pub ef_search: usize,
-    /// Layers of the graph, at most 16; dumps require exactly 16.
+    /// Layers of the graph, 1..=16.
     pub max_layer: usize,
     /// Rebuild once tombstoned points reach this fraction of all points.
     pub rebuild_dead_ratio: f64,
@@ -141,8 +137,7 @@ impl Default for IndexParams {
 
 impl IndexParams {
     /// Checks ranges; use when loading configuration so bad values fail fast.
-    /// (Constructors clamp instead, with a warning, since hnsw_rs would
-    /// `process::exit` on an out-of-range `M`.)
+    /// (Constructors clamp instead, with a warning.)
     pub fn validate(&self) -> Result<(), IndexError> {
         let bad =
             |name: &'static str, reason: String| Err(IndexError::InvalidParams { name, reason });
@@ -313,9 +308,9 @@ impl fmt::Debug for VectorIndex {
 
 impl VectorIndex {
     /// Empty index. Out-of-range params are clamped (see [`IndexParams::validate`]).
-    pub fn new(dim: usize, params: IndexParams, capacity_hint: usize) -> Self {
+    pub fn new(dim: usize, params: IndexParams) -> Self {
         let params = params.sanitized();
-        let generation = Generation::empty(&params, capacity_hint);
+        let generation = Generation::empty(&params);
         Self::from_generation(dim, params, generation)
     }
 
@@ -338,7 +333,7 @@ impl VectorIndex {
         params: IndexParams,
         items: Vec<(Arc<str>, Arc<[f32]>)>,
     ) -> Result<Self, IndexError> {
-        let index = Self::new(dim, params, items.len());
+        let index = Self::new(dim, params);
         index.upsert_batch(items)?;
         Ok(index)
     }
@@ -473,9 +468,8 @@ impl VectorIndex {
     pub fn get(&self, key: &str) -> Option<Arc<[f32]>> {
         let generation = self.current.load();
         let id = generation.id_of(key)?;
-        generation
-            .live_slot(id)
-            .map(|slot| Arc::from(slot.vector()))
+        generation.live_slot(id)?;
+        generation.vector(id).map(Arc::from)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -515,21 +509,21 @@ impl VectorIndex {
             return Vec::new();
         }
         // With k >= live every live point is returned anyway (and this keeps
-        // a huge k from becoming a huge hnsw_rs candidate list).
+        // a huge k from becoming a huge graph candidate list).
         if live <= self.params.exact_threshold || k >= live {
             return generation.exact_scan(query, k, accept);
         }
         let total = generation.slots.len();
         let ef = self.params.ef_search.max(k);
-        // Graph pass without hnsw_rs's `FilterT`: tombstones and the caller's
-        // filter are applied to the candidate list instead. hnsw_rs's filtered
-        // mode drops the early exit and expands every queued candidate; on
-        // 12K x 1280-d it took 3.7 ms vs 1.1 ms at ef 64 even with a filter
-        // that accepts everything, and 15 ms vs 0.9 ms at 1/6 selectivity.
-        // ef is scaled up by the dead fraction so ~ef live candidates remain.
+        // The graph pass ignores tombstones and the caller's filter; both are
+        // applied to its candidate list. (Filtering inside the beam, as
+        // hnsw_rs's `FilterT` did, drops the early exit: on 12K x 1280-d that
+        // took 3.7 ms vs 1.1 ms at ef 64 even with a filter that accepted
+        // everything.) ef is scaled up by the dead fraction so ~ef live
+        // candidates remain.
         let ef_live = oversampled(ef, total, live);
-        let found = generation.graph.search(query, ef_live, ef_live);
-        let hits = generation.rank_ids(query, k, found.iter().map(|n| n.d_id), accept);
+        let found = generation.graph.search(query, ef_live);
+        let hits = generation.rank_found(k, &found, accept);
         if hits.len() >= k {
             return hits;
         }
@@ -554,8 +548,8 @@ impl VectorIndex {
             return generation.exact_ids(query, k, &allowed, accept);
         }
         if ef_wide > ef_live {
-            let found = generation.graph.search(query, ef_wide, ef_wide);
-            let hits = generation.rank_ids(query, k, found.iter().map(|n| n.d_id), accept);
+            let found = generation.graph.search(query, ef_wide);
+            let hits = generation.rank_found(k, &found, accept);
             if hits.len() >= k {
                 return hits;
             }
@@ -678,14 +672,10 @@ impl VectorIndex {
         old: Arc<Generation>,
         entries: &[(Arc<str>, usize)],
     ) -> Result<usize, String> {
-        let fresh = Generation::empty(&self.params, entries.len() + entries.len() / 4 + 16);
+        let fresh = Generation::empty(&self.params);
         let items: Vec<(Arc<str>, &[f32])> = entries
             .iter()
-            .filter_map(|(key, id)| {
-                old.slots
-                    .get(*id)
-                    .map(|slot| (Arc::clone(key), slot.vector()))
-            })
+            .filter_map(|(key, id)| old.vector(*id).map(|v| (Arc::clone(key), v)))
             .collect();
         fresh
             .insert_many(&items, self.pool())
@@ -697,12 +687,18 @@ impl VectorIndex {
             None => Err("replay log overflowed".to_string()),
         };
         let mut replayed = 0;
+        let mut previous = usize::MAX;
         for _ in 0..CATCH_UP_ROUNDS {
             let ops = take_log(&mut self.writer.lock())?;
-            let small = ops.len() <= CATCH_UP_SMALL;
+            // Writers that outpace the (single-threaded) replay would make
+            // every round longer than the last until the log overflows; once
+            // a round is no shorter than the one before, the rest is
+            // replayed under the lock instead, pausing writers briefly.
+            let done = ops.len() <= CATCH_UP_SMALL || ops.len() >= previous;
+            previous = ops.len();
             replayed += ops.len();
             Self::replay(&fresh, ops)?;
-            if small {
+            if done {
                 break;
             }
         }
@@ -770,8 +766,10 @@ impl VectorIndex {
     pub fn for_each_live(&self, f: &mut dyn FnMut(&Arc<str>, &[f32])) {
         let generation = self.current.load_full();
         for (key, id) in generation.live_entries() {
-            if let Some(slot) = generation.live_slot(id) {
-                f(&key, slot.vector());
+            if generation.live_slot(id).is_some()
+                && let Some(vector) = generation.vector(id)
+            {
+                f(&key, vector);
             }
         }
     }

@@ -1,49 +1,44 @@
 //! Crash-safe dumps of the index for fast restart.
 //!
-//! hnsw_rs's `file_dump` truncates files in place without fsync, and its
-//! loader panics (or even calls `process::exit`, or reads past a buffer) on a
-//! damaged file. So:
-//!
 //! * a dump is written into `<dir>/.tmp-*`, fsynced, renamed to `<dir>/gen-*`;
 //!   then `<dir>/MANIFEST` is replaced atomically (write temp, fsync, rename,
 //!   fsync dir). The manifest rename is the commit point: a crash before it
 //!   leaves the previous dump in force. Older `gen-*`/`.tmp-*` are then deleted.
-//! * the manifest (TOML) records format version, platform (hnsw_rs writes
-//!   native-endian `usize`s), dim, graph params, the caller's store version,
-//!   the key of every point id, the tombstoned ids, and the length and
-//!   SHA-256 of each graph file. Its first line holds the SHA-256 of the rest.
-//! * `load` checks all of that, and re-hashes the graph files, before hnsw_rs
-//!   sees a byte; `catch_unwind` around the loader is only a last resort.
+//! * the manifest (TOML) records format version, platform, dim, graph
+//!   params, the caller's store version, the key of every point id, the
+//!   tombstoned ids, and the length and SHA-256 of the graph file (nodes,
+//!   links and vectors; see `hnsw::Graph::write_to`). Its first line holds
+//!   the SHA-256 of the rest.
+//! * `load` checks all of that and re-hashes the graph file before parsing
+//!   it; the parser checks every count and id as well, so even a file that
+//!   matches a tampered manifest is an error, never a panic or a bad graph.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::prelude::HnswIo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::distance::UnitCosineDistance;
-use super::generation::{Generation, Graph, resolve_range};
+use super::generation::{Generation, shape_of};
+use super::hnsw::Graph;
 use super::slots::{Slot, SlotTable};
-use super::{HNSW_MAX_LAYERS, IndexError, IndexParams, VectorIndex};
+use super::{IndexError, IndexParams, VectorIndex};
 
 const MANIFEST: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
 const HEADER_PREFIX: &str = "# lookbook vector index manifest, sha256 of the rest: ";
-/// Bump on any change to the manifest, the file layout or `UnitCosineDistance`'s name.
-const FORMAT_VERSION: u32 = 1;
+/// Bump on any change to the manifest or the graph file layout. (1: hnsw_rs
+/// files; 2: our own graph file.)
+const FORMAT_VERSION: u32 = 2;
 const GEN_PREFIX: &str = "gen-";
 const TMP_PREFIX: &str = ".tmp-";
-const BASENAME: &str = "graph";
-const GRAPH_SUFFIXES: [&str; 2] = [".hnsw.graph", ".hnsw.data"];
+const GRAPH_FILE: &str = "graph.bin";
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,10 +51,8 @@ struct Manifest {
     point_count: usize,
     live_count: usize,
     created_unix_ms: u64,
-    /// Folder (inside the dump dir) holding the hnsw_rs files.
+    /// Folder (inside the dump dir) holding the graph file.
     data_dir: String,
-    /// hnsw_rs basename of the files; empty when there are no points.
-    hnsw_basename: String,
     /// Tombstoned point ids, ascending.
     dead: Vec<usize>,
     /// Key of each point id (dead ones included), indexed by id.
@@ -188,6 +181,12 @@ fn render_manifest(manifest: &Manifest) -> Result<String, IndexError> {
     ))
 }
 
+/// The one field every format version has.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format_version: u32,
+}
+
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("manifest is not UTF-8: {e}"))?;
     let (header, body) = text.split_once('\n').ok_or("manifest has no header line")?;
@@ -197,8 +196,17 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     if sha256_hex(body.as_bytes()) != expected {
         return Err("manifest checksum mismatch".into());
     }
-    toml::from_str(body).map_err(|e| format!("manifest does not parse: {e}"))
+    toml::from_str(body).map_err(|e| match toml::from_str::<FormatOnly>(body) {
+        Ok(f) if f.format_version != FORMAT_VERSION => {
+            format!("{OTHER_FORMAT}{}", f.format_version)
+        }
+        _ => format!("manifest does not parse: {e}"),
+    })
 }
+
+/// Prefix of `parse_manifest`'s error for a manifest of another format
+/// version (intact, just not ours to read): such a dump is stale, not corrupt.
+const OTHER_FORMAT: &str = "manifest of format version ";
 
 impl VectorIndex {
     pub(super) fn dump_to(&self, dir: &Path, store_version: u64) -> Result<(), IndexError> {
@@ -233,22 +241,15 @@ impl VectorIndex {
     ) -> Result<usize, IndexError> {
         // Snapshot the graph and its key table under the writer lock so both
         // describe the same set of points; searches continue meanwhile.
-        let (keys, dead, live_count, hnsw_basename) = {
+        let (keys, dead, live_count, files) = {
             let _writer = self.writer.lock();
             let generation = self.current.load_full();
             let n = generation.slots.len();
-            if n > 0 && generation.graph.get_max_level() != HNSW_MAX_LAYERS {
-                return Err(IndexError::DumpUnsupported {
-                    reason: format!(
-                        "hnsw_rs can only dump graphs with max_layer = {HNSW_MAX_LAYERS}"
-                    ),
-                });
-            }
-            if generation.graph.get_nb_point() != n {
+            if generation.graph.len() != n {
                 return Err(IndexError::Internal {
                     reason: format!(
                         "graph has {} points, slot table {n}",
-                        generation.graph.get_nb_point()
+                        generation.graph.len()
                     ),
                 });
             }
@@ -266,33 +267,29 @@ impl VectorIndex {
                     dead.push(id);
                 }
             }
-            let basename = if n == 0 {
-                String::new()
-            } else {
-                catch_unwind(AssertUnwindSafe(|| {
-                    generation.graph.file_dump(tmp, BASENAME)
-                }))
-                .map_err(|_| IndexError::Internal {
-                    reason: "hnsw_rs file_dump panicked".into(),
-                })?
-                .map_err(|e| IndexError::Internal {
-                    reason: format!("hnsw_rs file_dump failed: {e:#}"),
-                })?
-            };
-            (keys, dead, generation.live(), basename)
+            let mut files = Vec::new();
+            if n > 0 {
+                let path = tmp.join(GRAPH_FILE);
+                let file = File::create(&path).map_err(io_err("create graph file", &path))?;
+                let mut out = BufWriter::with_capacity(1 << 20, file);
+                generation
+                    .graph
+                    .write_to(self.dim, &mut out)
+                    .and_then(|()| out.flush())
+                    .map_err(io_err("write graph file", &path))?;
+                drop(out);
+                sync_file(&path)?;
+                let (len, sha256) = sha256_file(&path)?;
+                files.push(FileEntry {
+                    name: GRAPH_FILE.to_string(),
+                    len,
+                    sha256,
+                });
+            }
+            (keys, dead, generation.live(), files)
         };
         let point_count = keys.len();
 
-        let mut files = Vec::new();
-        if !hnsw_basename.is_empty() {
-            for suffix in GRAPH_SUFFIXES {
-                let name = format!("{hnsw_basename}{suffix}");
-                let path = tmp.join(&name);
-                sync_file(&path)?;
-                let (len, sha256) = sha256_file(&path)?;
-                files.push(FileEntry { name, len, sha256 });
-            }
-        }
         sync_dir(tmp)?;
         let final_dir = dir.join(data_dir);
         fs::rename(tmp, &final_dir).map_err(io_err("rename temp dir", &final_dir))?;
@@ -309,7 +306,6 @@ impl VectorIndex {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             data_dir: data_dir.to_string(),
-            hnsw_basename,
             dead,
             keys,
             graph: GraphParams::from(&self.params),
@@ -365,11 +361,16 @@ pub(super) fn load_from(
         }
         Err(e) => return Err(io_err("read manifest", &manifest_path)(e)),
     };
-    let manifest = parse_manifest(&bytes).map_err(|reason| corrupt(dir, reason))?;
-
     let stale = |why: String| {
         info!(dir = %dir.display(), %why, "index dump is stale; ignoring it");
         Ok(None)
+    };
+    let manifest = match parse_manifest(&bytes) {
+        Ok(manifest) => manifest,
+        Err(reason) if reason.starts_with(OTHER_FORMAT) => {
+            return stale(format!("{reason} (want {FORMAT_VERSION})"));
+        }
+        Err(reason) => return Err(corrupt(dir, reason)),
     };
     if manifest.format_version != FORMAT_VERSION || manifest.platform != platform() {
         return stale(format!(
@@ -418,15 +419,19 @@ pub(super) fn load_from(
         }
     }
 
-    let generation = if manifest.point_count == 0 {
-        Generation::empty(&params, 0)
+    let graph = if manifest.point_count == 0 {
+        Graph::new(shape_of(&params))
     } else {
-        let mut graph = load_graph(&data_dir, &manifest.hnsw_basename)
-            .map_err(|reason| corrupt(dir, reason))?;
-        // hnsw_rs's loader turns this on; freshly built graphs have it off.
-        graph.set_extend_candidates(false);
-        build_generation(graph, &manifest).map_err(|reason| corrupt(dir, reason))?
+        let path = data_dir.join(GRAPH_FILE);
+        let file = File::open(&path).map_err(|e| corrupt(dir, format!("{GRAPH_FILE}: {e}")))?;
+        Graph::read_from(
+            dim,
+            shape_of(&params),
+            &mut BufReader::with_capacity(1 << 20, file),
+        )
+        .map_err(|reason| corrupt(dir, format!("graph file: {reason}")))?
     };
+    let generation = build_generation(graph, &manifest).map_err(|reason| corrupt(dir, reason))?;
     info!(
         dir = %dir.display(),
         points = manifest.point_count,
@@ -463,16 +468,10 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
     if !is_plain_name(&m.data_dir) || !m.data_dir.starts_with(GEN_PREFIX) {
         return Err(format!("bad data_dir {:?}", m.data_dir));
     }
-    let expected: Vec<String> = if m.point_count == 0 {
-        Vec::new()
+    let expected: &[&str] = if m.point_count == 0 {
+        &[]
     } else {
-        if !is_plain_name(&m.hnsw_basename) {
-            return Err(format!("bad hnsw_basename {:?}", m.hnsw_basename));
-        }
-        GRAPH_SUFFIXES
-            .iter()
-            .map(|s| format!("{}{s}", m.hnsw_basename))
-            .collect()
+        &[GRAPH_FILE]
     };
     let listed: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
     if listed != expected {
@@ -481,47 +480,24 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs hnsw_rs's loader on files whose checksums were verified.
-///
-/// `HnswIo::load_hnsw` returns a graph that borrows the loader (for its
-/// optional mmap). We load without mmap, so the points own their data and the
-/// borrow is nominal, but safe code cannot express that; the loader is leaked
-/// to get a `'static` graph. It is a few hundred bytes (two paths, options,
-/// an empty mmap slot) per load, and loads happen once per process start.
-fn load_graph(data_dir: &Path, basename: &str) -> Result<Graph, String> {
-    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(data_dir, basename)));
-    catch_unwind(AssertUnwindSafe(move || {
-        // Moving the reference in makes this closure `FnOnce`, which lets the
-        // loader be borrowed for `'static` rather than for one call.
-        let loader = loader;
-        loader.load_hnsw::<f32, UnitCosineDistance>()
-    }))
-    .map_err(|_| "hnsw_rs loader panicked".to_string())?
-    .map_err(|e| format!("hnsw_rs loader failed: {e:#}"))
-}
-
 fn build_generation(graph: Graph, m: &Manifest) -> Result<Generation, String> {
-    if graph.get_nb_point() != m.point_count {
+    if graph.len() != m.point_count {
         return Err(format!(
             "graph has {} points, manifest {}",
-            graph.get_nb_point(),
+            graph.len(),
             m.point_count
         ));
     }
-    let points = resolve_range(&graph, 0, m.point_count).map_err(|e| e.to_string())?;
     let slots = SlotTable::new();
     let mut by_key: HashMap<Arc<str>, usize> = HashMap::with_capacity(m.live_count);
     let mut dead = m.dead.iter().peekable();
-    for (id, (key, point)) in m.keys.iter().zip(points).enumerate() {
-        if point.get_v().len() != m.dim {
-            return Err(format!("point {id} has {} dimensions", point.get_v().len()));
-        }
+    for (id, key) in m.keys.iter().enumerate() {
         let live = dead.next_if_eq(&&id).is_none();
         let key: Arc<str> = Arc::from(key.as_str());
         if live && by_key.insert(Arc::clone(&key), id).is_some() {
             return Err(format!("key {key:?} is live twice"));
         }
-        if slots.push(Slot::new(key, point, live)) != Some(id) {
+        if slots.push(Slot::new(key, live)) != Some(id) {
             return Err(format!("could not place point {id}"));
         }
     }
@@ -546,12 +522,11 @@ mod tests {
             live_count: keys.len() - dead.len(),
             created_unix_ms: 1,
             data_dir: "gen-1".into(),
-            hnsw_basename: BASENAME.into(),
             dead,
             keys,
             graph: GraphParams::from(&IndexParams::default()),
             files: vec![FileEntry {
-                name: "graph.hnsw.graph".into(),
+                name: GRAPH_FILE.into(),
                 len: 12,
                 sha256: sha256_hex(b"x"),
             }],
@@ -587,8 +562,8 @@ mod tests {
         }
     }
 
-    fn small_index() -> VectorIndex {
-        let index = VectorIndex::new(4, IndexParams::default(), 0);
+    fn small_index(params: IndexParams) -> VectorIndex {
+        let index = VectorIndex::new(4, params);
         for i in 0..20_u8 {
             let v: Vec<f32> = (0..4).map(|j| f32::from(i * 4 + j + 1)).collect();
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -598,12 +573,14 @@ mod tests {
         index
     }
 
-    /// If verified files still made hnsw_rs's loader panic (a bug on either
-    /// side), `load` reports corruption instead of unwinding into the caller.
+    /// A graph file that matches its (re-signed) manifest but does not
+    /// parse is reported as corruption, not a panic.
     #[test]
-    fn loader_panic_is_contained() {
+    fn unparseable_graph_file_is_corrupt() {
         let dir = tempfile::tempdir().expect("tempdir");
-        small_index().dump(dir.path(), 3).expect("dump");
+        small_index(IndexParams::default())
+            .dump(dir.path(), 3)
+            .expect("dump");
         let manifest_path = dir.path().join(MANIFEST);
         let mut m = parse_manifest(&fs::read(&manifest_path).expect("readable")).expect("valid");
         // Break the graph file's magic number, then make the checksums agree.
@@ -618,31 +595,43 @@ mod tests {
 
         match VectorIndex::load(dir.path(), 4, IndexParams::default(), 3) {
             Err(IndexError::CorruptDump { reason, .. }) => {
-                assert!(reason.contains("hnsw_rs loader"), "{reason}")
+                assert!(reason.contains("graph file"), "{reason}")
             }
             other => panic!("expected CorruptDump, got {other:?}"),
         }
     }
 
+    /// A dump of another format version (e.g. an hnsw_rs one) is stale: the
+    /// caller rebuilds from the store without reporting corruption.
     #[test]
-    fn dump_needs_sixteen_layers() {
-        let index = VectorIndex::new(
-            4,
-            IndexParams {
-                max_layer: 8,
-                ..IndexParams::default()
-            },
-            0,
-        );
-        index
-            .upsert(Arc::from("a"), Arc::from(vec![1.0_f32, 0.0, 0.0, 0.0]))
-            .expect("valid");
+    fn other_format_version_is_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let body = "format_version = 1\nhnsw_basename = \"graph\"\n";
+        let text = format!("{HEADER_PREFIX}{}\n{body}", sha256_hex(body.as_bytes()));
+        fs::write(dir.path().join(MANIFEST), text).expect("writable");
         assert!(matches!(
-            index.dump(dir.path(), 1),
-            Err(IndexError::DumpUnsupported { .. })
+            VectorIndex::load(dir.path(), 4, IndexParams::default(), 3),
+            Ok(None)
         ));
-        // Nothing half-written is left behind.
-        assert_eq!(fs::read_dir(dir.path()).expect("readable").count(), 0);
+    }
+
+    #[test]
+    fn graphs_with_fewer_layers_round_trip() {
+        let params = IndexParams {
+            max_layer: 2,
+            ..IndexParams::default()
+        };
+        let index = small_index(params.clone());
+        let dir = tempfile::tempdir().expect("tempdir");
+        index.dump(dir.path(), 1).expect("dump");
+        let loaded = VectorIndex::load(dir.path(), 4, params, 1)
+            .expect("intact")
+            .expect("current");
+        assert_eq!(loaded.len(), 20);
+        let query = index.get("k3").expect("present");
+        assert_eq!(
+            loaded.search_exact(&query, 5, &|_| true),
+            index.search_exact(&query, 5, &|_| true)
+        );
     }
 }

@@ -252,7 +252,7 @@ mod tests {
     /// Products `p0..` with the given kinds, at angles `i * 10` degrees.
     fn fixture(kinds: &[&str]) -> (AttributeTable, VectorIndex) {
         let table = AttributeTable::default();
-        let index = VectorIndex::new(2, IndexParams::default(), kinds.len());
+        let index = VectorIndex::new(2, IndexParams::default());
         for (i, kind) in kinds.iter().enumerate() {
             let id: Arc<str> = Arc::from(format!("p{i}"));
             table.insert(

@@ -1,0 +1,859 @@
+//! The HNSW graph (Malkov & Yashunin, 2016) the index searches: layered
+//! proximity graphs, greedy descent through the upper layers, a best-first
+//! beam of width `ef` on layer 0, and the neighbour-selection heuristic on
+//! insert.
+//!
+//! **Why our own graph rather than hnsw_rs** (which this index used until
+//! issue 4 measured it; bench/RESULTS.md at git 7b01726): at 100K x 1280-d,
+//! hnsw_rs answered 0.44-0.57x the queries per second of hnswlib at equal
+//! recall and took 7,253 bytes per 5,120-byte vector. `perf annotate` put
+//! over half of its `search_layer` self-time on two loads that read a
+//! neighbour's id through two pointers (a neighbour list holds
+//! `Arc<PointWithOrder>` -> `Arc<Point>` -> id), before a SipHash map
+//! lookup for the visited check; each candidate also allocates two `Arc`s.
+//! Here a node's links are `u32` ids stored inline in one array per node,
+//! the visited set is a reusable per-thread array of epoch tags, candidates
+//! are plain `(similarity, id)` pairs (no allocation per candidate), and a
+//! node costs its vector plus `4 * (2M + 1)` bytes of layer-0 links.
+//!
+//! **Concurrency without `unsafe`.** Nodes live in an [`AppendTable`]
+//! (lock-free reads, appends by one writer at a time). A link list is an
+//! array of `AtomicU32`: its length slot first, then the ids. Writers change
+//! a node's lists only under that node's mutex and never hold two node
+//! mutexes at once; readers take no lock and may see a list mid-rewrite,
+//! i.e. a mix of old and new ids. Every id ever written refers to a node
+//! that was published before it was linked anywhere, so a reader only ever
+//! sees valid ids, and a mixed list costs at most a little recall for that
+//! one query (hnswlib makes the same trade with plain loads). Inserting a
+//! batch publishes all its nodes first (one writer), then links them in
+//! parallel (a new graph's first nodes one by one; see `Generation`).
+//!
+//! **Determinism.** A node's level is a hash of its id, so the same inserts
+//! in the same order build the same graph (parallel linking aside).
+
+use std::cell::RefCell;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::distance::dot;
+use super::slots::AppendTable;
+
+/// `entry` when the graph is empty.
+const NO_ENTRY: u64 = u64::MAX;
+
+/// Seed of the level hash, fixed so builds are reproducible.
+const LEVEL_SEED: u64 = 0x6c6f_6f6b_626f_6f6b;
+
+/// First bytes of a serialised graph; the digit is the layout version.
+const MAGIC: &[u8; 8] = b"LBHNSW01";
+
+/// A node and its similarity (dot product) to the current query. `Ord`:
+/// greater = more similar; ties by id so orders are total and deterministic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Near {
+    pub(crate) sim: f32,
+    pub(crate) id: u32,
+}
+
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.sim
+            .total_cmp(&other.sim)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Near {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+
+impl Eq for Near {}
+
+/// Shape of a graph: what a dump must match to be loaded into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// Links per node on layers >= 1 (and chosen per layer on insert).
+    pub(crate) m: usize,
+    /// Candidate list size while inserting.
+    pub(crate) ef_construction: usize,
+    /// Number of layers; levels are `0..layers`.
+    pub(crate) layers: usize,
+}
+
+struct Node {
+    vector: Box<[f32]>,
+    /// Layer 0's list, then one per upper layer up to `level`; each list is
+    /// its length followed by `capacity` id slots (see `Graph::span`).
+    links: Box<[AtomicU32]>,
+    level: u8,
+    /// Held while this node's lists are written. Never held together with
+    /// another node's lock, so linking cannot deadlock.
+    lock: Mutex<()>,
+}
+
+/// Reusable visited set: a slot per node holding the epoch it was last
+/// visited in, so clearing it between searches is one increment.
+#[derive(Default)]
+struct Visited {
+    tags: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn start(&mut self, nodes: usize) {
+        if self.tags.len() < nodes {
+            self.tags.resize(nodes, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.tags.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    /// Marks `id` visited; false if it already was. Nodes published after
+    /// `start` (beyond the tags) count as visited: the search skips them.
+    fn insert(&mut self, id: u32) -> bool {
+        match self.tags.get_mut(id as usize) {
+            Some(tag) if *tag != self.epoch => {
+                *tag = self.epoch;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+thread_local! {
+    /// One visited set per thread, kept between searches (a search never
+    /// starts another on the same thread while it holds this borrow). Its
+    /// size is 4 bytes per node of the largest graph the thread searched.
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+pub(crate) struct Graph {
+    shape: Shape,
+    /// Capacity of layer-0 lists (`2 * m`, as in the paper and hnswlib).
+    m0: usize,
+    /// `1 / ln(m)`: levels are `floor(-ln(u) * level_mult)`.
+    level_mult: f64,
+    nodes: AppendTable<Node>,
+    /// `(level << 32) | id` of the entry point, or `NO_ENTRY`. Only ever
+    /// replaced by a node of a higher level, under `entry_lock`.
+    entry: AtomicU64,
+    entry_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("shape", &self.shape)
+            .field("nodes", &self.len())
+            .field("entry", &self.entry())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Graph {
+    /// An empty graph. `shape` must be valid (`m >= 2`, `layers` in 1..=255);
+    /// `IndexParams::sanitized` guarantees that.
+    pub(crate) fn new(shape: Shape) -> Self {
+        let m = shape.m.max(2);
+        let shape = Shape {
+            m,
+            ef_construction: shape.ef_construction.max(1),
+            layers: shape.layers.clamp(1, usize::from(u8::MAX)),
+        };
+        Self {
+            shape,
+            m0: 2 * m,
+            level_mult: 1.0 / (m as f64).ln(),
+            nodes: AppendTable::new(),
+            entry: AtomicU64::new(NO_ENTRY),
+            entry_lock: Mutex::new(()),
+        }
+    }
+
+    /// Nodes published so far (ids `0..len`).
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn vector(&self, id: usize) -> Option<&[f32]> {
+        self.nodes.get(id).map(|n| &n.vector[..])
+    }
+
+    /// `(id, level)` of the entry point.
+    pub(crate) fn entry(&self) -> Option<(u32, usize)> {
+        let packed = self.entry.load(Ordering::Acquire);
+        (packed != NO_ENTRY).then_some((packed as u32, (packed >> 32) as usize))
+    }
+
+    fn set_entry(&self, id: u32, level: usize) {
+        self.entry
+            .store(((level as u64) << 32) | u64::from(id), Ordering::Release);
+    }
+
+    /// Offset of a layer's list in `Node::links` and its capacity.
+    fn span(&self, layer: usize) -> (usize, usize) {
+        if layer == 0 {
+            (0, self.m0)
+        } else {
+            (self.m0 + 1 + (layer - 1) * (self.shape.m + 1), self.shape.m)
+        }
+    }
+
+    fn links_len(&self, level: usize) -> usize {
+        self.m0 + 1 + level * (self.shape.m + 1)
+    }
+
+    fn level_for(&self, id: usize) -> usize {
+        let h = splitmix64(id as u64 ^ LEVEL_SEED);
+        // Uniform in (0, 1): 53 random bits, shifted off zero.
+        let u = ((h >> 11) as f64 + 0.5) / (1_u64 << 53) as f64;
+        let level = (-u.ln() * self.level_mult).floor();
+        // `as` saturates; the cast of a finite non-negative float is exact here.
+        (level as usize).min(self.shape.layers - 1)
+    }
+
+    /// A node's ids on one layer (empty above its level).
+    fn neighbours<'a>(&self, node: &'a Node, layer: usize) -> &'a [AtomicU32] {
+        if layer > usize::from(node.level) {
+            return &[];
+        }
+        let (offset, cap) = self.span(layer);
+        let count = (node.links[offset].load(Ordering::Acquire) as usize).min(cap);
+        &node.links[offset + 1..offset + 1 + count]
+    }
+
+    /// Publishes a node without linking it; returns its id. Appends must be
+    /// serialised by the caller. `None` past `u32::MAX` nodes.
+    pub(crate) fn push(&self, vector: &[f32]) -> Option<usize> {
+        let id = self.len();
+        u32::try_from(id).ok()?;
+        let level = self.level_for(id);
+        self.push_node(vector.into(), level)
+    }
+
+    fn push_node(&self, vector: Box<[f32]>, level: usize) -> Option<usize> {
+        let links = (0..self.links_len(level))
+            .map(|_| AtomicU32::new(0))
+            .collect();
+        self.nodes.push(Node {
+            vector,
+            links,
+            // `level < layers <= 255` (see `new`).
+            level: u8::try_from(level).ok()?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Publishes and links one node. Appends must be serialised.
+    #[cfg(test)]
+    pub(crate) fn insert(&self, vector: &[f32]) -> Option<usize> {
+        let id = self.push(vector)?;
+        self.link(id);
+        Some(id)
+    }
+
+    /// Connects a published node into the graph. May run concurrently with
+    /// searches and with `link` of other nodes.
+    pub(crate) fn link(&self, id: usize) {
+        let Some(node) = self.nodes.get(id) else {
+            return;
+        };
+        let Ok(id32) = u32::try_from(id) else {
+            return;
+        };
+        let level = usize::from(node.level);
+        let (entry, top) = match self.entry() {
+            Some(entry) => entry,
+            None => {
+                let _entry = self.entry_lock.lock();
+                match self.entry() {
+                    Some(entry) => entry,
+                    None => {
+                        self.set_entry(id32, level);
+                        return;
+                    }
+                }
+            }
+        };
+        if entry == id32 {
+            return;
+        }
+        let query = &node.vector[..];
+        let Some(mut current) = self.near(query, entry) else {
+            return;
+        };
+        for layer in (level + 1..=top).rev() {
+            current = self.greedy(query, current, layer);
+        }
+        let mut entries = vec![current];
+        for layer in (0..=level.min(top)).rev() {
+            let found: Vec<Near> = self
+                .beam(query, &entries, self.shape.ef_construction, layer)
+                .into_iter()
+                .filter(|n| n.id != id32)
+                .collect();
+            let chosen = self.select(&found, self.shape.m);
+            self.set_links(node, layer, &chosen);
+            for near in &chosen {
+                self.connect(near.id, Near { id: id32, ..*near }, layer);
+            }
+            if !found.is_empty() {
+                entries = found;
+            }
+        }
+        if level > top {
+            let _entry = self.entry_lock.lock();
+            if self.entry().is_none_or(|(_, top)| level > top) {
+                self.set_entry(id32, level);
+            }
+        }
+    }
+
+    fn near(&self, query: &[f32], id: u32) -> Option<Near> {
+        let vector = self.vector(id as usize)?;
+        Some(Near {
+            sim: dot(query, vector),
+            id,
+        })
+    }
+
+    /// Greedy walk on one layer towards the query (beam of width one).
+    fn greedy(&self, query: &[f32], mut current: Near, layer: usize) -> Near {
+        loop {
+            let Some(node) = self.nodes.get(current.id as usize) else {
+                return current;
+            };
+            let mut moved = false;
+            for slot in self.neighbours(node, layer) {
+                if let Some(near) = self.near(query, slot.load(Ordering::Relaxed))
+                    && near.sim > current.sim
+                {
+                    current = near;
+                    moved = true;
+                }
+            }
+            if !moved {
+                return current;
+            }
+        }
+    }
+
+    /// Best-first search of one layer from `entries`; the best `ef` nodes
+    /// found, most similar first.
+    fn beam(&self, query: &[f32], entries: &[Near], ef: usize, layer: usize) -> Vec<Near> {
+        let ef = ef.max(1);
+        VISITED.with_borrow_mut(|visited| {
+            visited.start(self.len());
+            let mut candidates = BinaryHeap::with_capacity(ef * 2);
+            // Min-heap by similarity: the top is the worst result kept.
+            let mut results: BinaryHeap<Reverse<Near>> = BinaryHeap::with_capacity(ef + 1);
+            for &entry in entries {
+                if visited.insert(entry.id) {
+                    candidates.push(entry);
+                    results.push(Reverse(entry));
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+            while let Some(candidate) = candidates.pop() {
+                let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0.sim);
+                if results.len() >= ef && candidate.sim < worst {
+                    break;
+                }
+                let Some(node) = self.nodes.get(candidate.id as usize) else {
+                    continue;
+                };
+                for slot in self.neighbours(node, layer) {
+                    let id = slot.load(Ordering::Relaxed);
+                    if !visited.insert(id) {
+                        continue;
+                    }
+                    let Some(near) = self.near(query, id) else {
+                        continue;
+                    };
+                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0.sim);
+                    if results.len() < ef || near.sim > worst {
+                        candidates.push(near);
+                        results.push(Reverse(near));
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+            // Ascending `Reverse` order is descending similarity.
+            results.into_sorted_vec().into_iter().map(|r| r.0).collect()
+        })
+    }
+
+    /// The `ef` nodes nearest to `query` that the graph finds, most similar
+    /// first (fewer only if the graph has fewer).
+    pub(crate) fn search(&self, query: &[f32], ef: usize) -> Vec<Near> {
+        let Some((entry, top)) = self.entry() else {
+            return Vec::new();
+        };
+        let Some(mut current) = self.near(query, entry) else {
+            return Vec::new();
+        };
+        for layer in (1..=top).rev() {
+            current = self.greedy(query, current, layer);
+        }
+        self.beam(query, &[current], ef, 0)
+    }
+
+    /// The neighbour-selection heuristic (the paper's Algorithm 4 without
+    /// extension or pruned fill-up, as in hnswlib): walking candidates from
+    /// the most similar, keep one unless a kept node is more similar to it
+    /// than the base is. Spreads links over directions instead of spending
+    /// them all inside one dense cluster.
+    fn select(&self, candidates: &[Near], m: usize) -> Vec<Near> {
+        if candidates.len() <= m {
+            return candidates.to_vec();
+        }
+        let mut kept: Vec<(Near, &[f32])> = Vec::with_capacity(m);
+        for &candidate in candidates {
+            if kept.len() >= m {
+                break;
+            }
+            let Some(vector) = self.vector(candidate.id as usize) else {
+                continue;
+            };
+            if kept.iter().all(|(_, k)| dot(vector, k) <= candidate.sim) {
+                kept.push((candidate, vector));
+            }
+        }
+        kept.into_iter().map(|(near, _)| near).collect()
+    }
+
+    fn write_list(&self, node: &Node, layer: usize, ids: impl ExactSizeIterator<Item = u32>) {
+        let (offset, cap) = self.span(layer);
+        let count = ids.len().min(cap);
+        for (slot, id) in node.links[offset + 1..offset + 1 + count].iter().zip(ids) {
+            slot.store(id, Ordering::Relaxed);
+        }
+        // Release: a reader that sees the new length sees these ids.
+        node.links[offset].store(count as u32, Ordering::Release);
+    }
+
+    /// Sets a new node's list on `layer`. A concurrent `link` may already
+    /// have connected other nodes to it there; those are merged in.
+    fn set_links(&self, node: &Node, layer: usize, chosen: &[Near]) {
+        let _lock = node.lock.lock();
+        let existing: Vec<u32> = self
+            .neighbours(node, layer)
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|id| chosen.iter().all(|c| c.id != *id))
+            .collect();
+        if existing.is_empty() {
+            self.write_list(node, layer, chosen.iter().map(|n| n.id));
+            return;
+        }
+        let (_, cap) = self.span(layer);
+        let mut all: Vec<Near> = chosen.to_vec();
+        all.extend(existing.iter().filter_map(|&id| {
+            let vector = self.vector(id as usize)?;
+            Some(Near {
+                sim: dot(&node.vector, vector),
+                id,
+            })
+        }));
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let kept = self.select(&all, cap);
+        self.write_list(node, layer, kept.iter().map(|n| n.id));
+    }
+
+    /// Adds `new` (with its similarity to `target`) to `target`'s list on
+    /// `layer`, re-selecting the list with the heuristic when it is full.
+    fn connect(&self, target: u32, new: Near, layer: usize) {
+        let Some(node) = self.nodes.get(target as usize) else {
+            return;
+        };
+        if layer > usize::from(node.level) {
+            return;
+        }
+        let (offset, cap) = self.span(layer);
+        let _lock = node.lock.lock();
+        let current = self.neighbours(node, layer);
+        if current.iter().any(|s| s.load(Ordering::Relaxed) == new.id) {
+            return;
+        }
+        let count = current.len();
+        if count < cap {
+            node.links[offset + 1 + count].store(new.id, Ordering::Relaxed);
+            node.links[offset].store(count as u32 + 1, Ordering::Release);
+            return;
+        }
+        let mut all: Vec<Near> = current
+            .iter()
+            .filter_map(|s| {
+                let id = s.load(Ordering::Relaxed);
+                let vector = self.vector(id as usize)?;
+                Some(Near {
+                    sim: dot(&node.vector, vector),
+                    id,
+                })
+            })
+            .collect();
+        all.push(new);
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let kept = self.select(&all, cap);
+        self.write_list(node, layer, kept.iter().map(|n| n.id));
+    }
+
+    /// Writes the graph: header, then per node its level, its lists and its
+    /// vector, all little-endian. The caller keeps writers out meanwhile.
+    pub(crate) fn write_to(&self, dim: usize, out: &mut impl Write) -> io::Result<()> {
+        let n = self.len();
+        let (entry_id, entry_level) = self
+            .entry()
+            .map_or((u32::MAX, u32::MAX), |(id, level)| (id, level as u32));
+        out.write_all(MAGIC)?;
+        for field in [
+            dim as u64,
+            self.shape.m as u64,
+            self.shape.layers as u64,
+            n as u64,
+            u64::from(entry_id),
+            u64::from(entry_level),
+        ] {
+            out.write_all(&field.to_le_bytes())?;
+        }
+        let mut buf = Vec::with_capacity(dim * 4);
+        for id in 0..n {
+            let node = self.nodes.get(id).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("node {id} missing"))
+            })?;
+            if node.vector.len() != dim {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("node {id} has {} dimensions", node.vector.len()),
+                ));
+            }
+            out.write_all(&[node.level])?;
+            for layer in 0..=usize::from(node.level) {
+                let list = self.neighbours(node, layer);
+                buf.clear();
+                buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for slot in list {
+                    buf.extend_from_slice(&slot.load(Ordering::Relaxed).to_le_bytes());
+                }
+                out.write_all(&buf)?;
+            }
+            buf.clear();
+            for x in &node.vector {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Self::write_to`] wrote, checking every field against
+    /// `dim` and `shape` and every id against the node count; never panics.
+    pub(crate) fn read_from(
+        dim: usize,
+        shape: Shape,
+        input: &mut impl Read,
+    ) -> Result<Self, String> {
+        let mut magic = [0_u8; 8];
+        input
+            .read_exact(&mut magic)
+            .map_err(|e| format!("header: {e}"))?;
+        if &magic != MAGIC {
+            return Err("not a lookbook graph file (bad magic)".into());
+        }
+        let mut header = [0_u64; 6];
+        for field in &mut header {
+            let mut bytes = [0_u8; 8];
+            input
+                .read_exact(&mut bytes)
+                .map_err(|e| format!("header: {e}"))?;
+            *field = u64::from_le_bytes(bytes);
+        }
+        let [file_dim, m, layers, n, entry_id, entry_level] = header;
+        let graph = Self::new(shape);
+        if (file_dim, m, layers) != (dim as u64, graph.shape.m as u64, graph.shape.layers as u64) {
+            return Err(format!(
+                "graph file has dim {file_dim}, m {m}, {layers} layers; expected {dim}, {}, {}",
+                graph.shape.m, graph.shape.layers
+            ));
+        }
+        if n > u64::from(u32::MAX) {
+            return Err(format!("{n} nodes is more than a graph can hold"));
+        }
+        let n = n as usize;
+        let mut word = [0_u8; 4];
+        let mut read_u32 = |input: &mut dyn Read, what: &str| -> Result<u32, String> {
+            input
+                .read_exact(&mut word)
+                .map_err(|e| format!("{what}: {e}"))?;
+            Ok(u32::from_le_bytes(word))
+        };
+        let mut vector_bytes = vec![0_u8; dim * 4];
+        for id in 0..n {
+            let mut level = [0_u8; 1];
+            input
+                .read_exact(&mut level)
+                .map_err(|e| format!("node {id}: {e}"))?;
+            let level = usize::from(level[0]);
+            if level >= graph.shape.layers {
+                return Err(format!("node {id} has level {level}"));
+            }
+            let mut lists = Vec::with_capacity(level + 1);
+            for layer in 0..=level {
+                let count = read_u32(input, "list length")? as usize;
+                let (_, cap) = graph.span(layer);
+                if count > cap {
+                    return Err(format!("node {id} has {count} links on layer {layer}"));
+                }
+                let mut ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let link = read_u32(input, "link")?;
+                    if link as usize >= n {
+                        return Err(format!("node {id} links to {link} of {n}"));
+                    }
+                    ids.push(link);
+                }
+                lists.push(ids);
+            }
+            input
+                .read_exact(&mut vector_bytes)
+                .map_err(|e| format!("node {id} vector: {e}"))?;
+            let vector: Box<[f32]> = vector_bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if graph.push_node(vector, level) != Some(id) {
+                return Err(format!("could not place node {id}"));
+            }
+            let node = graph
+                .nodes
+                .get(id)
+                .ok_or_else(|| format!("node {id} vanished"))?;
+            for (layer, ids) in lists.into_iter().enumerate() {
+                graph.write_list(node, layer, ids.into_iter());
+            }
+        }
+        let mut rest = [0_u8; 1];
+        if input.read(&mut rest).map_err(|e| format!("trailer: {e}"))? != 0 {
+            return Err("trailing bytes after the last node".into());
+        }
+        match (n, entry_id, entry_level) {
+            (0, id, level) if id == u64::from(u32::MAX) && level == u64::from(u32::MAX) => {}
+            (0, ..) => return Err("empty graph with an entry point".into()),
+            (_, id, level) => {
+                let node = graph
+                    .nodes
+                    .get(id as usize)
+                    .filter(|_| id < n as u64)
+                    .ok_or_else(|| format!("entry point {id} of {n}"))?;
+                if u64::from(node.level) != level {
+                    return Err(format!(
+                        "entry point {id} has level {} not {level}",
+                        node.level
+                    ));
+                }
+                graph.set_entry(id as u32, level as usize);
+            }
+        }
+        Ok(graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    fn unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let norm = dot(&v, &v).sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+
+    fn shape() -> Shape {
+        Shape {
+            m: 8,
+            ef_construction: 64,
+            layers: 16,
+        }
+    }
+
+    fn exact(points: &[Vec<f32>], query: &[f32], k: usize) -> Vec<u32> {
+        let mut all: Vec<Near> = points
+            .iter()
+            .enumerate()
+            .map(|(id, v)| Near {
+                sim: dot(query, v),
+                id: id as u32,
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.into_iter().take(k).map(|n| n.id).collect()
+    }
+
+    fn recall(graph: &Graph, points: &[Vec<f32>], queries: &[Vec<f32>], ef: usize) -> f64 {
+        let mut hit = 0;
+        for q in queries {
+            let truth = exact(points, q, 10);
+            let found: Vec<u32> = graph.search(q, ef).iter().take(10).map(|n| n.id).collect();
+            hit += truth.iter().filter(|id| found.contains(id)).count();
+        }
+        hit as f64 / (queries.len() * 10) as f64
+    }
+
+    #[test]
+    fn levels_follow_the_geometric_law() {
+        let graph = Graph::new(shape());
+        let n = 100_000;
+        let upper = (0..n).filter(|&id| graph.level_for(id) >= 1).count();
+        // P(level >= 1) = 1/m.
+        let expected = n as f64 / 8.0;
+        assert!((upper as f64 - expected).abs() < expected * 0.05, "{upper}");
+        assert!((0..n).all(|id| graph.level_for(id) < 16));
+    }
+
+    #[test]
+    fn sequential_and_parallel_builds_find_true_neighbours() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let points: Vec<Vec<f32>> = (0..3000).map(|_| unit(&mut rng, 24)).collect();
+        let queries: Vec<Vec<f32>> = (0..100).map(|_| unit(&mut rng, 24)).collect();
+
+        let sequential = Graph::new(shape());
+        for p in &points {
+            sequential.insert(p).expect("room");
+        }
+        let parallel = Graph::new(shape());
+        for p in &points {
+            parallel.push(p).expect("room");
+        }
+        let n = points.len();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let graph = &parallel;
+                s.spawn(move || {
+                    for id in (t..n).step_by(4) {
+                        graph.link(id);
+                    }
+                });
+            }
+        });
+        for graph in [&sequential, &parallel] {
+            let r = recall(graph, &points, &queries, 64);
+            assert!(r >= 0.95, "recall@10 {r}");
+            // Every node is reachable: a self query finds itself first.
+            for (id, p) in points.iter().enumerate().step_by(97) {
+                assert_eq!(graph.search(p, 16)[0].id as usize, id);
+            }
+        }
+    }
+
+    #[test]
+    fn lists_respect_capacity_and_hold_no_self_links() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let graph = Graph::new(shape());
+        for _ in 0..1000 {
+            graph.insert(&unit(&mut rng, 8)).expect("room");
+        }
+        for id in 0..graph.len() {
+            let node = graph.nodes.get(id).expect("published");
+            for layer in 0..=usize::from(node.level) {
+                let (_, cap) = graph.span(layer);
+                let list = graph.neighbours(node, layer);
+                assert!(list.len() <= cap);
+                assert!(
+                    list.iter()
+                        .all(|s| s.load(Ordering::Relaxed) as usize != id)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn results_are_sorted_and_unique() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let graph = Graph::new(shape());
+        for _ in 0..500 {
+            graph.insert(&unit(&mut rng, 8)).expect("room");
+        }
+        let found = graph.search(&unit(&mut rng, 8), 50);
+        assert_eq!(found.len(), 50);
+        assert!(found.windows(2).all(|w| w[0] > w[1]));
+        assert!(Graph::new(shape()).search(&[1.0; 8], 10).is_empty());
+    }
+
+    #[test]
+    fn serialised_graph_round_trips_and_damage_is_an_error() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let graph = Graph::new(shape());
+        for _ in 0..300 {
+            graph.insert(&unit(&mut rng, 6)).expect("room");
+        }
+        let mut bytes = Vec::new();
+        graph.write_to(6, &mut bytes).expect("in memory");
+        let loaded = Graph::read_from(6, shape(), &mut &bytes[..]).expect("valid");
+        assert_eq!(loaded.len(), graph.len());
+        assert_eq!(loaded.entry(), graph.entry());
+        let q = unit(&mut rng, 6);
+        let ids = |g: &Graph| g.search(&q, 20).iter().map(|n| n.id).collect::<Vec<_>>();
+        assert_eq!(ids(&loaded), ids(&graph));
+        // Wrong expectations and truncation are errors, not panics.
+        assert!(Graph::read_from(7, shape(), &mut &bytes[..]).is_err());
+        assert!(Graph::read_from(6, Shape { m: 9, ..shape() }, &mut &bytes[..]).is_err());
+        for cut in [0, 7, 40, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                Graph::read_from(6, shape(), &mut &bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Graph::read_from(6, shape(), &mut &longer[..]).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any corruption of a serialised graph is an error or a graph whose
+        /// ids are all in range; loading never panics.
+        #[test]
+        fn damaged_graph_never_panics(at in 0usize..4000, flip in 1u8..=255) {
+            let mut rng = StdRng::seed_from_u64(2);
+            let graph = Graph::new(shape());
+            for _ in 0..40 {
+                graph.insert(&unit(&mut rng, 4)).expect("room");
+            }
+            let mut bytes = Vec::new();
+            graph.write_to(4, &mut bytes).expect("in memory");
+            let i = at % bytes.len();
+            bytes[i] ^= flip;
+            if let Ok(loaded) = Graph::read_from(4, shape(), &mut &bytes[..]) {
+                let _ = loaded.search(&[0.5; 4], 10);
+            }
+        }
+    }
+}
