@@ -819,3 +819,56 @@ fn bad_config_exits_non_zero_before_binding() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_k"));
 }
+
+/// `lookbook freshness` decides "visible" with the load tool's client and
+/// a `must` filter on the products it added; that filter must admit exactly
+/// those products, and the unfiltered query must still see everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_client_filters_by_attribute() {
+    use lookbook::api::client::{Client as BenchClient, SimilarTo};
+    use std::collections::BTreeMap;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut client = BenchClient::connect(&server.url(), 4 << 20)
+        .await
+        .expect("connect");
+    let marked = |on: bool| {
+        if on {
+            BTreeMap::from([("bench".to_owned(), "fresh".to_owned())])
+        } else {
+            BTreeMap::new()
+        }
+    };
+    let items: Vec<(String, Vec<f32>, BTreeMap<String, String>)> = (0..6_u64)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                synthetic_vector(i, DIM),
+                marked(i % 2 == 0),
+            )
+        })
+        .collect();
+    let summary = client
+        .import_embeddings(futures::stream::iter(items))
+        .await
+        .expect("AddProducts");
+    assert_eq!(summary.failed, 0, "{:?}", summary.errors);
+
+    // Query by an unmarked product's vector: unfiltered it comes first,
+    // filtered it is absent and only the marked products come back.
+    let query = synthetic_vector(1, DIM);
+    let all = client
+        .similar(SimilarTo::Embedding(query.clone()), 10)
+        .await
+        .expect("RecommendSimilar");
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].id, "p1");
+    let fresh = client
+        .similar_where(SimilarTo::Embedding(query), 10, Some(("bench", "fresh")))
+        .await
+        .expect("RecommendSimilar with a filter");
+    let ids: HashSet<&str> = fresh.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids, HashSet::from(["p0", "p2", "p4"]));
+    server.stop().await;
+}
