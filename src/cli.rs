@@ -725,7 +725,12 @@ async fn bench_encode(
 ) -> Result<()> {
     let (entries, _) = dataset::read_catalog(dir)?;
     let photos = perf::read_photos(entries.iter().map(|e| &e.image), limit)?;
-    let encoder_config = config.encoder();
+    let mut encoder_config = config.encoder();
+    // Each measured call is to be one model run of its batch size (the
+    // calls run one at a time, so nothing else is coalesced with them).
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    encoder_config.batch_max_images = encoder_config.batch_max_images.max(largest);
+    encoder_config.max_batch = encoder_config.max_batch.max(largest);
     let report = tokio::task::spawn_blocking(move || -> Result<_> {
         let encoder = Encoder::load(&encoder_config)?;
         perf::bench_encode(&encoder, &photos, &batches)

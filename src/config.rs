@@ -82,7 +82,8 @@ pub struct ModelConfig {
     pub max_pixels: u64,
     /// Most images in one `Embed` call.
     pub max_batch: usize,
-    /// Dynamic batching: most images in one coalesced model run (1 = off).
+    /// Most images in one model run: concurrent calls are coalesced up to it
+    /// (dynamic batching; 1 = off) and larger calls are split into runs of it.
     pub batch_max_images: usize,
     /// Dynamic batching: longest wait for more calls to fill a batch.
     #[serde(with = "humantime_serde")]

@@ -83,10 +83,12 @@ pub struct EncoderConfig {
     pub queue_capacity: usize,
     /// Largest accepted image, in pixels (width x height, from the header).
     pub max_pixels: u64,
-    /// Most images accepted in one call; they are run through the model as one batch.
+    /// Most images accepted in one call.
     pub max_batch: usize,
-    /// Dynamic batching: concurrent calls are coalesced into one model run of
-    /// up to this many images (>= 1; 1 turns coalescing off).
+    /// Most images in one model run (>= 1). Concurrent calls are coalesced
+    /// into runs of up to this many images (dynamic batching; 1 turns it
+    /// off), and a call with more images is run in several. Memory grows
+    /// with it: ONNX Runtime keeps what its largest run needed.
     pub batch_max_images: usize,
     /// Dynamic batching: how long a worker holding a partial batch waits for
     /// more calls. Zero coalesces only calls that are already queued, which

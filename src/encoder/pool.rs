@@ -67,8 +67,8 @@ pub(crate) enum Job {
 /// How `Embed` jobs are coalesced into model batches.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Batching {
-    /// Most images in one coalesced model run; 1 turns coalescing off. A
-    /// single job larger than this still runs, alone.
+    /// Most images in one model run; 1 turns coalescing off. A single job
+    /// larger than this runs alone, in several runs (see `Session::run`).
     pub(crate) max_images: usize,
     /// Longest a worker holding a partial batch waits for more jobs.
     pub(crate) max_delay: Duration,
@@ -326,7 +326,8 @@ impl Worker {
         }
     }
 
-    /// Embeds a group of jobs with one model run and answers each caller.
+    /// Embeds a group of jobs with one model run (more for a large job) and
+    /// answers each caller.
     fn embed_group(&mut self, mut group: Vec<EmbedJob>) {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.embed_jobs(&mut group)))
             .unwrap_or_else(|panic| Err(panicked(&*panic)));
@@ -397,15 +398,15 @@ impl Worker {
         }
         let side = spec.size as usize;
         let started = Instant::now();
-        self.session.run(
+        let runs = self.session.run(
             &self.batch[..filled * per_image],
             filled,
-            side,
-            side,
+            (side, side),
+            self.ctx.batching.max_images,
             &mut self.rows,
         )?;
         bump_time(&self.counters.inference_nanos, started.elapsed());
-        bump(&self.counters.model_runs, 1);
+        bump(&self.counters.model_runs, runs as u64);
         let dim = self.ctx.dim;
         for (job_index, first, count) in spans {
             let rows = &self.rows[first * dim..(first + count) * dim];
@@ -450,7 +451,13 @@ impl Worker {
         let data = input
             .as_slice()
             .expect("an array in standard layout is one contiguous slice");
-        self.session.run(data, n, height, width, &mut self.rows)?;
+        self.session.run(
+            data,
+            n,
+            (height, width),
+            self.ctx.batching.max_images,
+            &mut self.rows,
+        )?;
         Array2::from_shape_vec((n, self.ctx.dim), self.rows.clone())
             .map_err(|err| EncoderError::Runtime(format!("model output: {err}")))
     }

@@ -181,6 +181,34 @@ async fn batching_can_be_turned_off() {
 }
 
 #[tokio::test]
+async fn a_call_larger_than_a_model_run_is_split_and_keeps_its_order() {
+    let encoder = Encoder::load(&EncoderConfig {
+        batch_max_images: 3,
+        ..config(1, 4)
+    })
+    .unwrap();
+    let colours: Vec<[u8; 3]> = (0..7u8).map(|i| [30 * i, 250 - 20 * i, 9 * i]).collect();
+    let rows = encoder
+        .embed(colours.iter().map(|&c| solid_png(c)).collect())
+        .await
+        .unwrap();
+    let stats = encoder.stats();
+    assert_eq!(stats.model_runs, 3, "7 images in runs of at most 3");
+    assert_eq!(stats.images_embedded, 7);
+    assert_eq!(rows.len(), 7);
+    for (row, &c) in rows.iter().zip(&colours) {
+        let single = encoder.embed(vec![solid_png(c)]).await.unwrap();
+        assert_close(row, &single[0], 1e-6);
+    }
+    // The colours give clearly different rows, so a mixed-up order fails.
+    assert!(rows.windows(2).all(|w| dot_distance(&w[0], &w[1]) > 1e-3));
+}
+
+fn dot_distance(a: &[f32], b: &[f32]) -> f32 {
+    1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[tokio::test]
 async fn per_image_errors_carry_the_index() {
     let encoder = load(1, 8);
     let good = solid_png([1, 2, 3]);
