@@ -56,13 +56,15 @@ pub const DEFAULT_INTRA_THREADS: usize = 1;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 /// Default decompression-bomb guard: 40 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
-/// Default maximum number of images per call (one model run).
+/// Default maximum number of images per call (run in model runs of at most
+/// `batch_max_images`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// Default most images in one coalesced model run (dynamic batching). The
-/// best of 1, 4 and 16 in the Embed loads of bench/RESULTS.md: on its 2-core
-/// CPU a model run costs about the same per image at any batch size, and each
-/// caller in a batch waits for the whole batch, so 16 lost to 4 in QPS and
-/// p99 at concurrency 4 and 16.
+/// Default most images in one model run (dynamic batching coalesces calls up
+/// to it). Chosen from 1, 4 and 16 in the Embed loads of two bench runs: on
+/// their 2-core CPU a model run costs about the same per image at any batch
+/// size and each caller waits for its whole batch, so 16 had the higher p99
+/// at concurrency 16 both times while QPS differed by less than the noise;
+/// and runs of 4 hold far less ONNX Runtime memory (see `ModelSession::run`).
 pub const DEFAULT_BATCH_MAX_IMAGES: usize = 4;
 /// Default longest wait for more jobs to fill a batch: none, so a lone caller
 /// is never delayed; see `EncoderConfig::batch_max_delay`.
