@@ -39,7 +39,9 @@ fmt:
 	$(CARGO) fmt
 
 ## bench: every performance figure vs the Python peers -> bench/RESULTS.md, bench/results.json
-bench: setup
+# bench/run.sh does the whole set-up itself (`setup`'s, plus the INT8 model
+# and the peers' venv), running the Python parts beside the release build.
+bench:
 	bash bench/run.sh
 
 eval: setup

@@ -48,9 +48,21 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; wait
 trap cleanup EXIT
 
 step "set-up: release build, models (incl. int8), peers' venv"
-LOOKBOOK_FASHION_DATA="$data" bash models/setup.sh --with-int8
-cargo build --release --locked --quiet
-bash bench/peers/setup.sh
+# The Python set-up runs beside the release build, whose long single-threaded
+# stretch (the lookbook crate's front end) leaves a core idle. From a fresh
+# clone, done one after the other, set-up took 16.2 of a 32.8-min `make bench`
+# (git b9a421a), 3.4 min of it a second compile of the crate: the build
+# includes the benches so that the criterion step compiles nothing, and a
+# build without them resolves dependency features differently.
+LOOKBOOK_FASHION_DATA="$data" bash models/setup.sh --with-int8 > "$work/setup-models.log" 2>&1 &
+models_setup=$!
+bash bench/peers/setup.sh > "$work/setup-peers.log" 2>&1 &
+peers_setup=$!
+pids+=("$models_setup" "$peers_setup")
+cargo build --release --locked --quiet --bins --benches
+wait "$models_setup" || { cat "$work/setup-models.log" >&2; exit 1; }
+wait "$peers_setup" || { cat "$work/setup-peers.log" >&2; exit 1; }
+cat "$work/setup-models.log" "$work/setup-peers.log"
 
 step "model FLOPs"
 "$py" bench/peers/model_flops.py --model models/efficientnet_lite2.onnx --out "$results/flops.json"

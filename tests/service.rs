@@ -635,6 +635,68 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
     verify_restart(dir.path(), &before).await;
 }
 
+/// A dump whose store version matches but whose products do not (here: copied
+/// from another data directory) is rejected, and the index is rebuilt from
+/// the store's own vectors, which start-up then has to read in a second scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_of_another_store_at_the_same_version_is_rebuilt_from_the_store() {
+    let other = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Both stores end at version 40 (one per AddProduct): `other` holds r0..r39;
+    // `dir` holds r0..r29, of which r0..r9 were replaced by new vectors.
+    let server = TestServer::start(test_config(other.path())).await;
+    let mut c = server.client().await;
+    for i in 0..40u64 {
+        assert!(add_synthetic(&mut c, &format!("r{i}"), i, &[]).await);
+    }
+    server.stop().await;
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut c = server.client().await;
+    for i in 0..30u64 {
+        assert!(add_synthetic(&mut c, &format!("r{i}"), i, &[]).await);
+    }
+    for i in 0..10u64 {
+        assert!(!add_synthetic(&mut c, &format!("r{i}"), 1000 + i, &[]).await);
+    }
+    server.stop().await;
+    let dump = dir.path().join("index");
+    std::fs::remove_dir_all(&dump).unwrap();
+    copy_dir(&other.path().join("index"), &dump);
+
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut c = server.client().await;
+    assert_eq!(catalog_size(&mut c).await, 30);
+    let top = |r: tonic::Response<proto::RecommendResponse>| {
+        r.into_inner().items.first().map(|i| i.product_id.clone())
+    };
+    // The replaced vector is found (the dump has r5's old one) ...
+    let r = c
+        .recommend_similar(similar_to_vector(synthetic_vector(1005, DIM), 1))
+        .await
+        .expect("RPC succeeds");
+    assert_eq!(top(r).as_deref(), Some("r5"));
+    // ... and a product only the dump has is not.
+    let r = c
+        .recommend_similar(similar_to_vector(synthetic_vector(35, DIM), 1))
+        .await
+        .expect("RPC succeeds");
+    assert_ne!(top(r).as_deref(), Some("r35"));
+    server.stop().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy's folder");
+    for entry in std::fs::read_dir(from).expect("list the folder to copy") {
+        let entry = entry.expect("read a folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("stat a folder entry").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy a file");
+        }
+    }
+}
+
 /// Starts a server on `dir` and checks it holds exactly `before`.
 async fn verify_restart(dir: &std::path::Path, before: &[proto::Product]) {
     let server = TestServer::start(test_config(dir)).await;
