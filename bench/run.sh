@@ -62,6 +62,7 @@ pids+=("$models_setup" "$peers_setup")
 cargo build --release --locked --quiet --bins --benches
 wait "$models_setup" || { cat "$work/setup-models.log" >&2; exit 1; }
 wait "$peers_setup" || { cat "$work/setup-peers.log" >&2; exit 1; }
+pids=() # both finished: nothing left for `cleanup` to stop
 cat "$work/setup-models.log" "$work/setup-peers.log"
 
 step "model FLOPs"
