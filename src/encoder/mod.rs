@@ -60,10 +60,10 @@ pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 /// `batch_max_images`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Default most images in one model run (dynamic batching coalesces calls up
-/// to it). Chosen from 1, 4 and 16 in the Embed loads of two bench runs: on
+/// to it). Chosen from 1, 4 and 16 in the Embed loads of three bench runs: on
 /// their 2-core CPU a model run costs about the same per image at any batch
 /// size and each caller waits for its whole batch, so 16 had the higher p99
-/// at concurrency 16 both times while QPS differed by less than the noise;
+/// at concurrency 16 every time while QPS differed by less than the noise;
 /// and runs of 4 hold far less ONNX Runtime memory (see `ModelSession::run`).
 pub const DEFAULT_BATCH_MAX_IMAGES: usize = 4;
 /// Default longest wait for more jobs to fill a batch: none, so a lone caller
