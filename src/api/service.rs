@@ -13,16 +13,21 @@ use super::{
     proto::{self, recommender_server::Recommender as RecommenderRpc},
 };
 use crate::{
-    catalog::{NewProduct, ProductView},
+    catalog::{NewProduct, ProductContent, ProductView},
     domain::Embedding,
     personalize::{Interaction, now_ms},
     recommend::{Recommendation, Recommender, SimilarQuery, UserQuery},
 };
 
-/// Items of a bulk import committed per durable transaction: large enough
-/// to amortise the fsync, small enough that one batch of photos stays a
-/// bounded amount of memory.
-const IMPORT_BATCH: usize = 32;
+/// Items with photos of a bulk import committed per durable transaction:
+/// large enough to amortise the fsync, small enough that one batch of
+/// photos stays a bounded amount of memory.
+const IMPORT_BATCH_PHOTOS: usize = 32;
+/// Items per durable transaction when they carry embeddings only (5 KB each
+/// at 1280-d): large enough that the index links a batch on all cores
+/// (`index::PARALLEL_BATCH_MIN` is 64). With batches of 32, a load of 1M
+/// products kept the server on one of the two cores here.
+const IMPORT_BATCH: usize = 256;
 /// Per-item errors reported back from a bulk import; the count of failures
 /// is always exact, the list is capped so one bad file cannot make the
 /// response huge.
@@ -152,6 +157,8 @@ impl RecommenderRpc for RecommenderService {
         let mut stream = request.into_inner();
         let mut summary = ImportSummary::default();
         let mut batch: Vec<(usize, NewProduct)> = Vec::with_capacity(IMPORT_BATCH);
+        // Items in `batch` that carry a photo.
+        let mut photos = 0usize;
         let mut position = 0usize;
         // A transport error ends the stream: what was committed stays
         // committed (each batch is durable) and the error goes back.
@@ -159,12 +166,16 @@ impl RecommenderRpc for RecommenderService {
             let item = item.map_err(stream_status)?;
             let id = item.product_id.clone();
             match NewProduct::try_from((item, &ready.limits)) {
-                Ok(p) => batch.push((position, p)),
+                Ok(p) => {
+                    photos += usize::from(matches!(p.content, ProductContent::Image(_)));
+                    batch.push((position, p));
+                }
                 Err(e) => summary.fail(position, &id, &e.to_string()),
             }
             position += 1;
-            if batch.len() >= IMPORT_BATCH {
+            if batch.len() >= IMPORT_BATCH || photos >= IMPORT_BATCH_PHOTOS {
                 summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;
+                photos = 0;
             }
         }
         summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;

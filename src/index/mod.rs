@@ -81,9 +81,11 @@ fn oversampled(ef: usize, total: usize, part: usize) -> usize {
 /// Relative tolerance on the L2 norm of inserted vectors.
 const NORM_TOLERANCE: f32 = 1e-3;
 
-/// Below this batch size `upsert_batch` inserts one by one: a parallel insert
-/// ends with a walk over the whole graph to find the new points, which only
-/// pays off for larger batches.
+/// Below this batch size `upsert_batch` inserts one by one on the caller's
+/// thread, which saves handing a few inserts to the pool. (The size dates
+/// from hnsw_rs, whose parallel insert ended with a walk over the whole
+/// graph; ours links the batch and nothing else.) Bulk loads should pass
+/// larger batches, or they are linked on one core.
 const PARALLEL_BATCH_MIN: usize = 64;
 
 /// A rebuild aborts instead of letting its replay log grow past
