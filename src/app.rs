@@ -80,6 +80,7 @@ impl Bound {
             TransportSettings {
                 max_message_bytes: config.server.max_message_bytes,
                 shutdown_grace: config.server.shutdown_grace,
+                max_in_flight: config.server.max_in_flight,
             },
             shutdown.clone(),
         )
@@ -151,6 +152,7 @@ impl Bound {
                     Arc::clone(&catalog),
                     Arc::new(personalizer),
                     config.server.search_concurrency,
+                    config.server.max_pending_searches,
                     config.index.exact_threshold,
                 ),
                 limits,
@@ -159,16 +161,26 @@ impl Bound {
         tracing::info!(%addr, "SERVING");
 
         shutdown.cancelled().await;
+        // Everything from here on fits in the grace period, so that the
+        // process is gone before Kubernetes' own countdown kills it.
+        let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
         readiness.not_serving().await;
         tracing::info!("draining in-flight calls");
         let served = finish(server).await;
+        // A rebuild of a large index takes minutes; it is abandoned (the
+        // current generation stays complete and is what gets dumped).
+        catalog.cancel_background_work();
         if let Err(error) = maintenance.await {
             tracing::error!(%error, "maintenance task failed");
         }
-        match catalog.dump_index().await {
-            Ok(()) => tracing::info!("index dump written"),
+        match tokio::time::timeout_at(deadline, catalog.dump_index()).await {
+            Ok(Ok(())) => tracing::info!("index dump written"),
             // Not fatal: the next start rebuilds from the store.
-            Err(error) => tracing::error!(%error, "cannot write the index dump"),
+            Ok(Err(error)) => tracing::error!(%error, "cannot write the index dump"),
+            Err(_) => tracing::warn!(
+                grace = ?config.server.shutdown_grace,
+                "the index dump did not finish within the grace period; exiting without it"
+            ),
         }
         served
     }
@@ -195,6 +207,7 @@ async fn load(config: &Config) -> Result<(Catalog, StartupReport), AppError> {
         config.storage.data_dir.clone(),
         encoder,
         config.index_params(),
+        config.server.max_pending_writes,
     )
     .await?;
     Ok((catalog, report))

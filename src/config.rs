@@ -55,6 +55,18 @@ pub struct ServerConfig {
     /// Bound on concurrently executing CPU-bound searches; further callers
     /// wait (asynchronously) for a slot.
     pub search_concurrency: usize,
+    /// Searches allowed to wait for a slot; callers past it get
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_pending_searches: usize,
+    /// Catalogue writes (AddProduct, a batch of AddProducts, DeleteProduct)
+    /// allowed to wait for the writer; callers past it get
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_pending_writes: usize,
+    /// Recommender calls in flight on the whole server (running or waiting
+    /// in any queue); calls past it get RESOURCE_EXHAUSTED before any work
+    /// starts. Health checks and reflection are not counted, so an
+    /// overloaded server still reports SERVING.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +161,9 @@ impl Default for ServerConfig {
             max_message_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(20),
             search_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_pending_searches: 128,
+            max_pending_writes: 128,
+            max_in_flight: 512,
         }
     }
 }
@@ -279,6 +294,7 @@ impl Config {
             ));
         }
         positive("server.search_concurrency", self.server.search_concurrency)?;
+        positive("server.max_in_flight", self.server.max_in_flight)?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }

@@ -351,7 +351,13 @@ pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<Report> {
     let encoder_config = config.encoder();
     let encoder = tokio::task::spawn_blocking(move || Encoder::load(&encoder_config)).await??;
     let scratch = tempfile_dir()?;
-    let (catalog, _) = Catalog::open(scratch.0.clone(), encoder, config.index_params()).await?;
+    let (catalog, _) = Catalog::open(
+        scratch.0.clone(),
+        encoder,
+        config.index_params(),
+        config.server.max_pending_writes,
+    )
+    .await?;
     let catalog = Arc::new(catalog);
     let vectors = embeddings(&catalog, &entries, &spec.cache).await?;
     let mut products = Vec::with_capacity(entries.len());
@@ -386,6 +392,7 @@ pub async fn run(config: &Config, dir: &Path, spec: &Spec) -> Result<Report> {
             Arc::clone(&catalog),
             Arc::new(p),
             config.server.search_concurrency,
+            config.server.max_pending_searches,
             config.index.exact_threshold,
         )
     };

@@ -22,6 +22,8 @@
 //! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.
 //! - [`perf`]: the measurements `make bench` compares with the Python peers
 //!   (encoder split, index sweeps, ingest, freshness).
+//! - [`gate`]: bounded admission (a semaphore with a bounded queue) used
+//!   by every wait on a request path.
 //! - [`config`], [`telemetry`], [`dataset`] (Kaggle-style folders), [`eval`]
 //!   (retrieval metrics), [`eval_personal`] (simulated shoppers).
 
@@ -35,6 +37,7 @@ pub mod domain;
 pub mod encoder;
 pub mod eval;
 pub mod eval_personal;
+pub mod gate;
 pub mod index;
 pub mod loadgen;
 pub mod perf;

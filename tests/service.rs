@@ -20,6 +20,23 @@ async fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
     }
 }
 
+/// A test server whose every search goes through the HNSW graph: with the
+/// default `exact_threshold` (2048) the few hundred products of these tests
+/// would be answered by exact scans and the graph path never reached.
+fn hnsw_config(dir: &std::path::Path) -> lookbook::config::Config {
+    let mut cfg = test_config(dir);
+    cfg.index.exact_threshold = 0;
+    cfg
+}
+
+async fn stats(client: &mut Client) -> proto::Stats {
+    client
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .expect("RPC succeeds")
+        .into_inner()
+}
+
 async fn catalog_size(client: &mut Client) -> u64 {
     client
         .get_stats(proto::GetStatsRequest {})
@@ -357,7 +374,7 @@ fn crc32(data: &[u8]) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upsert_replace_delete_and_background_rebuild() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(dir.path());
+    let mut cfg = hnsw_config(dir.path());
     cfg.index.rebuild_dead_ratio = 0.1;
     cfg.index.rebuild_min_dead = 10;
     cfg.index.maintenance_interval = Duration::from_millis(100);
@@ -462,7 +479,9 @@ async fn upsert_replace_delete_and_background_rebuild() {
             .unwrap()
             .into_inner();
         let points = (s.catalog_size + s.deleted_pending) as f64;
-        if s.deleted_pending < 10 || (s.deleted_pending as f64) < 0.1 * points {
+        if s.index_rebuilds > 0
+            && (s.deleted_pending < 10 || (s.deleted_pending as f64) < 0.1 * points)
+        {
             break;
         }
         assert!(
@@ -595,7 +614,7 @@ async fn filters_return_k_when_k_match_even_when_rare() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(test_config(dir.path())).await;
+    let server = TestServer::start(hnsw_config(dir.path())).await;
     let mut c = server.client().await;
     for i in 0..200u64 {
         add_synthetic(&mut c, &format!("r{i}"), i, &[("n", &i.to_string())]).await;
@@ -615,11 +634,28 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
     let dump = dir.path().join("index");
     assert!(dump.is_dir(), "graceful stop writes the index dump");
 
-    // Restart from the dump.
-    verify_restart(dir.path(), &before).await;
-    // Corrupt every dump file: the server falls back to a rebuild.
-    for entry in std::fs::read_dir(&dump).unwrap() {
-        let path = entry.unwrap().path();
+    // Restart from the dump: it is used, not rebuilt.
+    verify_restart(dir.path(), &before, true).await;
+    // One flipped bit in the graph file (the manifest intact): the dump is
+    // rejected and the index rebuilt from the store. Each restart writes a
+    // fresh dump at its graceful stop, so every case starts from a good one.
+    let graph = graph_file(&dump);
+    let mut flipped = std::fs::read(&graph).unwrap();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&graph, &flipped).unwrap();
+    verify_restart(dir.path(), &before, false).await;
+    // A truncated graph file: rejected.
+    let graph = graph_file(&dump);
+    let whole = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, &whole[..whole.len() / 3]).unwrap();
+    verify_restart(dir.path(), &before, false).await;
+    // Garbage over part of every dump file: rejected.
+    let files = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain([graph_file(&dump)]);
+    for path in files {
         if path.is_file() {
             let mut bytes = std::fs::read(&path).unwrap();
             let n = bytes.len();
@@ -629,10 +665,11 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
             std::fs::write(&path, bytes).unwrap();
         }
     }
-    verify_restart(dir.path(), &before).await;
-    // Missing dump: rebuild too.
+    verify_restart(dir.path(), &before, false).await;
+    // Missing dump: rebuild too; the stop after it wrote a good one again.
     std::fs::remove_dir_all(&dump).unwrap();
-    verify_restart(dir.path(), &before).await;
+    verify_restart(dir.path(), &before, false).await;
+    verify_restart(dir.path(), &before, true).await;
 }
 
 /// A dump whose store version matches but whose products do not (here: copied
@@ -663,9 +700,13 @@ async fn a_dump_of_another_store_at_the_same_version_is_rebuilt_from_the_store()
     std::fs::remove_dir_all(&dump).unwrap();
     copy_dir(&other.path().join("index"), &dump);
 
-    let server = TestServer::start(test_config(dir.path())).await;
+    let server = TestServer::start(hnsw_config(dir.path())).await;
     let mut c = server.client().await;
     assert_eq!(catalog_size(&mut c).await, 30);
+    assert!(
+        !stats(&mut c).await.index_from_dump,
+        "the foreign dump was used"
+    );
     let top = |r: tonic::Response<proto::RecommendResponse>| {
         r.into_inner().items.first().map(|i| i.product_id.clone())
     };
@@ -684,6 +725,19 @@ async fn a_dump_of_another_store_at_the_same_version_is_rebuilt_from_the_store()
     server.stop().await;
 }
 
+/// The graph file of the dump in force (inside its `gen-*` folder).
+fn graph_file(dump: &std::path::Path) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dump)
+        .expect("list the dump folder")
+        .map(|e| e.expect("read a dump entry").path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.join("graph.bin"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(found.len(), 1, "one current graph file: {found:?}");
+    found.into_iter().next().expect("one graph file")
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create the copy's folder");
     for entry in std::fs::read_dir(from).expect("list the folder to copy") {
@@ -697,11 +751,18 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Starts a server on `dir` and checks it holds exactly `before`.
-async fn verify_restart(dir: &std::path::Path, before: &[proto::Product]) {
-    let server = TestServer::start(test_config(dir)).await;
+/// Starts a server on `dir` and checks it holds exactly `before`, and that
+/// its index came from the dump or not, as `from_dump` says.
+async fn verify_restart(dir: &std::path::Path, before: &[proto::Product], from_dump: bool) {
+    let server = TestServer::start(hnsw_config(dir)).await;
     let mut c = server.client().await;
-    assert_eq!(catalog_size(&mut c).await, before.len() as u64);
+    let s = stats(&mut c).await;
+    assert_eq!(s.catalog_size, before.len() as u64);
+    assert_eq!(
+        s.index_from_dump, from_dump,
+        "index loaded from the dump: {}, expected {from_dump}",
+        s.index_from_dump
+    );
     for p in before {
         let now = c
             .get_product(proto::GetProductRequest {
@@ -795,7 +856,7 @@ async fn acknowledged_products_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_inserts_and_searches_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(test_config(dir.path())).await;
+    let server = TestServer::start(hnsw_config(dir.path())).await;
     let c = server.client().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut tasks = Vec::new();

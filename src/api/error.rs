@@ -101,6 +101,7 @@ fn catalog(e: &CatalogError) -> Public {
         CatalogError::Store(e) => store(e),
         CatalogError::Index(e) => index(e),
         CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
+        CatalogError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
         CatalogError::BadModelOutput(_)
         | CatalogError::DataDir { .. }
         | CatalogError::Task(_)
@@ -117,6 +118,7 @@ impl ApiError {
                 RecommendError::Catalog(e) => catalog(e),
                 RecommendError::DegenerateQuery => Public::caller(Code::InvalidArgument, e),
                 RecommendError::Task(_) => Public::internal(),
+                RecommendError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
             },
             Self::Personalize(e) => match e {
                 PersonalizeError::UnknownProduct(_) => Public::caller(Code::NotFound, e),

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod convert;
 mod error;
+mod limit;
 mod service;
 
 use std::{sync::Arc, time::Duration};
@@ -89,6 +90,9 @@ pub struct TransportSettings {
     pub max_message_bytes: usize,
     /// Longest a graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Recommender calls in flight on the whole server before the next is
+    /// refused with RESOURCE_EXHAUSTED (see `limit`).
+    pub max_in_flight: usize,
 }
 
 /// Starts serving on `listener` right away (health NOT_SERVING, the
@@ -117,10 +121,14 @@ pub async fn start(
             .max_decoding_message_size(settings.max_message_bytes)
             .max_encoding_message_size(settings.max_message_bytes);
 
+    // Calls past their `grpc-timeout` are dropped by tonic itself (its
+    // server wraps every call in the deadline), which cancels the handler's
+    // future and with it any search it started (see `recommend`).
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted::<tonic::body::Body>,
         ))
+        .layer(limit::InFlightLimitLayer::new(settings.max_in_flight))
         .add_service(health)
         .add_service(reflection)
         .add_service(recommender);

@@ -331,6 +331,8 @@ impl RecommenderRpc for RecommenderService {
             model: stats.model,
             dim: stats.dim,
             deleted_pending: stats.deleted_pending,
+            index_from_dump: stats.index_from_dump,
+            index_rebuilds: stats.index_rebuilds,
         }))
     }
 }

@@ -7,6 +7,17 @@
 //! its attributes (which filters need) are known. Reads never take the
 //! writer lock. Blocking work (redb commits, index inserts, scans) runs on
 //! tokio's blocking pool, never on the async workers.
+//!
+//! **Cancellation.** A caller's future may be dropped at any `.await`
+//! (deadline, disconnect, shutdown). The writer lock is an owned permit
+//! that moves into the blocking task together with the work it protects,
+//! so a commit that has started finishes store, attributes and index
+//! together and only then lets the next writer in, whether or not anyone
+//! still waits for its answer. (With the guard held by the caller instead,
+//! a dropped caller released the lock while its commit still ran, and two
+//! commits of one id could reach the index in the reverse of their store
+//! order.) Writers queue for the lock up to `max_pending_writes`; past that
+//! they are refused at once with [`CatalogError::Busy`].
 
 mod attributes;
 
@@ -20,13 +31,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{Attributes, Embedding, InvalidEmbedding, ProductId},
     encoder::{Encoder, EncoderError},
-    index::{IndexError, IndexParams, VectorIndex},
+    gate::{Busy, Gate},
+    index::{IndexError, IndexParams, RebuildOutcome, VectorIndex},
     store::{Store, StoreError, StoredProduct, Upsert},
 };
 
@@ -69,6 +80,8 @@ pub enum CatalogError {
     },
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Busy(#[from] Busy),
     /// A broken internal invariant (a bug, not bad input).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -117,6 +130,8 @@ pub struct CatalogStats {
     pub model: String,
     pub dim: u32,
     pub deleted_pending: u64,
+    pub index_from_dump: bool,
+    pub index_rebuilds: u64,
 }
 
 /// How the catalogue came up; logged and printed at start.
@@ -135,10 +150,21 @@ pub struct Catalog {
     encoder: Encoder,
     dump_dir: PathBuf,
     /// Serialises writers so the store, attribute table and index apply
-    /// changes in the same order; held across the blocking commit.
-    writer: Mutex<()>,
+    /// changes in the same order. Its permit moves into the blocking task of
+    /// the write (see the module docs), so it is held exactly as long as the
+    /// write runs, even when the caller has gone.
+    writer: Gate,
     /// Store version the on-disk index dump matches (`NO_DUMP` if none).
-    dumped_version: AtomicU64,
+    /// Shared with the blocking dump task, which sets it once the dump is
+    /// on disk.
+    dumped_version: Arc<AtomicU64>,
+    /// Counts applied writes (adds, replaces, deletes); readers that cache
+    /// something derived from the catalogue compare it to see staleness.
+    changes: Arc<AtomicU64>,
+    /// Whether the index was loaded from a dump at start (not rebuilt).
+    index_from_dump: bool,
+    /// Background rebuilds that swapped in a new generation.
+    rebuilds: AtomicU64,
     model: String,
     dim: u32,
 }
@@ -151,6 +177,7 @@ impl Catalog {
         data_dir: PathBuf,
         encoder: Encoder,
         params: IndexParams,
+        max_pending_writes: usize,
     ) -> Result<(Self, StartupReport), CatalogError> {
         let started = Instant::now();
         let model = encoder.model_name().to_owned();
@@ -248,8 +275,11 @@ impl Catalog {
                 attributes: Arc::new(attributes),
                 encoder,
                 dump_dir,
-                writer: Mutex::new(()),
-                dumped_version: AtomicU64::new(dumped_version),
+                writer: Gate::new("writes", 1, max_pending_writes),
+                dumped_version: Arc::new(AtomicU64::new(dumped_version)),
+                changes: Arc::new(AtomicU64::new(0)),
+                index_from_dump: from_dump,
+                rebuilds: AtomicU64::new(0),
                 model,
                 dim,
             },
@@ -394,12 +424,16 @@ impl Catalog {
                 catalog_size: self.len(),
             });
         }
-        let _writer = self.writer.lock().await;
+        let writer = self.writer.enter().await?;
         let store = Arc::clone(&self.store);
         let index = Arc::clone(&self.index);
         let attributes = Arc::clone(&self.attributes);
+        let changes = Arc::clone(&self.changes);
         let model = self.model.clone();
+        // Runs to the end even if this future is dropped: the blocking task
+        // owns the writer permit, which is released when the task returns.
         tokio::task::spawn_blocking(move || -> Result<BulkOutcome, CatalogError> {
+            let _writer = writer;
             let stored: Vec<StoredProduct> = items
                 .iter()
                 .map(|(id, attrs, e)| StoredProduct {
@@ -418,6 +452,7 @@ impl Catalog {
                 vectors.push((Arc::clone(id.as_arc()), Arc::clone(e.as_arc())));
             }
             index.upsert_batch(vectors)?;
+            changes.fetch_add(1, Ordering::Release);
             Ok(BulkOutcome {
                 results: upserts
                     .into_iter()
@@ -457,16 +492,20 @@ impl Catalog {
 
     /// Deletes a product; `Ok(false)` if it did not exist.
     pub async fn delete(&self, id: &ProductId) -> Result<(bool, u64), CatalogError> {
-        let _writer = self.writer.lock().await;
+        let writer = self.writer.enter().await?;
         let store = Arc::clone(&self.store);
         let index = Arc::clone(&self.index);
         let attributes = Arc::clone(&self.attributes);
+        let changes = Arc::clone(&self.changes);
         let id = id.clone();
+        // As in `commit`: the task owns the permit and finishes regardless.
         tokio::task::spawn_blocking(move || -> Result<(bool, u64), CatalogError> {
+            let _writer = writer;
             let deleted = store.delete(id.as_str())?;
             // Vector before attributes: the reverse of insertion.
             index.remove(id.as_str());
             attributes.remove(id.as_str());
+            changes.fetch_add(1, Ordering::Release);
             Ok((deleted, index.len() as u64))
         })
         .await?
@@ -478,6 +517,8 @@ impl Catalog {
             model: self.model.clone(),
             dim: self.dim,
             deleted_pending: self.index.dead_points() as u64,
+            index_from_dump: self.index_from_dump,
+            index_rebuilds: self.rebuilds.load(Ordering::Acquire),
         }
     }
 
@@ -501,9 +542,22 @@ impl Catalog {
             }
             if self.index.needs_rebuild() {
                 let index = Arc::clone(&self.index);
-                match tokio::task::spawn_blocking(move || index.rebuild()).await {
-                    Ok(stats) => tracing::info!(?stats, "index rebuilt"),
-                    Err(error) => tracing::error!(%error, "index rebuild task failed"),
+                let rebuild = tokio::task::spawn_blocking(move || index.rebuild());
+                tokio::select! {
+                    done = rebuild => match done {
+                        Ok(stats) => {
+                            if stats.outcome == RebuildOutcome::Swapped {
+                                self.rebuilds.fetch_add(1, Ordering::AcqRel);
+                            }
+                            tracing::info!(?stats, "index rebuilt");
+                        }
+                        Err(error) => tracing::error!(%error, "index rebuild task failed"),
+                    },
+                    () = shutdown.cancelled() => {
+                        // The rebuild stops at its next chunk; nobody waits for it.
+                        self.index.cancel_rebuilds();
+                        return;
+                    }
                 }
                 continue;
             }
@@ -531,21 +585,36 @@ impl Catalog {
     }
 
     /// Writes the index dump so the next start can skip the rebuild. Holds
-    /// the writer lock so the dump and the store version it records agree.
+    /// the writer lock so the dump and the store version it records agree;
+    /// like a write, it finishes (and records what it wrote) even if the
+    /// caller stops waiting.
     pub async fn dump_index(&self) -> Result<(), CatalogError> {
-        let _writer = self.writer.lock().await;
+        let writer = self.writer.enter().await?;
         let store = Arc::clone(&self.store);
         let index = Arc::clone(&self.index);
+        let dumped_version = Arc::clone(&self.dumped_version);
         let dir = self.dump_dir.clone();
         let version = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
+            let _writer = writer;
             let version = store.version()?;
             index.dump(&dir, version)?;
+            dumped_version.store(version, Ordering::Release);
             Ok(version)
         })
         .await??;
-        self.dumped_version.store(version, Ordering::Release);
         tracing::debug!(version, "index dump written");
         Ok(())
+    }
+
+    /// Stops background work that would outlast a shutdown (a running index
+    /// rebuild); the index stays complete and usable.
+    pub fn cancel_background_work(&self) {
+        self.index.cancel_rebuilds();
+    }
+
+    /// Applied writes so far (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 }
 

@@ -49,7 +49,10 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -97,6 +100,11 @@ const MIN_REBUILD_LOG_CAP: usize = 4096;
 const CATCH_UP_ROUNDS: usize = 8;
 /// A catch-up round this small ends catch-up; the rest is replayed under lock.
 const CATCH_UP_SMALL: usize = 64;
+
+/// Points a rebuild links between two looks at its cancel flag: large
+/// enough that the parallel linking of a chunk keeps both cores busy, small
+/// enough that a cancelled rebuild of 1M points stops within about a second.
+const REBUILD_CHUNK: usize = 16_384;
 
 /// How long a finished rebuild waits for in-flight searches to release the
 /// old generation so that its (parallel, non-trivial) teardown happens on the
@@ -291,6 +299,8 @@ pub struct VectorIndex {
     rebuild_running: Mutex<()>,
     /// Serialises dumps (they share the target folder's temp/GC logic).
     dump_running: Mutex<()>,
+    /// Once set, running and future rebuilds abort (at shutdown).
+    rebuilds_cancelled: AtomicBool,
     /// Dedicated pool for parallel inserts. `upsert_batch` waits on it while
     /// holding the writer lock; on rayon's global pool that could deadlock if
     /// all global workers were blocked in `upsert` on that same lock. `None`
@@ -324,6 +334,7 @@ impl VectorIndex {
             writer: Mutex::new(WriterState::default()),
             rebuild_running: Mutex::new(()),
             dump_running: Mutex::new(()),
+            rebuilds_cancelled: AtomicBool::new(false),
             pool: OnceLock::new(),
         }
     }
@@ -623,6 +634,13 @@ impl VectorIndex {
             .ok()
     }
 
+    /// Makes a running rebuild abort at its next chunk, and every later one
+    /// at once; the current generation stays complete. For shutdown, where
+    /// a rebuild of a large index would outlast the grace period.
+    pub fn cancel_rebuilds(&self) {
+        self.rebuilds_cancelled.store(true, Ordering::Release);
+    }
+
     /// Rebuilds the graph from the live points, without stopping searches or
     /// writes, and swaps it in. Blocks until done. A call made while another
     /// rebuild runs returns at once with [`RebuildOutcome::AlreadyRunning`].
@@ -679,10 +697,18 @@ impl VectorIndex {
             .iter()
             .filter_map(|(key, id)| old.vector(*id).map(|v| (Arc::clone(key), v)))
             .collect();
-        fresh
-            .insert_many(&items, self.pool())
-            .map_err(|e| e.to_string())?;
+        for chunk in items.chunks(REBUILD_CHUNK) {
+            if self.rebuilds_cancelled.load(Ordering::Acquire) {
+                return Err("cancelled (shutting down)".to_string());
+            }
+            fresh
+                .insert_many(chunk, self.pool())
+                .map_err(|e| e.to_string())?;
+        }
         drop(items);
+        if self.rebuilds_cancelled.load(Ordering::Acquire) {
+            return Err("cancelled (shutting down)".to_string());
+        }
 
         let take_log = |writer: &mut WriterState| match &mut writer.rebuild_log {
             Some(log) => Ok(std::mem::take(log)),

@@ -13,6 +13,8 @@
 //!   context alone; without context, trending products with a diverse
 //!   explore list behind them, so that the answer is never empty while
 //!   anything matches.
+//! - negatives only: the nearest neighbours of the direction away from the
+//!   negatives, scored by distance from them.
 //!
 //! Each k-NN list uses exact search over the admitted ids when the filter's
 //! most selective `must` clause admits at most `exact_threshold` products,
@@ -20,19 +22,36 @@
 //! negatives may discard candidates, and fetched again wider (up to the
 //! whole catalogue) while the answer is short of k and more candidates
 //! exist. Searches are CPU work: they run on the blocking pool behind a
-//! semaphore, so a burst of queries queues instead of starving the async
-//! workers.
+//! bounded gate, so a burst of queries queues (up to
+//! `server.max_pending_searches`, then RESOURCE_EXHAUSTED) instead of
+//! starving the async workers.
+//!
+//! **Bounded cost.** No request walks the whole catalogue: a candidate list
+//! holds at most [`MAX_LIST`] products whatever the widening, MMR weighs a
+//! bounded window (see [`select`]), the explore list comes from a cached
+//! sample refreshed in the background, and negatives-only queries go through
+//! the index. A search whose caller has gone (deadline, disconnect) stops at
+//! its next check instead of finishing for nobody.
 
 pub mod select;
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     catalog::{AttributeView, Catalog, CatalogError},
     domain::{Attributes, Embedding, Filter, ProductId, UserId, dot, norm},
+    gate::{Busy, Gate},
     index::Hit,
     personalize::{Personalizer, Shopper},
 };
@@ -46,6 +65,18 @@ const EXPLORE_SAMPLE: usize = 512;
 const EXPLORE_MMR: f32 = 0.5;
 /// Times a short answer is fetched again, each 4x wider.
 const WIDEN_ATTEMPTS: usize = 4;
+/// Most candidates in one list, however often it is widened. Only caps (at
+/// most `max` per attribute value) and duplicates between a shopper's
+/// interests discard candidates, so a list this long is short of k only
+/// when a cap admits fewer than k over its first `MAX_LIST` candidates;
+/// filters, exclusions and dislikes never make it short (the index returns
+/// `min(n, admitted)`).
+pub const MAX_LIST: usize = 16_384;
+/// Products kept in the cached explore sample (evenly spread in id order).
+const EXPLORE_CACHE: usize = 8_192;
+/// The explore sample is rebuilt at most this often while the catalogue
+/// changes; between rebuilds the previous one is served.
+const EXPLORE_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub enum SimilarTarget {
@@ -112,6 +143,8 @@ pub enum RecommendError {
     DegenerateQuery,
     #[error("search task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Busy(#[from] Busy),
 }
 
 /// Where a list's candidates come from.
@@ -120,8 +153,9 @@ enum Source {
     Knn(Vec<f32>),
     /// Union of k-NN lists of each positive, scored by the best positive.
     BestOf(Vec<Arc<[f32]>>),
-    /// Scan of the admitted products, scored by distance from negatives.
-    AwayFrom,
+    /// Nearest neighbours of the direction away from the negatives (a unit
+    /// vector), scored by distance from the negatives.
+    AwayFrom(Vec<f32>),
     Trending,
     Explore,
 }
@@ -149,13 +183,68 @@ struct Plan {
     cap: Option<Cap>,
 }
 
+/// An evenly spread sample of the catalogue for explore lists, with the
+/// catalogue change count it was taken at.
+#[derive(Debug)]
+struct ExploreSample {
+    changes: u64,
+    taken: Instant,
+    /// In id order.
+    items: Vec<(Arc<str>, Arc<[f32]>)>,
+}
+
+/// The explore sample and its background refresh.
+#[derive(Debug, Default)]
+struct ExploreCache {
+    sample: ArcSwapOption<ExploreSample>,
+    /// Set while a refresh runs, so at most one does.
+    refreshing: AtomicBool,
+}
+
+impl ExploreCache {
+    /// The current sample, starting a background refresh when the
+    /// catalogue has changed since it was taken (and it is old enough).
+    /// Only the very first call, with no sample yet, builds one in line.
+    fn get(self: &Arc<Self>, catalog: &Arc<Catalog>) -> Arc<ExploreSample> {
+        let current = self.sample.load_full();
+        if let Some(sample) = &current {
+            let stale =
+                sample.changes != catalog.changes() && sample.taken.elapsed() >= EXPLORE_REFRESH;
+            if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
+                let cache = Arc::clone(self);
+                let catalog = Arc::clone(catalog);
+                // Its own thread, detached: the refresh serves later
+                // requests, not this one, and must not take a search slot.
+                let spawned = std::thread::Builder::new()
+                    .name("explore-refresh".into())
+                    .spawn(move || {
+                        cache
+                            .sample
+                            .store(Some(Arc::new(take_explore_sample(&catalog))));
+                        cache.refreshing.store(false, Ordering::Release);
+                    });
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "cannot start the explore refresh; serving the old sample");
+                    self.refreshing.store(false, Ordering::Release);
+                }
+            }
+            return Arc::clone(sample);
+        }
+        let fresh = Arc::new(take_explore_sample(catalog));
+        self.sample.store(Some(Arc::clone(&fresh)));
+        fresh
+    }
+}
+
 #[derive(Debug)]
 pub struct Recommender {
     catalog: Arc<Catalog>,
     personalizer: Arc<Personalizer>,
-    /// Bounds concurrently running searches (CPU-bound, on the blocking pool).
-    slots: Semaphore,
+    /// Bounds concurrently running searches (CPU-bound, on the blocking
+    /// pool) and the queue in front of them.
+    slots: Gate,
     exact_threshold: usize,
+    explore: Arc<ExploreCache>,
 }
 
 impl Recommender {
@@ -163,13 +252,15 @@ impl Recommender {
         catalog: Arc<Catalog>,
         personalizer: Arc<Personalizer>,
         concurrency: usize,
+        max_pending: usize,
         exact_threshold: usize,
     ) -> Self {
         Self {
             catalog,
             personalizer,
-            slots: Semaphore::new(concurrency),
+            slots: Gate::new("searches", concurrency, max_pending),
             exact_threshold,
+            explore: Arc::new(ExploreCache::default()),
         }
     }
 
@@ -250,7 +341,11 @@ impl Recommender {
                 (Source::Knn(query), Vec::new())
             }
             Strategy::BestScore if positive_vectors.is_empty() => {
-                (Source::AwayFrom, negative_vectors)
+                let away = mean(&negative_vectors)
+                    .map(|m| m.iter().map(|x| -x).collect::<Vec<f32>>())
+                    .and_then(|q| unit(&q))
+                    .ok_or(RecommendError::DegenerateQuery)?;
+                (Source::AwayFrom(away), negative_vectors)
             }
             Strategy::BestScore => (Source::BestOf(positive_vectors), negative_vectors),
         };
@@ -376,19 +471,28 @@ impl Recommender {
     }
 
     async fn run(&self, plan: Plan) -> Result<Vec<Recommendation>, RecommendError> {
-        // Closed only if the recommender is dropped, which cannot happen
-        // while `self` is borrowed.
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the search semaphore is never closed");
+        let slot = self.slots.enter().await?;
         let catalog = Arc::clone(&self.catalog);
         let personalizer = Arc::clone(&self.personalizer);
+        let explore = Arc::clone(&self.explore);
         let threshold = self.exact_threshold;
-        let picks =
-            tokio::task::spawn_blocking(move || execute(&catalog, &personalizer, &plan, threshold))
-                .await?;
+        // Dropping this future (deadline, disconnect, shutdown) cancels the
+        // token, and the search stops at its next check. The slot moves into
+        // the task, so it stays taken until the CPU work has really stopped.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let picks = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let context = Context {
+                catalog: &catalog,
+                personalizer: &personalizer,
+                explore: &explore,
+                exact_threshold: threshold,
+                cancel: &cancel,
+            };
+            execute(&context, &plan)
+        })
+        .await?;
         Ok(picks)
     }
 }
@@ -443,13 +547,20 @@ fn max_similarity(v: &[f32], others: &[Arc<[f32]>]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Runs a plan against the catalogue's current state.
-fn execute(
-    catalog: &Catalog,
-    personalizer: &Personalizer,
-    plan: &Plan,
+/// What a search runs against.
+struct Context<'a> {
+    catalog: &'a Arc<Catalog>,
+    personalizer: &'a Personalizer,
+    explore: &'a Arc<ExploreCache>,
     exact_threshold: usize,
-) -> Vec<Recommendation> {
+    /// Cancelled when nobody waits for the answer any more.
+    cancel: &'a CancellationToken,
+}
+
+/// Runs a plan against the catalogue's current state. Returns nothing once
+/// cancelled.
+fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
+    let catalog = cx.catalog;
     let view = catalog.attributes().view();
     let admits = |id: &str| {
         !plan.exclude.contains(id)
@@ -463,7 +574,11 @@ fn execute(
         || plan.lists.iter().any(|l| l.mmr_lambda > 0.0);
     let mut widen = 1usize;
     let mut picks = Vec::new();
+    let cancelled = || cx.cancel.is_cancelled();
     for attempt in 0..WIDEN_ATTEMPTS {
+        if cancelled() {
+            return Vec::new();
+        }
         let lists: Vec<List> = plan
             .lists
             .iter()
@@ -480,15 +595,13 @@ fn execute(
                     want += plan.k;
                 }
                 fetch(
+                    cx,
                     l,
-                    want.saturating_mul(widen),
+                    want.saturating_mul(widen).min(MAX_LIST),
                     plan,
                     &view,
                     &admits,
-                    catalog,
-                    personalizer,
                     &mut vectors,
-                    exact_threshold,
                 )
             })
             .collect();
@@ -499,8 +612,13 @@ fn execute(
             &view,
             &mut vectors,
             &plan.anchors,
+            &cancelled,
         );
-        if picks.len() >= plan.k || !lists.iter().any(|l| l.saturated) {
+        if picks.len() >= plan.k
+            || !lists
+                .iter()
+                .any(|l| l.saturated && l.candidates.len() < MAX_LIST)
+        {
             break;
         }
         tracing::debug!(
@@ -510,17 +628,16 @@ fn execute(
             "short answer; widening"
         );
         widen = widen.saturating_mul(4);
-        if attempt + 2 == WIDEN_ATTEMPTS {
-            // Last try: everything that could possibly match.
-            widen = catalog.len().try_into().unwrap_or(usize::MAX);
-        }
+    }
+    if cancelled() {
+        return Vec::new();
     }
     picks
         .into_iter()
         // The attribute lookup is the final liveness check: an id deleted
         // while the search ran has no attributes any more.
         .filter_map(|p| {
-            let attributes = Arc::clone(view.get(&p.key)?);
+            let attributes = view.get(&p.key)?;
             Some(Recommendation {
                 id: ProductId::from_trusted(p.key),
                 score: p.score,
@@ -532,21 +649,17 @@ fn execute(
 }
 
 /// Builds one candidate list of up to `n` admitted products.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
 fn fetch(
+    cx: &Context<'_>,
     l: &ListPlan,
     n: usize,
     plan: &Plan,
     view: &AttributeView<'_>,
     admits: &(dyn Fn(&str) -> bool + Sync),
-    catalog: &Catalog,
-    personalizer: &Personalizer,
     vectors: &mut Vectors<'_>,
-    exact_threshold: usize,
 ) -> List {
+    let catalog = cx.catalog;
+    let exact_threshold = cx.exact_threshold;
     let mut saturated = false;
     let mut candidates: Vec<Candidate> = match &l.source {
         Source::Knn(query) => {
@@ -589,26 +702,43 @@ fn fetch(
             }
             out
         }
-        Source::AwayFrom => {
-            let mut all = Vec::new();
-            catalog.index().for_each_live(&mut |key, v| {
-                if admits(key) {
-                    all.push(Candidate {
-                        key: Arc::clone(key),
-                        score: best_score(f32::NEG_INFINITY, max_similarity(v, &plan.negatives)),
-                    });
-                }
-            });
-            all
+        Source::AwayFrom(away) => {
+            // The products least like the negatives lie around the direction
+            // opposite their mean; the index finds them without a scan, and
+            // each is then scored by its distance from the nearest negative.
+            let hits = knn(
+                catalog,
+                view,
+                away,
+                n,
+                &plan.filter,
+                admits,
+                exact_threshold,
+            );
+            saturated = hits.len() >= n;
+            hits.into_iter()
+                .filter_map(|h| {
+                    let v = vectors.get(&h.key)?;
+                    Some(Candidate {
+                        score: best_score(f32::NEG_INFINITY, max_similarity(&v, &plan.negatives)),
+                        key: h.key,
+                    })
+                })
+                .collect()
         }
         Source::Trending => {
-            let top = personalizer.trending(n, admits);
+            let top = cx.personalizer.trending(n, admits);
             saturated = top.len() >= n;
             top.into_iter()
                 .map(|(key, score)| Candidate { key, score })
                 .collect()
         }
-        Source::Explore => explore(view, admits, &plan.filter, vectors, exact_threshold, n),
+        Source::Explore => {
+            let sample = cx.explore.get(catalog);
+            let (candidates, full) = explore(cx, &sample, view, admits, &plan.filter, vectors, n);
+            saturated = full;
+            candidates
+        }
     };
     // Dislikes push k-NN candidates down (BEST_SCORE lists already include
     // negatives in their score). As in Qdrant's best_score, the comparison
@@ -635,10 +765,6 @@ fn fetch(
         }
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
-    if matches!(l.source, Source::AwayFrom) {
-        saturated = candidates.len() > n;
-        candidates.truncate(n);
-    }
     List {
         candidates,
         quota: l.quota,
@@ -662,50 +788,123 @@ fn knn(
     let index = catalog.index();
     match view.narrow_candidates(filter, exact_threshold) {
         Some(candidates) => {
-            let mut admitted = candidates.into_iter().filter(|id| admits(id));
+            let mut admitted = candidates.iter().map(|id| &**id).filter(|id| admits(id));
             index.search_among(query, n, &mut admitted)
         }
         None => index.search(query, n, admits),
     }
 }
 
-/// A deterministic sample of the admitted products, ranked by how typical
-/// they are (similarity to the sample's mean look); MMR then spreads the
-/// picks out.
+/// An evenly spread sample of the whole catalogue, in id order: what
+/// explore lists are drawn from. Sorting every id is O(n log n) in the
+/// catalogue, which is why it runs in the background, not per request.
+fn take_explore_sample(catalog: &Catalog) -> ExploreSample {
+    let changes = catalog.changes();
+    let mut ids = catalog.attributes().ids();
+    ids.sort_unstable();
+    let stride = ids.len().div_ceil(EXPLORE_CACHE).max(1);
+    let index = catalog.index();
+    let items = ids
+        .into_iter()
+        .step_by(stride)
+        .filter_map(|id| {
+            let v = index.get(&id)?;
+            Some((id, v))
+        })
+        .collect();
+    ExploreSample {
+        changes,
+        taken: Instant::now(),
+        items,
+    }
+}
+
+/// A deterministic, evenly spread pick of `n` admitted products (at least
+/// [`EXPLORE_SAMPLE`]), ranked by how typical they are (similarity to the
+/// pick's mean look); MMR then spreads the picks out. A selective filter
+/// draws from the ids it admits; otherwise the pick comes from the cached
+/// sample, topped up from the index (the admitted products nearest the mean
+/// look) when the sample holds too few admitted ones. Returns the list and
+/// whether more candidates exist than it holds.
 fn explore(
+    cx: &Context<'_>,
+    sample: &ExploreSample,
     view: &AttributeView<'_>,
     admits: &(dyn Fn(&str) -> bool + Sync),
     filter: &Filter,
     vectors: &mut Vectors<'_>,
-    exact_threshold: usize,
     n: usize,
-) -> Vec<Candidate> {
-    let mut ids: Vec<&Arc<str>> = match view.narrow_candidates(filter, exact_threshold) {
-        Some(narrow) => {
-            let narrow: HashSet<&str> = narrow.into_iter().collect();
-            view.ids().filter(|id| narrow.contains(&***id)).collect()
+) -> (Vec<Candidate>, bool) {
+    let want = EXPLORE_SAMPLE.max(n);
+    let mut picked: Vec<(Arc<str>, Arc<[f32]>)> =
+        match view.narrow_candidates(filter, cx.exact_threshold) {
+            Some(mut narrow) => {
+                narrow.retain(|id| admits(id));
+                narrow.sort_unstable();
+                let stride = narrow.len().div_ceil(want).max(1);
+                narrow
+                    .into_iter()
+                    .step_by(stride)
+                    .filter_map(|id| {
+                        let v = vectors.get(&id)?;
+                        Some((id, v))
+                    })
+                    .collect()
+            }
+            None => {
+                let admitted: Vec<&(Arc<str>, Arc<[f32]>)> =
+                    sample.items.iter().filter(|(id, _)| admits(id)).collect();
+                let stride = admitted.len().div_ceil(want).max(1);
+                admitted.into_iter().step_by(stride).cloned().collect()
+            }
+        };
+    let vs: Vec<Arc<[f32]>> = picked.iter().map(|(_, v)| Arc::clone(v)).collect();
+    let centre = mean(&vs)
+        .and_then(|m| unit(&m))
+        .or_else(|| sample_centre(sample));
+    let Some(centre) = centre else {
+        return (Vec::new(), false);
+    };
+    let mut more = false;
+    if picked.len() < n {
+        // Too few admitted products in the sample: the rest from the index.
+        let hits = knn(
+            cx.catalog,
+            view,
+            &centre,
+            n,
+            filter,
+            admits,
+            cx.exact_threshold,
+        );
+        more = hits.len() >= n;
+        let have: HashSet<Arc<str>> = picked.iter().map(|(id, _)| Arc::clone(id)).collect();
+        for h in hits {
+            if picked.len() >= n {
+                break;
+            }
+            if !have.contains(&h.key)
+                && let Some(v) = vectors.get(&h.key)
+            {
+                picked.push((h.key, v));
+            }
         }
-        None => view.ids().collect(),
-    };
-    ids.retain(|id| admits(id));
-    ids.sort_unstable();
-    let stride = ids.len().div_ceil(EXPLORE_SAMPLE.max(n)).max(1);
-    let sample: Vec<(Arc<str>, Arc<[f32]>)> = ids
-        .into_iter()
-        .step_by(stride)
-        .filter_map(|id| Some((Arc::clone(id), vectors.get(id)?)))
-        .collect();
-    let vs: Vec<Arc<[f32]>> = sample.iter().map(|(_, v)| Arc::clone(v)).collect();
-    let Some(centre) = mean(&vs).and_then(|m| unit(&m)) else {
-        return Vec::new();
-    };
-    sample
+    }
+    let candidates = picked
         .into_iter()
         .map(|(key, v)| Candidate {
             score: dot(&v, &centre),
             key,
         })
-        .collect()
+        .collect();
+    (candidates, more)
+}
+
+/// The mean look of the cached sample, for filters whose admitted products
+/// the sample does not hold.
+fn sample_centre(sample: &ExploreSample) -> Option<Vec<f32>> {
+    let vs: Vec<Arc<[f32]>> = sample.items.iter().map(|(_, v)| Arc::clone(v)).collect();
+    mean(&vs).and_then(|m| unit(&m))
 }
 
 #[cfg(test)]

@@ -9,6 +9,16 @@
 //! (max similarity to the picks so far)`. A list that runs dry hands its
 //! remaining quota to the lists after it, in order, which is how "trending,
 //! then a diverse fill" and "multi-interest, but never fewer than k" work.
+//!
+//! **Cost.** MMR looks at a window of [`mmr_window`] candidates from the
+//! front of the due list (taken and inadmissible ones at the front are
+//! skipped for good), and keeps each candidate's similarity to the picks
+//! incrementally, so each candidate is compared with each pick at most once:
+//! a request costs at most `k x (k + mmr_window(k))` vector similarities
+//! (k <= `limits.max_k`), whatever the list sizes. Without the window and
+//! the incremental maximum, k = 1000 with MMR on 5,000 products took 98 s
+//! of CPU. The loop also stops as soon as `cancelled` says nobody waits for
+//! the answer.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -84,6 +94,13 @@ impl<'a> Vectors<'a> {
     }
 }
 
+/// Candidates MMR weighs for each pick of a list with quota (or, for a
+/// fallback list, k) `quota`: the over-fetch the planner asks for when MMR
+/// is on, so MMR sees every candidate fetched for it in the common case.
+pub fn mmr_window(quota: usize) -> usize {
+    quota.saturating_mul(4).max(quota.saturating_add(16))
+}
+
 /// At most `max` picks per value of attribute `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cap {
@@ -129,8 +146,21 @@ pub fn select(
     view: &AttributeView<'_>,
     vectors: &mut Vectors<'_>,
     anchors: &[Anchor],
+    cancelled: &dyn Fn() -> bool,
 ) -> Vec<Pick> {
     let mut taken = vec![0usize; lists.len()];
+    // Per list and candidate: (max similarity to the picks folded in so far,
+    // how many picks that covers), for incremental MMR.
+    let mut redundancy: Vec<Vec<(f32, usize)>> = lists
+        .iter()
+        .map(|l| {
+            if l.mmr_lambda > 0.0 {
+                vec![(f32::NEG_INFINITY, 0); l.candidates.len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut next = vec![0usize; lists.len()];
     let mut dry = vec![false; lists.len()];
     let mut seen: HashSet<Arc<str>> = HashSet::new();
@@ -142,6 +172,9 @@ pub fn select(
         view.get(key)?.get(&cap.key).cloned()
     };
     while picks.len() < k {
+        if cancelled() {
+            return Vec::new();
+        }
         // The list furthest below its quota, else the first with anything left.
         let due = (0..lists.len())
             .filter(|&i| !dry[i] && taken[i] < lists[i].quota)
@@ -164,19 +197,31 @@ pub fn select(
         };
         let chosen = if list.mmr_lambda > 0.0 && !picked_vectors.is_empty() {
             let lambda = list.mmr_lambda;
+            // Taken or inadmissible candidates at the front stay so (caps
+            // only tighten), so the window starts after them.
+            while next[l] < list.candidates.len() && !admissible(&list.candidates[next[l]]) {
+                next[l] += 1;
+            }
+            let base = if list.quota == 0 { k } else { list.quota };
+            let end = next[l]
+                .saturating_add(mmr_window(base))
+                .min(list.candidates.len());
             let mut best: Option<(usize, f32)> = None;
-            for (i, c) in list.candidates.iter().enumerate().skip(next[l]) {
+            let window = list.candidates[next[l]..end]
+                .iter()
+                .zip(&mut redundancy[l][next[l]..end]);
+            for (i, (c, (max_sim, folded))) in (next[l]..).zip(window) {
                 if !admissible(c) {
                     continue;
                 }
                 let Some(v) = vectors.get(&c.key) else {
                     continue;
                 };
-                let redundancy = picked_vectors
-                    .iter()
-                    .map(|p| dot(p, &v))
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let value = (1.0 - lambda) * c.score - lambda * redundancy;
+                for p in &picked_vectors[*folded..] {
+                    *max_sim = max_sim.max(dot(p, &v));
+                }
+                *folded = picked_vectors.len();
+                let value = (1.0 - lambda) * c.score - lambda * *max_sim;
                 if best.is_none_or(|(_, b)| value > b) {
                     best = Some((i, value));
                 }
@@ -302,13 +347,13 @@ mod tests {
             key: "kind".into(),
             max: 1,
         };
-        let picks = select(&lists, 5, Some(&cap), &view, &mut vectors, &[]);
+        let picks = select(&lists, 5, Some(&cap), &view, &mut vectors, &[], &|| false);
         assert_eq!(
             keys(&picks),
             ["p0", "p3", "p5"],
             "one per kind, then nothing left"
         );
-        let picks = select(&lists, 4, None, &view, &mut vectors, &[]);
+        let picks = select(&lists, 4, None, &view, &mut vectors, &[], &|| false);
         assert_eq!(keys(&picks), ["p0", "p1", "p2", "p3"]);
     }
 
@@ -321,7 +366,7 @@ mod tests {
             list(&[(0, 0.9), (1, 0.8), (2, 0.2)], 1, 0.0),
             list(&[(0, 0.9), (2, 0.7), (3, 0.6), (4, 0.5)], 2, 0.0),
         ];
-        let picks = select(&lists, 3, None, &view, &mut vectors, &[]);
+        let picks = select(&lists, 3, None, &view, &mut vectors, &[], &|| false);
         assert_eq!(keys(&picks), ["p0", "p2", "p3"]);
     }
 
@@ -334,13 +379,115 @@ mod tests {
         let plain = [list(&[(0, 0.9), (1, 0.89), (9, 0.5)], 2, 0.0)];
         let diverse = [list(&[(0, 0.9), (1, 0.89), (9, 0.5)], 2, 0.5)];
         assert_eq!(
-            keys(&select(&plain, 2, None, &view, &mut vectors, &[])),
+            keys(&select(&plain, 2, None, &view, &mut vectors, &[], &|| {
+                false
+            })),
             ["p0", "p1"]
         );
         assert_eq!(
-            keys(&select(&diverse, 2, None, &view, &mut vectors, &[])),
+            keys(&select(
+                &diverse,
+                2,
+                None,
+                &view,
+                &mut vectors,
+                &[],
+                &|| false
+            )),
             ["p0", "p9"]
         );
+    }
+
+    #[test]
+    fn mmr_weighs_only_its_window_and_stops_when_cancelled() {
+        // 36 products round the circle; a list of quota 1 has a window of 17.
+        let kinds = vec!["a"; 36];
+        let (table, index) = fixture(&kinds);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        assert_eq!(mmr_window(1), 17);
+        // p18 (180 degrees from p0) is the most diverse second pick, but it
+        // is 19th in the list, outside the window after p0 is taken.
+        let ranked: Vec<(usize, f32)> = (0..18)
+            .map(|i| (i, 0.9 - i as f32 * 0.001))
+            .chain([(18, 0.8)])
+            .collect();
+        let mut l = list(&ranked, 1, 1.0);
+        l.quota = 0;
+        let picks = select(&[l.clone()], 2, None, &view, &mut vectors, &[], &|| false);
+        // Window of mmr_window(k = 2) = 18 after p0: p1..=p18, so p18 is in it.
+        assert_eq!(keys(&picks), ["p0", "p18"]);
+        let picks = select(&[l.clone()], 1, None, &view, &mut vectors, &[], &|| false);
+        assert_eq!(keys(&picks), ["p0"]);
+        // Moved to position 19, just past that window, p18 is never weighed:
+        // the most distant point inside the window (p17 or p19, 170 or 190
+        // degrees from p0) is picked instead.
+        let mut order: Vec<(usize, f32)> = (0..18).map(|i| (i, 0.9 - i as f32 * 0.001)).collect();
+        order.extend([(19, 0.85), (18, 0.8)]);
+        let mut past = list(&order, 1, 1.0);
+        past.quota = 0;
+        let picks = select(&[past], 2, None, &view, &mut vectors, &[], &|| false);
+        assert_eq!(picks[0].key.as_ref(), "p0");
+        assert!(
+            ["p17", "p19"].contains(&picks[1].key.as_ref()),
+            "{:?}",
+            keys(&picks)
+        );
+        let picks = select(&[l], 2, None, &view, &mut vectors, &[], &|| true);
+        assert!(picks.is_empty(), "a cancelled selection stops at once");
+    }
+
+    proptest! {
+        /// The incremental redundancy gives the same picks as recomputing
+        /// the maximum similarity to every pick for every candidate.
+        #[test]
+        fn incremental_mmr_matches_the_direct_definition(
+            scores in proptest::collection::vec(0.0f32..1.0, 2..30),
+            lambda in 0.05f32..1.0,
+            k in 1usize..10,
+        ) {
+            let kinds = vec!["a"; 36];
+            let (table, index) = fixture(&kinds);
+            let view = table.view();
+            let mut vectors = Vectors::new(&index);
+            let ranked: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+            let mut sorted = ranked.clone();
+            sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let l = list(&sorted, k, lambda);
+            let got = select(std::slice::from_ref(&l), k, None, &view, &mut vectors, &[], &|| false);
+            // Direct MMR over the same window.
+            let mut picked: Vec<usize> = Vec::new();
+            let mut start = 0;
+            while picked.len() < k.min(sorted.len()) {
+                while start < sorted.len() && picked.contains(&start) {
+                    start += 1;
+                }
+                let choice = if picked.is_empty() {
+                    start
+                } else {
+                    let end = (start + mmr_window(k)).min(sorted.len());
+                    let mut best: Option<(usize, f32)> = None;
+                    for i in start..end {
+                        if picked.contains(&i) {
+                            continue;
+                        }
+                        let v = vectors.get(&l.candidates[i].key).unwrap();
+                        let red = picked
+                            .iter()
+                            .map(|&j| dot(&vectors.get(&l.candidates[j].key).unwrap(), &v))
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        let value = (1.0 - lambda) * l.candidates[i].score - lambda * red;
+                        if best.is_none_or(|(_, b)| value > b) {
+                            best = Some((i, value));
+                        }
+                    }
+                    best.map_or(start, |(i, _)| i)
+                };
+                picked.push(choice);
+            }
+            let want: Vec<&str> = picked.iter().map(|&i| &*l.candidates[i].key).collect();
+            prop_assert_eq!(keys(&got), want);
+        }
     }
 
     #[test]
@@ -355,7 +502,7 @@ mod tests {
         let anchors = [anchor(0, "near p0"), anchor(9, "near p9")];
         let mut l = list(&[(1, 0.9), (8, 0.8)], 2, 0.0);
         l.why = Why::NearestAnchor;
-        let picks = select(&[l], 2, None, &view, &mut vectors, &anchors);
+        let picks = select(&[l], 2, None, &view, &mut vectors, &anchors, &|| false);
         let reasons: Vec<&str> = picks.iter().map(|p| p.reason.as_str()).collect();
         assert_eq!(reasons, ["near p0", "near p9"]);
     }

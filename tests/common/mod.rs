@@ -162,12 +162,18 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_with(data_dir, &[]).await
+    }
+
+    /// With extra `LOOKBOOK__...` configuration in its environment.
+    pub async fn spawn_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookbook"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .current_dir(repo_root())
             .env("LOOKBOOK__TELEMETRY__LOG_FORMAT", "json")
             .env("LOOKBOOK__TELEMETRY__LOG_FILTER", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -197,6 +203,30 @@ impl ServerProcess {
         Self { child, url }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read the server's /proc stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the whole line, in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        ticks / clock_ticks_per_second()
+    }
+
+    /// Resident memory of the server now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        vm_kib(&status, "VmRSS:") * 1024
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL the server");
         let _ = self.child.wait();
@@ -211,6 +241,33 @@ impl ServerProcess {
         assert!(status.success());
         self.child.wait().expect("wait for the server")
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)`, asked of `getconf` (the tests forbid `unsafe`).
+pub fn clock_ticks_per_second() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf CLK_TCK");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("getconf prints a number")
+}
+
+/// A `VmRSS:`/`VmHWM:`-style line of `/proc/<pid>/status`, in KiB.
+pub fn vm_kib(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc status"))
+}
+
+/// This test process's resident memory now, in bytes.
+pub fn own_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    vm_kib(&status, "VmRSS:") * 1024
 }
 
 /// A deterministic unit vector for synthetic products.
