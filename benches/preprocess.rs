@@ -10,7 +10,7 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use image::{ImageFormat, Rgb, RgbImage};
-use lookbook::encoder::{ModelManifest, preprocess};
+use lookbook::encoder::{DecodeLimits, ModelManifest, preprocess};
 
 /// A photo-like JPEG: smooth gradients plus texture, so the entropy decoder
 /// has real work (a flat image would decode unrealistically fast).
@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
     let mut out = vec![0.0f32; spec.tensor_len()];
     c.bench_function("preprocess 225x300 jpeg -> 3x260x260", |b| {
         b.iter(|| {
-            preprocess(black_box(&jpeg), &spec, 40_000_000, &mut out)
+            preprocess(black_box(&jpeg), &spec, DecodeLimits::default(), &mut out)
                 .expect("the generated JPEG is valid");
             black_box(&out);
         });

@@ -92,6 +92,10 @@ pub struct ModelConfig {
     pub queue_capacity: usize,
     /// Decompression-bomb guard, checked from the image header before decode.
     pub max_pixels: u64,
+    /// Decode budget: largest buffer the decoder may fill (width x height x
+    /// bytes per pixel of its output, so 16-bit images count double), also
+    /// checked from the header.
+    pub max_decoded_bytes: u64,
     /// Most images in one `Embed` call.
     pub max_batch: usize,
     /// Most images in one model run: concurrent calls are coalesced up to it
@@ -184,7 +188,8 @@ impl Default for ModelConfig {
             workers: 1,
             intra_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_capacity: 64,
-            max_pixels: 40_000_000,
+            max_pixels: crate::encoder::DEFAULT_MAX_PIXELS,
+            max_decoded_bytes: crate::encoder::DEFAULT_MAX_DECODED_BYTES,
             max_batch: 64,
             batch_max_images: crate::encoder::DEFAULT_BATCH_MAX_IMAGES,
             batch_max_delay: crate::encoder::DEFAULT_BATCH_MAX_DELAY,
@@ -309,6 +314,9 @@ impl Config {
         if self.model.max_pixels == 0 {
             return Err(invalid("model.max_pixels", "must be at least 1"));
         }
+        if self.model.max_decoded_bytes == 0 {
+            return Err(invalid("model.max_decoded_bytes", "must be at least 1"));
+        }
         if !(2..=256).contains(&self.index.m) {
             return Err(invalid("index.m", "must be in 2..=256"));
         }
@@ -352,6 +360,7 @@ impl Config {
             intra_threads: self.model.intra_threads,
             queue_capacity: self.model.queue_capacity,
             max_pixels: self.model.max_pixels,
+            max_decoded_bytes: self.model.max_decoded_bytes,
             max_batch: self.model.max_batch,
             batch_max_images: self.model.batch_max_images,
             batch_max_delay: self.model.batch_max_delay,

@@ -668,23 +668,116 @@ mod tests {
     }
 
     proptest! {
+        /// Every request gets exactly the outcome an independent model of
+        /// the rules predicts (checked in the order the conversion checks
+        /// them: id, content, attributes), and an `Ok` carries the content
+        /// and attributes that were sent.
         #[test]
-        fn add_product_conversion_never_panics_and_keeps_attributes(
-            id in ".{0,20}",
-            values in prop::collection::vec(any::<f32>(), 0..6),
+        fn add_product_conversion_matches_the_rules(
+            id in prop_oneof![
+                Just(String::new()),
+                "[a-z0-9]{1,16}",
+                "[a-z]{17,24}",
+                "[a-z]{0,3}[\\x00-\\x1f][a-z]{0,3}",
+                ".{0,20}",
+            ],
+            image in prop::collection::vec(any::<u8>(), 0..3),
+            values in prop::option::of(prop_oneof![
+                prop::collection::vec(-1e3f32..1e3, 4),
+                Just(vec![0.0f32; 4]),
+                prop::collection::vec(any::<f32>(), 0..6),
+            ]),
             attrs in prop::collection::hash_map("[a-z]{0,5}", ".{0,40}", 0..6),
         ) {
             let req = proto::AddProductRequest {
-                product_id: id,
-                image: Bytes::new(),
-                embedding: Some(proto::Embedding { values }),
+                product_id: id.clone(),
+                image: Bytes::from(image.clone()),
+                embedding: values.clone().map(|values| proto::Embedding { values }),
                 attributes: attrs.clone(),
             };
-            if let Ok(p) = NewProduct::try_from((req, &LIMITS)) {
-                prop_assert!(attrs.len() <= LIMITS.max_attributes);
-                prop_assert_eq!(p.attributes.len(), attrs.len());
-                let ProductContent::Embedding(e) = p.content else { panic!("embedding expected") };
-                prop_assert_eq!(e.dim(), LIMITS.dim);
+            let got = NewProduct::try_from((req, &LIMITS));
+
+            let expected_err = if id.is_empty() {
+                Some(InvalidRequest::ProductId { field: "product_id", source: InvalidId::Empty })
+            } else if id.len() > LIMITS.max_product_id_bytes {
+                Some(InvalidRequest::ProductId {
+                    field: "product_id",
+                    source: InvalidId::TooLong { len: id.len(), max: LIMITS.max_product_id_bytes },
+                })
+            } else if id.chars().any(char::is_control) {
+                Some(InvalidRequest::ProductId { field: "product_id", source: InvalidId::ControlCharacter })
+            } else {
+                match (&values, image.is_empty()) {
+                    (None, true) => Some(InvalidRequest::MissingContent),
+                    (Some(_), false) => Some(InvalidRequest::BothContents),
+                    (Some(v), true) if v.len() != LIMITS.dim => Some(InvalidRequest::Embedding {
+                        field: "embedding",
+                        source: InvalidEmbedding::WrongDimension { got: v.len(), expected: LIMITS.dim },
+                    }),
+                    (Some(v), true) if v.iter().any(|x| !x.is_finite()) => Some(InvalidRequest::Embedding {
+                        field: "embedding",
+                        source: InvalidEmbedding::NotFinite {
+                            index: v.iter().position(|x| !x.is_finite()).unwrap_or_default(),
+                        },
+                    }),
+                    (Some(v), true) if v.iter().all(|x| *x == 0.0) => Some(InvalidRequest::Embedding {
+                        field: "embedding",
+                        source: InvalidEmbedding::Zero,
+                    }),
+                    _ => None,
+                }
+            };
+            let bad_attribute = attrs.iter().find(|(k, v)| {
+                k.is_empty() || k.len() > LIMITS.max_attribute_bytes || v.len() > LIMITS.max_attribute_bytes
+            });
+            let expected_err = expected_err.or_else(|| {
+                if attrs.len() > LIMITS.max_attributes {
+                    Some(InvalidRequest::TooManyAttributes { count: attrs.len(), max: LIMITS.max_attributes })
+                } else {
+                    bad_attribute.map(|(key, _)| InvalidRequest::Attribute {
+                        key: key.chars().take(64).collect(),
+                        max: LIMITS.max_attribute_bytes,
+                    })
+                }
+            });
+
+            match (got, expected_err) {
+                (Err(err), Some(want)) => {
+                    // Which offending attribute is named depends on map order
+                    // when several are bad; the variant must still match.
+                    if let (InvalidRequest::Attribute { key, .. }, InvalidRequest::Attribute { .. }) = (&err, &want) {
+                        prop_assert!(attrs.get(key).is_some_and(|v| {
+                            key.is_empty() || key.len() > LIMITS.max_attribute_bytes || v.len() > LIMITS.max_attribute_bytes
+                        }), "{} does not name a bad attribute", err);
+                    } else {
+                        prop_assert_eq!(err, want);
+                    }
+                }
+                (Ok(p), None) => {
+                    prop_assert_eq!(p.id.as_str(), id.as_str());
+                    let mut got_attrs: Vec<(String, String)> = p.attributes.into_iter().collect();
+                    let mut want_attrs: Vec<(String, String)> = attrs.into_iter().collect();
+                    got_attrs.sort();
+                    want_attrs.sort();
+                    prop_assert_eq!(got_attrs, want_attrs);
+                    match (p.content, values) {
+                        (ProductContent::Image(bytes), None) => prop_assert_eq!(&bytes[..], &image[..]),
+                        (ProductContent::Embedding(e), Some(v)) => {
+                            prop_assert_eq!(e.dim(), LIMITS.dim);
+                            let norm: f64 = e.as_slice().iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                            prop_assert!((norm - 1.0).abs() < 1e-5, "norm {}", norm);
+                            // Same direction: each component keeps its sign
+                            // and its share of the largest one.
+                            let max_in = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                            let max_out = e.as_slice().iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                            for (a, b) in v.iter().zip(e.as_slice()) {
+                                prop_assert!((a / max_in - b / max_out).abs() < 1e-4, "{:?} -> {:?}", v, e.as_slice());
+                            }
+                        }
+                        (content, v) => prop_assert!(false, "content {:?} for embedding {:?}", content, v),
+                    }
+                }
+                (got, want) => prop_assert!(false, "got {:?}, the rules say {:?}", got, want),
             }
         }
 

@@ -27,8 +27,9 @@ pub enum EncoderError {
         /// What the decoder objected to.
         reason: String,
     },
-    /// The image header declares more pixels than the decompression-bomb guard allows.
-    #[error("image {index} is {width}x{height} pixels, more than the limit of {max_pixels} pixels")]
+    /// The image header declares more pixels, or a larger decoded buffer,
+    /// than the decompression-bomb guard allows.
+    #[error("image {index} is {width}x{height} pixels, {limit}")]
     ImageTooLarge {
         /// Position of the image in the request.
         index: usize,
@@ -36,8 +37,9 @@ pub enum EncoderError {
         width: u32,
         /// Height declared by the image header.
         height: u32,
-        /// The configured limit (`EncoderConfig::max_pixels`).
-        max_pixels: u64,
+        /// Which limit it exceeds (`EncoderConfig::max_pixels` or
+        /// `EncoderConfig::max_decoded_bytes`).
+        limit: SizeLimit,
     },
     /// The request carried more images than one inference batch may hold.
     #[error("{count} images in one request; at most {max} are allowed")]
@@ -99,6 +101,27 @@ pub enum EncoderError {
     },
 }
 
+/// The size limit an image exceeds. Both are checked from the header, before
+/// any pixel buffer is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SizeLimit {
+    /// More pixels than `max_pixels`.
+    #[error("more than the limit of {max_pixels} pixels")]
+    Pixels {
+        /// The limit.
+        max_pixels: u64,
+    },
+    /// Its decoded buffer, in the decoder's own pixel format (16-bit RGBA
+    /// takes 8 bytes per pixel), would need `bytes`, more than `max_bytes`.
+    #[error("{bytes} bytes once decoded, more than the limit of {max_bytes} bytes")]
+    DecodedBytes {
+        /// Size of the buffer the decoder would fill.
+        bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+}
+
 /// Why a single image could not be turned into a model input.
 ///
 /// It carries no position: [`preprocess`](super::preprocess) sees one image at a
@@ -111,15 +134,15 @@ pub enum ImageError {
     /// Not a complete image in a supported format.
     #[error("image could not be decoded: {0}")]
     Undecodable(String),
-    /// The header declares more pixels than allowed.
-    #[error("image is {width}x{height} pixels, more than the limit of {max_pixels} pixels")]
+    /// The header declares more pixels, or a larger decoded buffer, than allowed.
+    #[error("image is {width}x{height} pixels, {limit}")]
     TooLarge {
         /// Width declared by the header.
         width: u32,
         /// Height declared by the header.
         height: u32,
         /// The limit that was exceeded.
-        max_pixels: u64,
+        limit: SizeLimit,
     },
     /// The caller's output slice does not have room for exactly one image tensor.
     #[error("output buffer holds {actual} values but one image needs {expected}")]
@@ -140,12 +163,12 @@ impl ImageError {
             Self::TooLarge {
                 width,
                 height,
-                max_pixels,
+                limit,
             } => EncoderError::ImageTooLarge {
                 index,
                 width,
                 height,
-                max_pixels,
+                limit,
             },
             // The worker sizes its buffers itself, so reaching this is a bug in the
             // encoder, not the caller's fault.

@@ -39,11 +39,11 @@ use ndarray::{Array2, Array4};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-pub use error::{EncoderError, ImageError};
+pub use error::{EncoderError, ImageError, SizeLimit};
 pub use manifest::{
     ColorOrder, InputSpec, Interpolation, Layout, MAX_INPUT_SIDE, ModelManifest, OutputSpec,
 };
-pub use preprocess::{StageTimes, preprocess, preprocess_timed};
+pub use preprocess::{DecodeLimits, StageTimes, preprocess, preprocess_timed};
 
 use pool::{Batching, Job, Pool, WorkerContext};
 use session::ModelSession;
@@ -56,6 +56,14 @@ pub const DEFAULT_INTRA_THREADS: usize = 1;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 /// Default decompression-bomb guard: 40 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+/// Default largest decoded buffer: 160 MB, what the largest image
+/// `DEFAULT_MAX_PIXELS` admits takes as 8-bit RGBA (4 bytes per pixel). Every
+/// 8-bit image up to 40 MP passes (a 40 MP RGB photo is 120 MB); 16-bit images
+/// pass up to 26.7 MP (RGB, 6 bytes per pixel) or 20 MP (RGBA, 8), so a
+/// 40 MP 16-bit RGBA PNG, which would need 320 MB before its conversion to
+/// 8 bits, is refused from its header. The `image` crate has no way to
+/// decode 16-bit PNG rows straight to 8 bits, so the budget is what bounds it.
+pub const DEFAULT_MAX_DECODED_BYTES: u64 = 4 * DEFAULT_MAX_PIXELS;
 /// Default maximum number of images per call (run in model runs of at most
 /// `batch_max_images`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
@@ -85,6 +93,9 @@ pub struct EncoderConfig {
     pub queue_capacity: usize,
     /// Largest accepted image, in pixels (width x height, from the header).
     pub max_pixels: u64,
+    /// Largest accepted decoded buffer, in bytes (width x height x the bytes
+    /// per pixel of the decoder's output format, from the header).
+    pub max_decoded_bytes: u64,
     /// Most images accepted in one call.
     pub max_batch: usize,
     /// Most images in one model run (>= 1). Concurrent calls are coalesced
@@ -108,6 +119,7 @@ impl EncoderConfig {
             intra_threads: DEFAULT_INTRA_THREADS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
             batch_max_images: DEFAULT_BATCH_MAX_IMAGES,
             batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
@@ -129,6 +141,7 @@ impl EncoderConfig {
         at_least_one("intra_threads", self.intra_threads as u64)?;
         at_least_one("queue_capacity", self.queue_capacity as u64)?;
         at_least_one("max_pixels", self.max_pixels)?;
+        at_least_one("max_decoded_bytes", self.max_decoded_bytes)?;
         at_least_one("max_batch", self.max_batch as u64)?;
         at_least_one("batch_max_images", self.batch_max_images as u64)
     }
@@ -239,7 +252,10 @@ impl Encoder {
             cfg.queue_capacity,
             WorkerContext {
                 input: manifest.input.clone(),
-                max_pixels: cfg.max_pixels,
+                limits: DecodeLimits {
+                    max_pixels: cfg.max_pixels,
+                    max_decoded_bytes: cfg.max_decoded_bytes,
+                },
                 dim: manifest.output.dim,
                 batching: Batching {
                     max_images: cfg.batch_max_images,

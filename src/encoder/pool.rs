@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 use super::EncoderStats;
 use super::error::EncoderError;
 use super::manifest::InputSpec;
-use super::preprocess::{StageTimes, preprocess_timed};
+use super::preprocess::{DecodeLimits, StageTimes, preprocess_timed};
 use super::session::ModelSession;
 
 /// Where a worker sends a job's result.
@@ -78,7 +78,7 @@ pub(crate) struct Batching {
 #[derive(Debug)]
 pub(crate) struct WorkerContext {
     pub(crate) input: InputSpec,
-    pub(crate) max_pixels: u64,
+    pub(crate) limits: DecodeLimits,
     pub(crate) dim: usize,
     pub(crate) batching: Batching,
 }
@@ -369,7 +369,7 @@ impl Worker {
             let mut failure = None;
             for (index, bytes) in job.images.iter().enumerate() {
                 let slot = &mut self.batch[filled * per_image..(filled + 1) * per_image];
-                match preprocess_timed(bytes, spec, self.ctx.max_pixels, slot) {
+                match preprocess_timed(bytes, spec, self.ctx.limits, slot) {
                     Ok(t) => {
                         times.decode += t.decode;
                         times.resize += t.resize;

@@ -30,14 +30,11 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use super::error::ImageError;
+use super::error::{ImageError, SizeLimit};
 use super::manifest::{ColorOrder, InputSpec, Interpolation, Layout};
 
-/// Bytes per decoded pixel in the worst case a decoder may allocate for
-/// (16-bit RGBA); used to size the decoder's allocation limit.
-const MAX_BYTES_PER_PIXEL: u64 = 8;
-
-/// Headroom over the pixel buffer for decoder-internal allocations.
+/// Headroom over the decoded-buffer budget for decoder-internal allocations
+/// (the PNG decoder's row buffers and inflate window, metadata chunks).
 const DECODER_SLACK_BYTES: u64 = 16 << 20;
 /// Largest intermediate (resized, before the crop) image: 64 MP, about 190 MB
 /// of RGB8, far above any real product photo (297 x 396 for a 3:4 photo).
@@ -45,17 +42,37 @@ const MAX_RESIZED_PIXELS: u64 = 64_000_000;
 /// Largest resize buffer kept for the next image (16 MiB, about 5 MP).
 const KEEP_RESIZED_BYTES: usize = 16 << 20;
 
+/// Decompression-bomb guards, both checked from the image header before any
+/// pixel buffer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most pixels (width x height).
+    pub max_pixels: u64,
+    /// Largest buffer the decoder may fill, in its own pixel format
+    /// (width x height x bytes per pixel: 3 for 8-bit RGB, 8 for 16-bit RGBA).
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: super::DEFAULT_MAX_PIXELS,
+            max_decoded_bytes: super::DEFAULT_MAX_DECODED_BYTES,
+        }
+    }
+}
+
 /// Decodes `img_bytes`, prepares it as `spec` describes and writes the
 /// `3 * size * size` normalised values, channel-major (CHW), into `out`.
 ///
-/// Images with more than `max_pixels` pixels are refused from their header.
+/// Images beyond `limits` are refused from their header.
 pub fn preprocess(
     img_bytes: &[u8],
     spec: &InputSpec,
-    max_pixels: u64,
+    limits: DecodeLimits,
     out: &mut [f32],
 ) -> Result<(), ImageError> {
-    preprocess_timed(img_bytes, spec, max_pixels, out).map(|_| ())
+    preprocess_timed(img_bytes, spec, limits, out).map(|_| ())
 }
 
 /// Wall time of each preprocessing stage of one image. The encoder adds
@@ -75,7 +92,7 @@ pub struct StageTimes {
 pub fn preprocess_timed(
     img_bytes: &[u8],
     spec: &InputSpec,
-    max_pixels: u64,
+    limits: DecodeLimits,
     out: &mut [f32],
 ) -> Result<StageTimes, ImageError> {
     let expected = spec.tensor_len();
@@ -86,7 +103,7 @@ pub fn preprocess_timed(
         });
     }
     let started = Instant::now();
-    let rgb = decode_rgb(img_bytes, max_pixels)?;
+    let rgb = decode_rgb(img_bytes, limits)?;
     let decoded = Instant::now();
     // The resized image is materialised before the crop, so it is bounded
     // too. Only extreme aspect ratios reach the bound: a 1 x 10000 strip
@@ -96,7 +113,9 @@ pub fn preprocess_timed(
         return Err(ImageError::TooLarge {
             width: u32::try_from(resized_w).unwrap_or(u32::MAX),
             height: u32::try_from(resized_h).unwrap_or(u32::MAX),
-            max_pixels: MAX_RESIZED_PIXELS,
+            limit: SizeLimit::Pixels {
+                max_pixels: MAX_RESIZED_PIXELS,
+            },
         });
     }
     SCRATCH.with_borrow_mut(|scratch| {
@@ -131,88 +150,161 @@ thread_local! {
 
 /// Decodes any supported image into 8-bit RGB, applying EXIF orientation and
 /// compositing transparency onto white.
-pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+///
+/// Peak memory for one image is the decoder's buffer (at most
+/// `limits.max_decoded_bytes`) plus, unless it is already 8-bit RGB or RGBA,
+/// one 8-bit RGB copy (3 bytes per pixel); orientation other than the
+/// identity adds one more RGB copy.
+pub(crate) fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
     let undecodable = |err: image::ImageError| ImageError::Undecodable(err.to_string());
-    let reader = guessed_reader(bytes)?;
+    let mut reader = guessed_reader(bytes)?;
     let format = reader.format();
-    // Only the header is read here; decoders allocate pixel buffers when decoding.
-    let mut header_reader = reader;
-    header_reader.no_limits();
-    let (width, height) = header_reader.into_dimensions().map_err(undecodable)?;
+    // Only headers are read until `from_decoder`. The allocation limit reaches
+    // the PNG decoder's own buffers (metadata chunks, rows), so a lying header
+    // cannot make it allocate past the budget; the pixel buffer itself is
+    // checked below from the header's size and colour type. Side limits are
+    // left to the checks below, which report the declared size.
+    let max_alloc = limits.max_decoded_bytes.saturating_add(DECODER_SLACK_BYTES);
+    let mut decoder_limits = Limits::no_limits();
+    decoder_limits.max_alloc = Some(max_alloc);
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(undecodable)?;
+    let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::Undecodable(format!(
             "image has no pixels ({width}x{height})"
         )));
     }
-    let too_large = ImageError::TooLarge {
+    let too_large = |limit| ImageError::TooLarge {
         width,
         height,
-        max_pixels,
+        limit,
     };
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(too_large);
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(too_large(SizeLimit::Pixels {
+            max_pixels: limits.max_pixels,
+        }));
+    }
+    // `total_bytes` is width x height x the bytes per pixel of the colour
+    // type the decoder will produce: what `from_decoder` allocates.
+    let decoded_bytes = decoder.total_bytes();
+    if decoded_bytes > limits.max_decoded_bytes {
+        return Err(too_large(SizeLimit::DecodedBytes {
+            bytes: decoded_bytes,
+            max_bytes: limits.max_decoded_bytes,
+        }));
     }
     if format == Some(ImageFormat::Jpeg) {
         check_jpeg_complete(bytes).map_err(ImageError::Undecodable)?;
     }
-
-    let mut reader = guessed_reader(bytes)?;
-    let side_limit = u32::try_from(max_pixels).unwrap_or(u32::MAX);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(side_limit);
-    limits.max_image_height = Some(side_limit);
-    let max_alloc = max_pixels
-        .saturating_mul(MAX_BYTES_PER_PIXEL)
-        .saturating_add(DECODER_SLACK_BYTES);
-    limits.max_alloc = Some(max_alloc);
-    reader.limits(limits);
-    let limit_or = |err: image::ImageError| match err {
-        image::ImageError::Limits(_) => too_large.clone(),
-        other => undecodable(other),
-    };
-    let mut decoder = reader.into_decoder().map_err(limit_or)?;
-    if decoder.total_bytes() > max_alloc {
-        return Err(too_large.clone());
-    }
     let orientation = decoder.orientation().map_err(undecodable)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(limit_or)?;
-    img.apply_orientation(orientation);
-    Ok(flatten_on_white(img))
+    let img = DynamicImage::from_decoder(decoder).map_err(|err| match err {
+        image::ImageError::Limits(_) => too_large(SizeLimit::DecodedBytes {
+            bytes: decoded_bytes,
+            max_bytes: limits.max_decoded_bytes,
+        }),
+        other => undecodable(other),
+    })?;
+    let mut rgb = DynamicImage::ImageRgb8(flatten_on_white(img));
+    rgb.apply_orientation(orientation);
+    Ok(match rgb {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.into_rgb8(),
+    })
 }
+
+/// The formats accepted, as the README's API section documents. Other formats
+/// the `image` crate recognises from their magic bytes (GIF, BMP, TIFF, ...)
+/// are refused by name rather than left to a missing decoder's message.
+const ACCEPTED_FORMATS: [ImageFormat; 3] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
 
 fn guessed_reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ImageError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|err| ImageError::Undecodable(err.to_string()))?;
-    if reader.format().is_none() {
-        return Err(ImageError::Undecodable(
+    match reader.format() {
+        Some(format) if ACCEPTED_FORMATS.contains(&format) => Ok(reader),
+        Some(format) => Err(ImageError::Undecodable(format!(
+            "{format:?} images are not accepted; send JPEG, PNG or WebP"
+        ))),
+        None => Err(ImageError::Undecodable(
             "not a JPEG, PNG or WebP image".to_owned(),
-        ));
+        )),
     }
-    Ok(reader)
+}
+
+/// Blends one 8-bit colour sample with alpha `alpha` over white.
+fn over_white(c: u8, alpha: u8) -> u8 {
+    let alpha = u16::from(alpha);
+    // c*a + 255*(255-a) <= 255*255, so the rounded quotient fits in a u8.
+    let blended = (u16::from(c) * alpha + 255 * (255 - alpha) + 127) / 255;
+    u8::try_from(blended).unwrap_or(u8::MAX)
+}
+
+/// 16-bit sample to 8 bits, rounded as the `image` crate's conversions do.
+fn to_u8(v: u16) -> u8 {
+    u8::try_from((u32::from(v) + 128) / 257).unwrap_or(u8::MAX)
 }
 
 /// Converts to RGB8; pixels with alpha are blended over white.
+///
+/// Written so that no intermediate image exists beside the decoded one and
+/// the result: 8-bit RGBA is flattened in place, and the other alpha formats
+/// go straight to RGB8 instead of through an RGBA8 copy (for a 16-bit RGBA
+/// image that copy alone would be half the decoded buffer).
 fn flatten_on_white(img: DynamicImage) -> RgbImage {
-    if !img.color().has_alpha() {
-        return img.into_rgb8();
-    }
-    let rgba = img.into_rgba8();
-    let (width, height) = rgba.dimensions();
-    let mut rgb = Vec::with_capacity(rgba.as_raw().len() / 4 * 3);
-    for px in rgba.as_raw().chunks_exact(4) {
-        let alpha = u16::from(px[3]);
-        for &c in &px[..3] {
-            // c*a + 255*(255-a) <= 255*255, so the rounded quotient fits in a u8.
-            let blended = (u16::from(c) * alpha + 255 * (255 - alpha) + 127) / 255;
-            rgb.push(u8::try_from(blended).unwrap_or(u8::MAX));
+    let (width, height) = (img.width(), img.height());
+    let rgb = match img {
+        DynamicImage::ImageRgb8(rgb) => return rgb,
+        DynamicImage::ImageRgba8(rgba) => {
+            let mut buf = rgba.into_raw();
+            let pixels = buf.len() / 4;
+            // Pixel i moves from 4i to 3i: never past a pixel not yet read.
+            for i in 0..pixels {
+                let (r, g, b, a) = (buf[4 * i], buf[4 * i + 1], buf[4 * i + 2], buf[4 * i + 3]);
+                buf[3 * i] = over_white(r, a);
+                buf[3 * i + 1] = over_white(g, a);
+                buf[3 * i + 2] = over_white(b, a);
+            }
+            buf.truncate(pixels * 3);
+            buf.shrink_to_fit();
+            buf
         }
-    }
+        DynamicImage::ImageLumaA8(la) => rgb_from(
+            la.as_raw()
+                .chunks_exact(2)
+                .map(|px| [over_white(px[0], px[1]); 3]),
+        ),
+        DynamicImage::ImageLumaA16(la) => rgb_from(
+            la.as_raw()
+                .chunks_exact(2)
+                .map(|px| [over_white(to_u8(px[0]), to_u8(px[1])); 3]),
+        ),
+        DynamicImage::ImageRgba16(rgba) => rgb_from(rgba.as_raw().chunks_exact(4).map(|px| {
+            let a = to_u8(px[3]);
+            [0, 1, 2].map(|c| over_white(to_u8(px[c]), a))
+        })),
+        other if other.color().has_alpha() => {
+            // Formats none of the accepted decoders produce (32-bit float):
+            // correctness over memory.
+            return flatten_on_white(DynamicImage::ImageRgba8(other.into_rgba8()));
+        }
+        other => return other.into_rgb8(),
+    };
     RgbImage::from_raw(width, height, rgb)
         .expect("the buffer holds exactly width * height RGB pixels")
+}
+
+/// Collects RGB pixels into a buffer allocated once at its final size.
+fn rgb_from(pixels: impl ExactSizeIterator<Item = [u8; 3]>) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(pixels.len() * 3);
+    for px in pixels {
+        rgb.extend_from_slice(&px);
+    }
+    rgb
 }
 
 /// Size the image takes once its shorter side is `shorter`, aspect ratio kept:
@@ -379,6 +471,17 @@ pub(crate) mod tests {
     use std::path::Path;
 
     const MAX_PIXELS: u64 = 40_000_000;
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_pixels: MAX_PIXELS,
+        max_decoded_bytes: 4 * MAX_PIXELS,
+    };
+
+    fn pixel_limit(max_pixels: u64) -> DecodeLimits {
+        DecodeLimits {
+            max_pixels,
+            ..LIMITS
+        }
+    }
 
     pub(crate) fn spec(size: u32, resize_shorter: u32, interpolation: &str) -> InputSpec {
         let text = format!(
@@ -430,7 +533,7 @@ dim = 3
 
     fn run(bytes: &[u8], spec: &InputSpec) -> Result<Vec<f32>, ImageError> {
         let mut out = vec![f32::NAN; spec.tensor_len()];
-        preprocess(bytes, spec, MAX_PIXELS, &mut out)?;
+        preprocess(bytes, spec, LIMITS, &mut out)?;
         Ok(out)
     }
 
@@ -616,9 +719,15 @@ dim = 3
     /// A well-formed PNG declaring `width x height` RGB8 whose pixel data is a
     /// few bytes: what a decompression bomb's header looks like.
     pub(crate) fn png_header(width: u32, height: u32) -> Vec<u8> {
+        png_header_with(width, height, 8, 2)
+    }
+
+    /// Like [`png_header`], with the IHDR's bit depth and colour type
+    /// (2 = RGB, 6 = RGBA).
+    fn png_header_with(width: u32, height: u32, bit_depth: u8, color_type: u8) -> Vec<u8> {
         let mut ihdr = width.to_be_bytes().to_vec();
         ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        ihdr.extend_from_slice(&[bit_depth, color_type, 0, 0, 0]);
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
         png_chunk(&mut out, b"IHDR", &ihdr);
         // An empty zlib stream.
@@ -641,7 +750,9 @@ dim = 3
             ImageError::TooLarge {
                 width: 100_000,
                 height: 100_000,
-                max_pixels: MAX_PIXELS
+                limit: SizeLimit::Pixels {
+                    max_pixels: MAX_PIXELS
+                }
             }
         );
         // A real JPEG whose frame header is patched to 60000x60000.
@@ -660,13 +771,13 @@ dim = 3
         // Exactly max_pixels is allowed; one pixel more is not.
         let ok = png(gradient(20, 10));
         let mut out = vec![0.0; spec.tensor_len()];
-        assert!(preprocess(&ok, &spec, 200, &mut out).is_ok());
+        assert!(preprocess(&ok, &spec, pixel_limit(200), &mut out).is_ok());
         assert!(matches!(
-            preprocess(&ok, &spec, 199, &mut out),
+            preprocess(&ok, &spec, pixel_limit(199), &mut out),
             Err(ImageError::TooLarge {
                 width: 20,
                 height: 10,
-                max_pixels: 199
+                limit: SizeLimit::Pixels { max_pixels: 199 }
             })
         ));
     }
@@ -676,7 +787,7 @@ dim = 3
         let spec = spec(32, 36, "bicubic");
         let mut out = vec![0.0; 10];
         assert_eq!(
-            preprocess(&png(gradient(4, 4)), &spec, MAX_PIXELS, &mut out),
+            preprocess(&png(gradient(4, 4)), &spec, LIMITS, &mut out),
             Err(ImageError::BufferSize {
                 expected: 3 * 32 * 32,
                 actual: 10
@@ -753,6 +864,248 @@ dim = 3
         out
     }
 
+    #[test]
+    fn decode_budget_counts_bytes_per_pixel_from_the_header() {
+        let spec = spec(32, 36, "bicubic");
+        // 6300 x 6300 = 39.7 MP, under the pixel limit, but as 16-bit RGBA
+        // its decoded buffer would be 317.5 MB.
+        let err = run(&png_header_with(6300, 6300, 16, 6), &spec).unwrap_err();
+        assert_eq!(
+            err,
+            ImageError::TooLarge {
+                width: 6300,
+                height: 6300,
+                limit: SizeLimit::DecodedBytes {
+                    bytes: 6300 * 6300 * 8,
+                    max_bytes: 4 * MAX_PIXELS
+                }
+            }
+        );
+        // The same size as 8-bit RGB (119 MB) is within the budget: it gets
+        // past the header checks and fails only on its (empty) pixel data.
+        assert!(matches!(
+            run(&png_header_with(6300, 6300, 8, 2), &spec),
+            Err(ImageError::Undecodable(_))
+        ));
+        // Exactly the budget is allowed; one byte less is not.
+        let ok = png(gradient(20, 10));
+        let mut out = vec![0.0; spec.tensor_len()];
+        let budget = |max_decoded_bytes| DecodeLimits {
+            max_decoded_bytes,
+            ..LIMITS
+        };
+        assert!(preprocess(&ok, &spec, budget(600), &mut out).is_ok());
+        assert_eq!(
+            preprocess(&ok, &spec, budget(599), &mut out),
+            Err(ImageError::TooLarge {
+                width: 20,
+                height: 10,
+                limit: SizeLimit::DecodedBytes {
+                    bytes: 600,
+                    max_bytes: 599
+                }
+            })
+        );
+        let wide = png(DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(
+            20,
+            10,
+            Rgba([1u16, 2, 3, 4]),
+        )));
+        assert!(matches!(
+            preprocess(&wide, &spec, budget(1599), &mut out),
+            Err(ImageError::TooLarge {
+                limit: SizeLimit::DecodedBytes { bytes: 1600, .. },
+                ..
+            })
+        ));
+        assert!(preprocess(&wide, &spec, budget(1600), &mut out).is_ok());
+    }
+
+    /// The flattening as it is specified: through the `image` crate's own
+    /// conversion to RGBA8, then each pixel blended over white.
+    fn flatten_reference(img: &DynamicImage) -> RgbImage {
+        let rgba = img.to_rgba8();
+        RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            let p = rgba.get_pixel(x, y).0;
+            Rgb([0, 1, 2].map(|c| over_white(p[c], p[3])))
+        })
+    }
+
+    #[test]
+    fn every_pixel_format_flattens_like_the_rgba8_route() {
+        let (w, h) = (23u32, 17u32);
+        let v = |x: u32, y: u32, k: u32| ((x * 37 + y * 91 + k * 53) % 256) as u8;
+        let v16 = |x: u32, y: u32, k: u32| u16::from(v(x, y, k)) * 257 + ((x + k) % 200) as u16;
+        let images: Vec<DynamicImage> = vec![
+            DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+                Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba8(RgbaImage::from_fn(w, h, |x, y| {
+                Rgba([v(x, y, 0), v(x, y, 1), v(x, y, 2), v(x, y, 3)])
+            })),
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| {
+                image::Luma([v(x, y, 0)])
+            })),
+            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(w, h, |x, y| {
+                image::LumaA([v(x, y, 0), v(x, y, 3)])
+            })),
+            DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(w, h, |x, y| {
+                image::Luma([v16(x, y, 0)])
+            })),
+            DynamicImage::ImageLumaA16(image::ImageBuffer::from_fn(w, h, |x, y| {
+                image::LumaA([v16(x, y, 0), v16(x, y, 3)])
+            })),
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(w, h, |x, y| {
+                Rgb([v16(x, y, 0), v16(x, y, 1), v16(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(w, h, |x, y| {
+                Rgba([v16(x, y, 0), v16(x, y, 1), v16(x, y, 2), v16(x, y, 3)])
+            })),
+            DynamicImage::ImageRgba32F(image::ImageBuffer::from_fn(w, h, |x, y| {
+                Rgba([0, 1, 2, 3].map(|k| f32::from(v(x, y, k)) / 255.0))
+            })),
+        ];
+        for img in images {
+            let color = img.color();
+            let want = flatten_reference(&img);
+            assert_eq!(flatten_on_white(img), want, "{color:?}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_greyscale_and_alpha_pngs_embed_like_their_8_bit_flattening() {
+        let spec = spec(32, 36, "bilinear");
+        let img = DynamicImage::ImageRgba16(image::ImageBuffer::from_fn(50, 40, |x, y| {
+            let a = if x < 25 { 65535 } else { (y * 1600) as u16 };
+            Rgba([(x * 1300) as u16, (y * 1600) as u16, 40000, a])
+        }));
+        let want = run(&png(flatten_reference(&img)), &spec).unwrap();
+        assert_eq!(run(&png(img), &spec).unwrap(), want);
+        let grey = DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(50, 40, |x, y| {
+            image::LumaA([(x * 5) as u8, (y * 6) as u8])
+        }));
+        let want = run(&png(flatten_reference(&grey)), &spec).unwrap();
+        assert_eq!(run(&png(grey), &spec).unwrap(), want);
+    }
+
+    #[test]
+    fn other_recognised_formats_are_refused_by_name() {
+        let spec = spec(32, 36, "bicubic");
+        // A complete 1x1 GIF: recognised from its magic, but not accepted.
+        let gif: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+        let bmp: &[u8] = b"BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00";
+        for (bytes, name) in [(gif, "Gif"), (bmp, "Bmp")] {
+            let err = run(bytes, &spec).unwrap_err();
+            assert!(
+                matches!(&err, ImageError::Undecodable(reason) if reason.contains(name) && reason.contains("not accepted")),
+                "{err:?}"
+            );
+        }
+        for text in [
+            &b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj"[..],
+            b"hello, world\n",
+        ] {
+            assert!(matches!(run(text, &spec), Err(ImageError::Undecodable(_))));
+        }
+    }
+
+    /// Outcome of preprocessing arbitrary input: a full tensor of finite
+    /// values, or one of the per-image errors a caller may be sent. Never a
+    /// buffer-size error (that would be the encoder's bug) and never a panic.
+    fn assert_documented_outcome(
+        bytes: &[u8],
+        spec: &InputSpec,
+        limits: DecodeLimits,
+    ) -> Result<bool, TestCaseError> {
+        let mut out = vec![f32::NAN; spec.tensor_len()];
+        match preprocess(bytes, spec, limits, &mut out) {
+            Ok(()) => {
+                prop_assert!(
+                    out.iter().all(|v| v.is_finite()),
+                    "non-finite value in the tensor"
+                );
+                // Every value is a normalised 8-bit sample: within the range
+                // the spec's mean and std give.
+                let plane = out.len() / 3;
+                for (c, chunk) in out.chunks_exact(plane).enumerate() {
+                    let (lo, hi) = (
+                        (0.0 - spec.mean[c]) / spec.std[c],
+                        (255.0 - spec.mean[c]) / spec.std[c],
+                    );
+                    prop_assert!(chunk.iter().all(|v| (lo..=hi).contains(v)));
+                }
+                Ok(true)
+            }
+            Err(ImageError::Empty) => {
+                prop_assert!(bytes.is_empty());
+                Ok(false)
+            }
+            Err(ImageError::Undecodable(reason)) => {
+                prop_assert!(!reason.is_empty());
+                Ok(false)
+            }
+            Err(ImageError::TooLarge {
+                width,
+                height,
+                limit,
+            }) => {
+                match limit {
+                    SizeLimit::Pixels { max_pixels } => prop_assert!(
+                        u64::from(width) * u64::from(height) > max_pixels
+                            || max_pixels == MAX_RESIZED_PIXELS
+                    ),
+                    SizeLimit::DecodedBytes { bytes, max_bytes } => {
+                        prop_assert!(bytes > max_bytes && max_bytes == limits.max_decoded_bytes);
+                        prop_assert!(bytes >= u64::from(width) * u64::from(height));
+                    }
+                }
+                Ok(false)
+            }
+            Err(err @ ImageError::BufferSize { .. }) => {
+                Err(TestCaseError::fail(format!("unexpected {err:?}")))
+            }
+        }
+    }
+
+    /// Small valid seeds in every accepted format and pixel layout.
+    fn seeds() -> Vec<Vec<u8>> {
+        let rgb = gradient(24, 18);
+        let mut webp = Cursor::new(Vec::new());
+        DynamicImage::from(rgb.clone())
+            .write_to(&mut webp, ImageFormat::WebP)
+            .unwrap();
+        vec![
+            jpeg(&rgb, 80),
+            png(rgb.clone()),
+            png(DynamicImage::from(rgb.clone()).into_luma_alpha16()),
+            png(DynamicImage::from(rgb).into_rgba8()),
+            webp.into_inner(),
+        ]
+    }
+
+    /// Applies one mutation chosen by `kind` at `at` (scaled to the length).
+    fn mutate(bytes: &mut Vec<u8>, kind: u8, at: usize, value: u8) {
+        if bytes.is_empty() {
+            return;
+        }
+        let at = at % bytes.len();
+        match kind % 5 {
+            0 => bytes[at] ^= 1 << (value % 8),
+            1 => bytes[at] = value,
+            2 => bytes.truncate(at.max(1)),
+            3 => {
+                let end = (at + usize::from(value)).min(bytes.len());
+                bytes.drain(at..end);
+            }
+            _ => {
+                // Splice: repeat a chunk of the file at another place.
+                let chunk: Vec<u8> = bytes[at..(at + usize::from(value)).min(bytes.len())].to_vec();
+                let to = (at * 7 + usize::from(value)) % bytes.len();
+                bytes.splice(to..to, chunk);
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -785,19 +1138,70 @@ dim = 3
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        fn arbitrary_bytes_get_a_tensor_or_a_documented_error(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
             let spec = spec(16, 16, "bilinear");
-            let _ = run(&bytes, &spec);
+            let decoded = assert_documented_outcome(&bytes, &spec, LIMITS)?;
+            // Random bytes are not an image (the odds of a valid header and
+            // complete pixel data are nil); empty input is `Empty`.
+            prop_assert!(!decoded);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_magic_get_a_documented_error(
+            magic in 0usize..4,
+            tail in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let spec = spec(16, 16, "bilinear");
+            let mut bytes = [
+                &b"\xff\xd8\xff"[..],
+                b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR",
+                b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+                b"GIF89a",
+            ][magic].to_vec();
+            bytes.extend_from_slice(&tail);
+            prop_assert!(!assert_documented_outcome(&bytes, &spec, LIMITS)?);
         }
 
         #[test]
         fn corrupted_jpegs_never_panic(cut in 0usize..4000, flip in 0usize..4000, bit in 0u8..8) {
             let spec = spec(16, 16, "bilinear");
             let mut bytes = jpeg(&gradient(40, 30), 80);
+            let full_len = bytes.len();
             let flip = flip % bytes.len();
             bytes[flip] ^= 1 << bit;
             bytes.truncate(cut.max(1));
-            let _ = run(&bytes, &spec);
+            let decoded = assert_documented_outcome(&bytes, &spec, LIMITS)?;
+            // A JPEG cut before its end-of-image marker is always refused.
+            if bytes.len() < full_len - 1 && decoded {
+                prop_assert!(bytes.windows(2).any(|w| w == [0xFF, 0xD9]));
+            }
+        }
+
+        #[test]
+        fn mutated_images_get_a_tensor_or_a_documented_error(
+            seed in 0usize..5,
+            mutations in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..4),
+            tight_budget in any::<bool>(),
+        ) {
+            let spec = spec(16, 20, "bicubic");
+            let mut bytes = seeds().swap_remove(seed);
+            let unmutated = mutations.is_empty();
+            for (kind, at, value) in mutations {
+                mutate(&mut bytes, kind, at, value);
+            }
+            // A tight budget makes the byte check reachable for the seeds
+            // (24 x 18 pixels: 1296 bytes as RGB8, 3456 as 16-bit grey+alpha).
+            let limits = if tight_budget {
+                DecodeLimits { max_pixels: MAX_PIXELS, max_decoded_bytes: 1500 }
+            } else {
+                LIMITS
+            };
+            let decoded = assert_documented_outcome(&bytes, &spec, limits)?;
+            if unmutated && !tight_budget {
+                prop_assert!(decoded, "a valid seed must decode");
+            }
         }
     }
 }

@@ -242,7 +242,9 @@ async fn per_image_errors_carry_the_index() {
                 index: 1,
                 width: 100_000,
                 height: 100_000,
-                max_pixels: DEFAULT_MAX_PIXELS
+                limit: SizeLimit::Pixels {
+                    max_pixels: DEFAULT_MAX_PIXELS
+                }
             }
         ),
         "{err:?}"
@@ -322,7 +324,7 @@ fn run_tensor_returns_the_raw_model_output() {
     preprocess(
         &jpeg_bytes,
         &encoder.manifest().input,
-        DEFAULT_MAX_PIXELS,
+        DecodeLimits::default(),
         tensor.as_slice_mut().unwrap(),
     )
     .unwrap();
@@ -530,6 +532,13 @@ fn missing_files_and_bad_config_are_reported() {
             "max_pixels",
             EncoderConfig {
                 max_pixels: 0,
+                ..config(1, 1)
+            },
+        ),
+        (
+            "max_decoded_bytes",
+            EncoderConfig {
+                max_decoded_bytes: 0,
                 ..config(1, 1)
             },
         ),
