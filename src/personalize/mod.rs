@@ -115,6 +115,14 @@ pub struct Personalizer {
     loads: Arc<Semaphore>,
 }
 
+/// Queues a job for the writer, refusing it at once if the queue is full.
+fn submit(jobs: &mpsc::Sender<Job>, job: Job) -> Result<(), PersonalizeError> {
+    jobs.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => PersonalizeError::Overloaded,
+        mpsc::error::TrySendError::Closed(_) => PersonalizeError::WriterStopped,
+    })
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -166,14 +174,6 @@ impl Personalizer {
         &self.shared.config
     }
 
-    /// Queues a job for the writer, refusing it if the queue is full.
-    fn submit(&self, job: Job) -> Result<(), PersonalizeError> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PersonalizeError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => PersonalizeError::WriterStopped,
-        })
-    }
-
     /// Records interactions durably and applies them to the profiles. The
     /// outer error fails the whole call (queue full, store down, shutting
     /// down); an unknown product fails only its own item.
@@ -196,7 +196,7 @@ impl Personalizer {
             return Ok(results);
         }
         let (done, reply) = oneshot::channel();
-        self.submit(Job::Record { items, done })?;
+        submit(&self.jobs, Job::Record { items, done })?;
         reply.await.map_err(|_| PersonalizeError::WriterStopped)??;
         Ok(results)
     }
@@ -205,7 +205,7 @@ impl Personalizer {
     /// whether or not they are resident.
     pub async fn forget(&self, user: UserId) -> Result<Forgotten, PersonalizeError> {
         let (done, reply) = oneshot::channel();
-        self.submit(Job::Forget { user, done })?;
+        submit(&self.jobs, Job::Forget { user, done })?;
         reply.await.map_err(|_| PersonalizeError::WriterStopped)?
     }
 
@@ -257,5 +257,33 @@ impl Personalizer {
     /// Shoppers known to the store, resident or not.
     pub fn shoppers(&self) -> u64 {
         self.shared.shoppers.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forget_job() -> Job {
+        let (done, _reply) = oneshot::channel();
+        Job::Forget {
+            user: UserId::parse("ann", 64).unwrap(),
+            done,
+        }
+    }
+
+    #[test]
+    fn a_full_writer_queue_refuses_at_once() {
+        let (jobs, rx) = mpsc::channel(1);
+        submit(&jobs, forget_job()).unwrap();
+        assert!(matches!(
+            submit(&jobs, forget_job()),
+            Err(PersonalizeError::Overloaded)
+        ));
+        drop(rx);
+        assert!(matches!(
+            submit(&jobs, forget_job()),
+            Err(PersonalizeError::WriterStopped)
+        ));
     }
 }
