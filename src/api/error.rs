@@ -109,6 +109,16 @@ fn catalog(e: &CatalogError) -> Public {
     }
 }
 
+fn personalize(e: &PersonalizeError) -> Public {
+    match e {
+        PersonalizeError::UnknownProduct(_) => Public::caller(Code::NotFound, e),
+        PersonalizeError::Overloaded => Public::caller(Code::ResourceExhausted, e),
+        PersonalizeError::WriterStopped => Public::caller(Code::Unavailable, e),
+        PersonalizeError::Store(inner) => store(inner),
+        PersonalizeError::Spawn(_) | PersonalizeError::Task(_) => Public::internal(),
+    }
+}
+
 impl ApiError {
     fn public(&self) -> Public {
         match self {
@@ -119,13 +129,9 @@ impl ApiError {
                 RecommendError::DegenerateQuery => Public::caller(Code::InvalidArgument, e),
                 RecommendError::Task(_) => Public::internal(),
                 RecommendError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
+                RecommendError::Personalize(e) => personalize(e),
             },
-            Self::Personalize(e) => match e {
-                PersonalizeError::UnknownProduct(_) => Public::caller(Code::NotFound, e),
-                PersonalizeError::WriterStopped => Public::caller(Code::Unavailable, e),
-                PersonalizeError::Store(inner) => store(inner),
-                PersonalizeError::Spawn(_) | PersonalizeError::Task(_) => Public::internal(),
-            },
+            Self::Personalize(e) => personalize(e),
         }
     }
 
@@ -183,6 +189,13 @@ mod tests {
 
         let s = Status::from(ApiError::Catalog(CatalogError::Encoder(
             EncoderError::Overloaded,
+        )));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+
+        let s = Status::from(ApiError::Personalize(PersonalizeError::Overloaded));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let s = Status::from(ApiError::Recommend(RecommendError::Personalize(
+            PersonalizeError::Overloaded,
         )));
         assert_eq!(s.code(), Code::ResourceExhausted);
     }

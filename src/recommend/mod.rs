@@ -145,6 +145,9 @@ pub enum RecommendError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Busy(#[from] Busy),
+    /// The shopper's state could not be read.
+    #[error(transparent)]
+    Personalize(#[from] crate::personalize::PersonalizeError),
 }
 
 /// Where a list's candidates come from.
@@ -380,7 +383,10 @@ impl Recommender {
             context,
             diversity,
         } = query;
-        let shopper = user.as_ref().and_then(|u| self.personalizer.shopper(u));
+        let shopper = match &user {
+            Some(u) => self.personalizer.shopper(u).await?,
+            None => None,
+        };
         let mut anchors = Vec::new();
         let mut context_vectors = Vec::with_capacity(context.len());
         for id in context {

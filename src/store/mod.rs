@@ -42,7 +42,8 @@ use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, W
 pub use error::StoreError;
 pub use products::StoredProduct;
 pub use users::{
-    InteractionCommit, StoredInteraction, StoredInterest, StoredProfile, StoredTrend, UserWrite,
+    InteractionCommit, StoredInteraction, StoredInterest, StoredProfile, StoredShopper,
+    StoredTrend, UserWrite,
 };
 
 use meta::META;
@@ -338,6 +339,50 @@ impl Store {
         };
         txn.commit().map_err(db(OP))?;
         Ok((erased, had_profile || erased > 0))
+    }
+
+    /// The stored profile and history of each of `users`, in order, from one
+    /// consistent snapshot: two lookups per user, so a shopper can be
+    /// brought back into memory without scanning anyone else's rows.
+    pub fn load_shoppers(&self, users: &[&str]) -> Result<Vec<StoredShopper>, StoreError> {
+        const OP: &str = "load shoppers";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let profiles = txn.open_table(PROFILES).map_err(db(OP))?;
+        let history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
+        let mut out = Vec::with_capacity(users.len());
+        for &user in users {
+            let profile = match profiles.get(user).map_err(db(OP))? {
+                Some(value) => Some(users::decode_profile(user, value.value())?),
+                None => None,
+            };
+            let mut rows = Vec::new();
+            for entry in history
+                .range((user, 0u64)..=(user, u64::MAX))
+                .map_err(db(OP))?
+            {
+                let (key, value) = entry.map_err(db(OP))?;
+                let (_, seq) = key.value();
+                rows.push((seq, users::decode_interaction(user, seq, value.value())?));
+            }
+            out.push(StoredShopper {
+                profile,
+                history: rows,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stored profiles (one per known shopper) and history rows; O(1)
+    /// (redb keeps the counts in the table headers).
+    pub fn shopper_counts(&self) -> Result<(u64, u64), StoreError> {
+        const OP: &str = "shopper counts";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let profiles = txn.open_table(PROFILES).map_err(db(OP))?;
+        let history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
+        Ok((
+            profiles.len().map_err(db(OP))?,
+            history.len().map_err(db(OP))?,
+        ))
     }
 
     /// Calls `f` with every stored profile, in user id order.

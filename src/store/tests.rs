@@ -656,3 +656,50 @@ fn interaction_commits_round_trip_evict_and_survive_reopen() {
         "forgetting is durable"
     );
 }
+
+#[test]
+fn shoppers_load_one_by_one_without_their_neighbours() {
+    let (_dir, _path, store) = temp_store();
+    assert_eq!(store.shopper_counts().unwrap(), (0, 0));
+    store
+        .commit_interactions(&InteractionCommit {
+            users: vec![
+                user_write("an", 0..2, vec![]),
+                user_write("ann", 0..3, vec![]),
+                user_write("anna", 0..1, vec![]),
+            ],
+            trends: vec![],
+        })
+        .unwrap();
+    store
+        .commit_interactions(&InteractionCommit {
+            users: vec![user_write("ann", 3..4, vec![0])],
+            trends: vec![],
+        })
+        .unwrap();
+    assert_eq!(store.shopper_counts().unwrap(), (3, 6));
+    let loaded = store.load_shoppers(&["ann", "nobody", "an"]).unwrap();
+    assert_eq!(loaded.len(), 3);
+    assert_eq!(
+        loaded[0].profile,
+        Some(user_write("ann", 3..4, vec![]).profile)
+    );
+    assert_eq!(
+        loaded[0]
+            .history
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "in arrival order, evicted rows gone, no other user's rows"
+    );
+    assert_eq!(loaded[0].history[2].1.product_id, "p3");
+    assert_eq!(loaded[1], StoredShopper::default(), "unknown user");
+    assert_eq!(loaded[2].history.len(), 2);
+    store.forget_user("ann").unwrap();
+    assert_eq!(
+        store.load_shoppers(&["ann"]).unwrap()[0],
+        StoredShopper::default()
+    );
+    assert_eq!(store.shopper_counts().unwrap(), (2, 3));
+}

@@ -80,6 +80,15 @@ pub struct UserWrite {
     pub profile: StoredProfile,
 }
 
+/// Everything stored about one user: what [`super::Store::load_shoppers`]
+/// returns. Both parts are empty for an unknown user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredShopper {
+    pub profile: Option<StoredProfile>,
+    /// The kept history rows, by sequence number in arrival order.
+    pub history: Vec<(u64, StoredInteraction)>,
+}
+
 /// One durable group commit of interactions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InteractionCommit {
