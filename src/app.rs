@@ -105,6 +105,7 @@ impl Bound {
         };
         tracing::info!(
             products = report.products,
+            damaged_products = report.damaged_products,
             index_from_dump = report.index_from_dump,
             seconds = format_args!("{:.2}", report.seconds),
             model = catalog.model(),

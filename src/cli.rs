@@ -68,6 +68,14 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Verify a data directory offline (the server must be stopped): every
+    /// stored row's checksum and vector, the shopper tables, the index dump.
+    /// Exits non-zero if stored data is damaged.
+    Check {
+        /// The data directory [default: storage.data_dir].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Bulk-load a catalogue folder (images/<id>.jpg + styles.csv) into a running server.
     Import {
         dir: PathBuf,
@@ -241,6 +249,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(cli.config.as_deref(), &Overrides { listen, data_dir })?;
             crate::telemetry::init(&config.telemetry);
             serve(config).await
+        }
+        Command::Check { data_dir } => {
+            let config = Config::load(
+                cli.config.as_deref(),
+                &Overrides {
+                    listen: None,
+                    data_dir,
+                },
+            )?;
+            let dir = config.storage.data_dir.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::catalog::check(&dir, config.index_params())
+            })
+            .await??;
+            let mut out = std::io::stdout().lock();
+            write!(out, "{report}")?;
+            if report.store_is_damaged() {
+                anyhow::bail!("the store holds damaged data (listed above)");
+            }
+            Ok(())
         }
         Command::Import {
             dir,

@@ -103,6 +103,7 @@ fn catalog(e: &CatalogError) -> Public {
         CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
         CatalogError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
         CatalogError::BadModelOutput(_)
+        | CatalogError::StoreDamaged { .. }
         | CatalogError::DataDir { .. }
         | CatalogError::Task(_)
         | CatalogError::Internal(_) => Public::internal(),

@@ -20,6 +20,7 @@
 //! they are refused at once with [`CatalogError::Busy`].
 
 mod attributes;
+mod check;
 
 use std::{
     path::PathBuf,
@@ -42,6 +43,7 @@ use crate::{
 };
 
 pub use attributes::{AttributeTable, AttributeView};
+pub use check::{CheckReport, DumpState, check};
 
 /// File name of the redb database inside the data directory.
 const STORE_FILE: &str = "catalog.redb";
@@ -80,6 +82,11 @@ pub enum CatalogError {
     },
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(
+        "the store file {path} is damaged ({detail}); `lookbook check --data-dir <dir>` reports \
+         what is readable; restore the data directory from a backup"
+    )]
+    StoreDamaged { path: PathBuf, detail: String },
     #[error(transparent)]
     Busy(#[from] Busy),
     /// A broken internal invariant (a bug, not bad input).
@@ -138,6 +145,10 @@ pub struct CatalogStats {
 #[derive(Debug, Clone, Copy)]
 pub struct StartupReport {
     pub products: u64,
+    /// Stored products left out because their row failed its checksum,
+    /// could not be decoded, or holds an unusable vector (each is logged
+    /// by id; `lookbook check` lists them).
+    pub damaged_products: u64,
     pub index_from_dump: bool,
     pub seconds: f64,
 }
@@ -185,7 +196,8 @@ impl Catalog {
             .map_err(|_| CatalogError::Internal("the model's dimension does not fit in u32"))?;
         let dim_usize = encoder.dim();
         let dump_dir = data_dir.join(INDEX_DUMP_DIR);
-        let (store, index, attributes, from_dump, dumped_version) = tokio::task::spawn_blocking({
+        let (store, index, attributes, from_dump, dumped_version, damaged_products) =
+            tokio::task::spawn_blocking({
             let model = model.clone();
             let dump_dir = dump_dir.clone();
             move || -> Result<_, CatalogError> {
@@ -193,7 +205,8 @@ impl Catalog {
                     path: data_dir.clone(),
                     source,
                 })?;
-                let store = Store::open(&data_dir.join(STORE_FILE))?;
+                let store_path = data_dir.join(STORE_FILE);
+                let store = survive_store_panic(&store_path, || Ok(Store::open(&store_path)?))?;
                 match store.catalog_model()? {
                     Some((stored, stored_dim)) if stored != model || stored_dim != dim => {
                         return Err(CatalogError::ModelMismatch {
@@ -226,15 +239,38 @@ impl Catalog {
                 let attributes = AttributeTable::default();
                 let mut items = Vec::new();
                 let mut products = 0_usize;
-                store.scan(&mut |p: StoredProduct| {
-                    let id: Arc<str> = Arc::from(p.id);
-                    if dump.is_none() {
-                        items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
-                    }
-                    attributes.insert(id, p.attributes);
-                    products += 1;
-                    Ok(())
+                let mut damaged = Vec::new();
+                let mut unusable = Vec::new();
+                survive_store_panic(&store_path, || {
+                    Ok(store.scan_checked(
+                        &mut |p: StoredProduct| {
+                            if let Err(reason) = usable_vector(&p.embedding, dim_usize) {
+                                unusable.push(StoreError::Corrupt {
+                                    table: "products",
+                                    key: p.id,
+                                    reason,
+                                });
+                                return Ok(());
+                            }
+                            let id: Arc<str> = Arc::from(p.id);
+                            if dump.is_none() {
+                                items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
+                            }
+                            attributes.insert(id, p.attributes);
+                            products += 1;
+                            Ok(())
+                        },
+                        &mut damaged,
+                    )?)
                 })?;
+                damaged.append(&mut unusable);
+                // A damaged row costs its product, not the service: it is
+                // left out (never served), and a new AddProduct of the id
+                // replaces it.
+                for error in &damaged {
+                    tracing::error!(%error, "stored product left out");
+                }
+                let damaged_products = damaged.len() as u64;
                 let loaded = match dump {
                     Some(index) if index.len() == products => Some(index),
                     Some(index) => {
@@ -245,9 +281,20 @@ impl Catalog {
                         );
                         drop(index);
                         // Rare (a dump from another copy of the store): read the vectors now.
-                        store.scan(&mut |p: StoredProduct| {
-                            items.push((Arc::from(p.id), Arc::<[f32]>::from(p.embedding)));
-                            Ok(())
+                        let mut again = Vec::new();
+                        survive_store_panic(&store_path, || {
+                            Ok(store.scan_checked(
+                                &mut |p: StoredProduct| {
+                                    if usable_vector(&p.embedding, dim_usize).is_ok() {
+                                        items.push((
+                                            Arc::from(p.id),
+                                            Arc::<[f32]>::from(p.embedding),
+                                        ));
+                                    }
+                                    Ok(())
+                                },
+                                &mut again,
+                            )?)
                         })?;
                         None
                     }
@@ -259,12 +306,13 @@ impl Catalog {
                     None => VectorIndex::build(dim_usize, params, items)?,
                 };
                 let dumped_version = if from_dump { version } else { NO_DUMP };
-                Ok((store, index, attributes, from_dump, dumped_version))
+                Ok((store, index, attributes, from_dump, dumped_version, damaged_products))
             }
         })
         .await??;
         let report = StartupReport {
             products: index.len() as u64,
+            damaged_products,
             index_from_dump: from_dump,
             seconds: started.elapsed().as_secs_f64(),
         };
@@ -616,6 +664,46 @@ impl Catalog {
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
+}
+
+/// Whether a stored vector can go into the index (the same rules the index
+/// applies on insert), so a bad row is left out by id instead of failing the
+/// whole start-up.
+pub fn usable_vector(v: &[f32], dim: usize) -> Result<(), String> {
+    if v.len() != dim {
+        return Err(format!(
+            "embedding has {} dimensions, the catalogue {dim}",
+            v.len()
+        ));
+    }
+    let norm = crate::domain::dot(v, v).sqrt();
+    if !norm.is_finite() || (norm - 1.0).abs() > 1e-3 {
+        return Err(format!(
+            "embedding is not a finite unit vector (L2 norm {norm})"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a store read and turns a panic inside it (redb asserts on pages it
+/// cannot make sense of) into [`CatalogError::StoreDamaged`]: an operator
+/// needs "this file is damaged", not a backtrace.
+fn survive_store_panic<T>(
+    path: &std::path::Path,
+    read: impl FnOnce() -> Result<T, CatalogError>,
+) -> Result<T, CatalogError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("the store panicked while reading it")
+            .to_owned();
+        Err(CatalogError::StoreDamaged {
+            path: path.to_path_buf(),
+            detail,
+        })
+    })
 }
 
 /// Position of the offending image for per-image encoder errors; `None`

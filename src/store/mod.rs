@@ -281,6 +281,28 @@ impl Store {
         Ok(())
     }
 
+    /// Like [`Self::scan`], but a row that fails to decode (damaged, or of
+    /// an unknown format) does not end the scan: its error, naming the key,
+    /// is pushed to `damaged` and the scan goes on. Errors of the database
+    /// itself, and errors from `f`, still end it.
+    pub fn scan_checked(
+        &self,
+        f: &mut dyn FnMut(StoredProduct) -> Result<(), StoreError>,
+        damaged: &mut Vec<StoreError>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "scan";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+        for entry in table.iter().map_err(db(OP))? {
+            let (key, value) = entry.map_err(db(OP))?;
+            match products::decode(key.value(), value.value()) {
+                Ok(p) => f(p)?,
+                Err(e) => damaged.push(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one group commit of interactions (history rows appended and
     /// evicted, profiles and trending counts replaced) in one durable
     /// transaction: all of it or none of it survives a crash. Does not bump

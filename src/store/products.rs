@@ -1,15 +1,22 @@
 //! The `products` table: one row per catalog product, keyed by product id.
 //!
 //! The id is the redb key (so `scan` yields id order for free and lookups are a B-tree probe);
-//! everything else lives in one versioned value, encoded as (format v1):
+//! everything else lives in one versioned value, encoded as (format v2):
 //!
 //! ```text
-//! u8   format = 1
+//! u8   format = 2
 //! u32  model length, model (UTF-8)
 //! u32  attribute count, then per attribute in strictly increasing key order:
 //!        u32 key length, key (UTF-8), u32 value length, value (UTF-8)
 //! u32  embedding dimension, then dimension x f32 little-endian
+//! u32  CRC-32 of the id's UTF-8 bytes, then of every byte above
 //! ```
+//!
+//! The checksum is what makes a damaged row detectable: redb checksums its
+//! pages only when it repairs after a crash, so a flipped bit inside a value
+//! would otherwise decode into a plausible product with a wrong vector. It
+//! covers the id (the key) too, so a value that ends up under another key
+//! fails as well. Format v1 (the same without the checksum) is still read.
 //!
 //! Attribute keys must be strictly increasing on decode: that is how a `BTreeMap` encodes, and
 //! refusing anything else means a decoded value always re-encodes to the same bytes, so a
@@ -26,7 +33,20 @@ use super::error::StoreError;
 pub(super) const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new(PRODUCTS_NAME);
 const PRODUCTS_NAME: &str = "products";
 
+/// No checksum; written by earlier builds, still read.
 const FORMAT_V1: u8 = 1;
+/// v1's fields followed by a CRC-32 over the id and the value.
+const FORMAT_V2: u8 = 2;
+/// Bytes of the trailing checksum.
+const CHECKSUM_BYTES: usize = 4;
+
+/// CRC-32 of `id` then `body`: binds a value to the key it is stored under.
+fn checksum(id: &str, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(id.as_bytes());
+    h.update(body);
+    h.finalize()
+}
 
 /// A catalog product as persisted.
 ///
@@ -56,9 +76,10 @@ pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
         .iter()
         .map(|(k, v)| 8 + k.len() + v.len())
         .sum();
-    let mut w =
-        Writer::with_capacity(1 + 4 + p.model.len() + 4 + attr_bytes + 4 + 4 * p.embedding.len());
-    w.u8(FORMAT_V1);
+    let mut w = Writer::with_capacity(
+        1 + 4 + p.model.len() + 4 + attr_bytes + 4 + 4 * p.embedding.len() + CHECKSUM_BYTES,
+    );
+    w.u8(FORMAT_V2);
     w.str(model_len, &p.model);
     w.u32(attr_count);
     for (k, v) in &p.attributes {
@@ -66,7 +87,10 @@ pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
         w.str(len_u32(v.len(), id, "attribute value")?, v);
     }
     w.f32s(dim, &p.embedding);
-    Ok(w.finish())
+    let mut bytes = w.finish();
+    let sum = checksum(id, &bytes);
+    bytes.extend_from_slice(&sum.to_le_bytes());
+    Ok(bytes)
 }
 
 /// Decodes a product value stored under `id`.
@@ -75,8 +99,29 @@ pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<StoredProduct, StoreError
 }
 
 fn decode_value(id: &str, bytes: &[u8]) -> Result<StoredProduct, Malformed> {
-    let mut r = Reader::new(bytes);
-    r.format(FORMAT_V1)?;
+    let (body, version) = match bytes.first().copied() {
+        Some(FORMAT_V2) => {
+            let Some((body, sum)) =
+                bytes.split_at_checked(bytes.len().saturating_sub(CHECKSUM_BYTES))
+            else {
+                return Err(Malformed("too short for its checksum".into()));
+            };
+            let stored = u32::from_le_bytes(
+                sum.try_into()
+                    .map_err(|_| Malformed("too short for its checksum".into()))?,
+            );
+            let computed = checksum(id, body);
+            if stored != computed {
+                return Err(Malformed(format!(
+                    "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+                )));
+            }
+            (body, FORMAT_V2)
+        }
+        _ => (bytes, FORMAT_V1),
+    };
+    let mut r = Reader::new(body);
+    r.format(version)?;
     let model = r.str("model")?.to_owned();
     let attr_count = r.u32("attribute count")?;
     let mut attributes = BTreeMap::new();
@@ -144,9 +189,16 @@ mod tests {
         fn decode_of_arbitrary_bytes_never_panics_and_is_canonical(
             bytes in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
-            // Anything accepted must re-encode to exactly the same bytes.
+            // Anything accepted must re-encode to exactly the same bytes (a
+            // v1 value to the same fields as v2, with the checksum added).
             if let Ok(p) = decode("k", &bytes) {
-                prop_assert_eq!(encode(&p).unwrap(), bytes);
+                let again = encode(&p).unwrap();
+                if bytes[0] == FORMAT_V2 {
+                    prop_assert_eq!(again, bytes);
+                } else {
+                    prop_assert_eq!(bytes[0], FORMAT_V1);
+                    prop_assert_eq!(&again[1..again.len() - CHECKSUM_BYTES], &bytes[1..]);
+                }
             }
         }
 
@@ -158,14 +210,18 @@ mod tests {
         ) {
             // Random bytes almost never get past the format byte; damaging a real value reaches
             // the deeper fields.
-            let mut bytes = encode(&p).unwrap();
+            let original = encode(&p).unwrap();
+            let mut bytes = original.clone();
             for (at, x) in flips {
                 let i = at.index(bytes.len());
                 bytes[i] ^= x;
             }
-            let _ = decode(&p.id, &bytes);
-            let keep = cut.index(bytes.len());
-            let _ = decode(&p.id, &bytes[..keep]);
+            // The checksum catches every change (a CRC-32 collision aside,
+            // 2^-32 per value), and never by panicking.
+            prop_assert_eq!(decode(&p.id, &bytes).is_ok(), bytes == original);
+            let keep = cut.index(original.len());
+            prop_assert!(decode(&p.id, &original[..keep]).is_err());
+            prop_assert!(decode(&p.id, &original).is_ok());
         }
     }
 
@@ -177,8 +233,8 @@ mod tests {
             embedding: vec![1.0],
             model: "m".into(),
         };
-        let expected: Vec<u8> = [
-            &[1u8][..],
+        let body: Vec<u8> = [
+            &[2u8][..],
             &[1, 0, 0, 0, b'm'],
             &[1, 0, 0, 0],
             &[1, 0, 0, 0, b'c', 3, 0, 0, 0, b'r', b'e', b'd'],
@@ -186,7 +242,32 @@ mod tests {
             &1.0f32.to_le_bytes(),
         ]
         .concat();
+        let mut h = crc32fast::Hasher::new();
+        h.update(b"sku-1");
+        h.update(&body);
+        let expected = [&body[..], &h.finalize().to_le_bytes()].concat();
         assert_eq!(encode(&p).unwrap(), expected);
+        // v1 (no checksum) is still read.
+        let mut v1 = body.clone();
+        v1[0] = 1;
+        assert_eq!(decode("sku-1", &v1).unwrap(), p);
+    }
+
+    #[test]
+    fn a_value_under_another_key_or_with_a_flipped_bit_is_corrupt() {
+        let p = StoredProduct {
+            id: "sku-1".into(),
+            attributes: BTreeMap::new(),
+            embedding: vec![0.6, 0.8],
+            model: "m".into(),
+        };
+        let bytes = encode(&p).unwrap();
+        let err = decode("sku-2", &bytes).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x10;
+        let err = decode("sku-1", &flipped).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! `lookbook check`: an offline verification of a data directory.
+//!
+//! Reads every stored row the way start-up does (checksums, decoding,
+//! vectors the index would accept) and the index dump the way start-up
+//! loads it, and says what a start would do with each: serve it, leave it
+//! out, or rebuild it. It opens the store like the server does, so it needs
+//! the server stopped (redb allows one process per file).
+
+use std::{fmt, path::Path};
+
+use crate::{
+    index::{IndexParams, VectorIndex},
+    store::{Store, StoreError, StoredProduct},
+};
+
+use super::{CatalogError, INDEX_DUMP_DIR, STORE_FILE, survive_store_panic, usable_vector};
+
+/// What the dump folder holds, as start-up would judge it.
+#[derive(Debug)]
+pub enum DumpState {
+    /// Matches the store; start-up loads it.
+    Current { points: usize },
+    /// Missing or of another store version; start-up rebuilds the index.
+    Stale,
+    /// Fails its checks; start-up rebuilds the index.
+    Damaged(String),
+}
+
+#[derive(Debug)]
+pub struct CheckReport {
+    pub model: Option<(String, u32)>,
+    pub store_version: u64,
+    pub products: u64,
+    /// Rows start-up leaves out, by id, with the reason.
+    pub damaged_products: Vec<StoreError>,
+    /// The first unreadable row of each shopper table, if any.
+    pub damaged_shopper_tables: Vec<StoreError>,
+    pub dump: DumpState,
+}
+
+impl CheckReport {
+    /// Whether stored data (not just a derived file) is damaged.
+    pub fn store_is_damaged(&self) -> bool {
+        !self.damaged_products.is_empty() || !self.damaged_shopper_tables.is_empty()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.model {
+            Some((model, dim)) => writeln!(f, "model: {model} (dim {dim})")?,
+            None => writeln!(f, "model: none recorded (empty catalogue)")?,
+        }
+        writeln!(f, "store version: {}", self.store_version)?;
+        writeln!(f, "products readable: {}", self.products)?;
+        writeln!(
+            f,
+            "products damaged (left out at start): {}",
+            self.damaged_products.len()
+        )?;
+        for e in &self.damaged_products {
+            writeln!(f, "  {e}")?;
+        }
+        for e in &self.damaged_shopper_tables {
+            writeln!(f, "shopper data damaged: {e}")?;
+        }
+        match &self.dump {
+            DumpState::Current { points } => {
+                writeln!(f, "index dump: current ({points} points), loaded at start")
+            }
+            DumpState::Stale => writeln!(
+                f,
+                "index dump: missing or older than the store; start-up rebuilds the index"
+            ),
+            DumpState::Damaged(reason) => writeln!(
+                f,
+                "index dump: damaged ({reason}); start-up rebuilds the index"
+            ),
+        }
+    }
+}
+
+/// Verifies `data_dir` (see the module docs). `Err` only when the store
+/// cannot be opened or read at all.
+pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, CatalogError> {
+    let store_path = data_dir.join(STORE_FILE);
+    if !store_path.is_file() {
+        return Err(CatalogError::StoreDamaged {
+            path: store_path,
+            detail: "no such file".to_owned(),
+        });
+    }
+    let store = survive_store_panic(&store_path, || Ok(Store::open(&store_path)?))?;
+    let model = store.catalog_model()?;
+    let store_version = store.version()?;
+    let dim = model.as_ref().map_or(0, |(_, d)| *d as usize);
+    let mut products = 0_u64;
+    let mut damaged = Vec::new();
+    let mut unusable = Vec::new();
+    survive_store_panic(&store_path, || {
+        Ok(store.scan_checked(
+            &mut |p: StoredProduct| {
+                match usable_vector(&p.embedding, dim) {
+                    Ok(()) => products += 1,
+                    Err(reason) => unusable.push(StoreError::Corrupt {
+                        table: "products",
+                        key: p.id,
+                        reason,
+                    }),
+                }
+                Ok(())
+            },
+            &mut damaged,
+        )?)
+    })?;
+    damaged.append(&mut unusable);
+    let mut shopper_tables = Vec::new();
+    let mut keep = |result: Result<(), StoreError>| {
+        if let Err(e) = result {
+            shopper_tables.push(e);
+        }
+    };
+    keep(store.scan_profiles(&mut |_| Ok(())));
+    keep(store.scan_interactions(&mut |_| Ok(())));
+    keep(store.scan_trends(&mut |_| Ok(())));
+    drop(store);
+    let dump = match VectorIndex::load(&data_dir.join(INDEX_DUMP_DIR), dim, params, store_version) {
+        Ok(Some(index)) => DumpState::Current {
+            points: index.len(),
+        },
+        Ok(None) => DumpState::Stale,
+        Err(e) => DumpState::Damaged(e.to_string()),
+    };
+    Ok(CheckReport {
+        model,
+        store_version,
+        products,
+        damaged_products: damaged,
+        damaged_shopper_tables: shopper_tables,
+        dump,
+    })
+}
