@@ -503,9 +503,10 @@ async fn costly_queries_are_bounded_stop_when_abandoned_and_sigterm_ends_within_
     let took = started.elapsed();
     eprintln!("SIGTERM under load: exited in {took:?} (grace {GRACE_S} s)");
     assert!(status.success(), "graceful exit: {status:?}");
-    // One second of slack for process start-up of `kill` and teardown.
+    // The server plans to be gone 250 ms before the grace ends; the slack
+    // is for starting `kill` and for a loaded machine.
     assert!(
-        took < Duration::from_secs(GRACE_S + 1),
+        took < Duration::from_secs(GRACE_S) + Duration::from_millis(500),
         "exit took {took:?} with a grace of {GRACE_S} s"
     );
     for b in busy {
