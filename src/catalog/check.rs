@@ -10,10 +10,10 @@ use std::{fmt, path::Path};
 
 use crate::{
     index::{IndexParams, VectorIndex},
-    store::{Store, StoreError, StoredProduct},
+    store::{Store, StoreError},
 };
 
-use super::{CatalogError, INDEX_DUMP_DIR, STORE_FILE, survive_store_panic, usable_vector};
+use super::{CatalogError, INDEX_DUMP_DIR, STORE_FILE, scan_usable, survive_store_panic};
 
 /// What the dump folder holds, as start-up would judge it.
 #[derive(Debug)]
@@ -95,25 +95,7 @@ pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, Catalo
     let store_version = store.version()?;
     let dim = model.as_ref().map_or(0, |(_, d)| *d as usize);
     let mut products = 0_u64;
-    let mut damaged = Vec::new();
-    let mut unusable = Vec::new();
-    survive_store_panic(&store_path, || {
-        Ok(store.scan_checked(
-            &mut |p: StoredProduct| {
-                match usable_vector(&p.embedding, dim) {
-                    Ok(()) => products += 1,
-                    Err(reason) => unusable.push(StoreError::Corrupt {
-                        table: "products",
-                        key: p.id,
-                        reason,
-                    }),
-                }
-                Ok(())
-            },
-            &mut damaged,
-        )?)
-    })?;
-    damaged.append(&mut unusable);
+    let damaged = scan_usable(&store, &store_path, dim, &mut |_| products += 1)?;
     let mut shopper_tables = Vec::new();
     let mut keep = |result: Result<(), StoreError>| {
         if let Err(e) = result {

@@ -239,31 +239,15 @@ impl Catalog {
                 let attributes = AttributeTable::default();
                 let mut items = Vec::new();
                 let mut products = 0_usize;
-                let mut damaged = Vec::new();
-                let mut unusable = Vec::new();
-                survive_store_panic(&store_path, || {
-                    Ok(store.scan_checked(
-                        &mut |p: StoredProduct| {
-                            if let Err(reason) = usable_vector(&p.embedding, dim_usize) {
-                                unusable.push(StoreError::Corrupt {
-                                    table: "products",
-                                    key: p.id,
-                                    reason,
-                                });
-                                return Ok(());
-                            }
-                            let id: Arc<str> = Arc::from(p.id);
-                            if dump.is_none() {
-                                items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
-                            }
-                            attributes.insert(id, p.attributes);
-                            products += 1;
-                            Ok(())
-                        },
-                        &mut damaged,
-                    )?)
-                })?;
-                damaged.append(&mut unusable);
+                let damaged =
+                    scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
+                        let id: Arc<str> = Arc::from(p.id);
+                        if dump.is_none() {
+                            items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
+                        }
+                        attributes.insert(id, p.attributes);
+                        products += 1;
+                    })?;
                 // A damaged row costs its product, not the service: it is
                 // left out (never served), and a new AddProduct of the id
                 // replaces it.
@@ -281,20 +265,8 @@ impl Catalog {
                         );
                         drop(index);
                         // Rare (a dump from another copy of the store): read the vectors now.
-                        let mut again = Vec::new();
-                        survive_store_panic(&store_path, || {
-                            Ok(store.scan_checked(
-                                &mut |p: StoredProduct| {
-                                    if usable_vector(&p.embedding, dim_usize).is_ok() {
-                                        items.push((
-                                            Arc::from(p.id),
-                                            Arc::<[f32]>::from(p.embedding),
-                                        ));
-                                    }
-                                    Ok(())
-                                },
-                                &mut again,
-                            )?)
+                        scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
+                            items.push((Arc::from(p.id), Arc::<[f32]>::from(p.embedding)));
                         })?;
                         None
                     }
@@ -683,6 +655,37 @@ pub fn usable_vector(v: &[f32], dim: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Calls `f` with every stored product that start-up accepts (its row
+/// decodes and passes its checksum, its vector is one the index takes) and
+/// returns the errors of the others, naming each by id.
+fn scan_usable(
+    store: &Store,
+    path: &std::path::Path,
+    dim: usize,
+    f: &mut dyn FnMut(StoredProduct),
+) -> Result<Vec<StoreError>, CatalogError> {
+    let mut damaged = Vec::new();
+    let mut unusable = Vec::new();
+    survive_store_panic(path, || {
+        Ok(store.scan_checked(
+            &mut |p: StoredProduct| {
+                match usable_vector(&p.embedding, dim) {
+                    Ok(()) => f(p),
+                    Err(reason) => unusable.push(StoreError::Corrupt {
+                        table: "products",
+                        key: p.id,
+                        reason,
+                    }),
+                }
+                Ok(())
+            },
+            &mut damaged,
+        )?)
+    })?;
+    damaged.append(&mut unusable);
+    Ok(damaged)
 }
 
 /// Runs a store read and turns a panic inside it (redb asserts on pages it
