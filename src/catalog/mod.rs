@@ -13,10 +13,10 @@
 //! that moves into the blocking task together with the work it protects,
 //! so a commit that has started finishes store, attributes and index
 //! together and only then lets the next writer in, whether or not anyone
-//! still waits for its answer. (With the guard held by the caller instead,
-//! a dropped caller released the lock while its commit still ran, and two
-//! commits of one id could reach the index in the reverse of their store
-//! order.) Writers queue for the lock up to `max_pending_writes`; past that
+//! still waits for its answer. (A guard held by the caller would be
+//! released when the caller is dropped while its commit still runs, and two
+//! commits of one id could then reach the index in the reverse of their
+//! store order.) Writers queue for the lock up to `max_pending_writes`; past that
 //! they are refused at once with [`CatalogError::Busy`].
 
 mod attributes;
