@@ -9,12 +9,14 @@
 //! `LOOKBOOK_FUZZ_SECONDS` to run longer and `LOOKBOOK_FUZZ_SEED` to replay a
 //! run (the seed is printed). A failing input is written to the temp dir.
 
-use std::io::Cursor;
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::encode;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba};
 use lookbook::api::convert::{EmbedImages, InvalidRequest, RequestLimits};
 use lookbook::api::proto;
@@ -67,14 +69,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         })
-}
-
-fn encode(img: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    img.into()
-        .write_to(&mut out, format)
-        .expect("encode in memory");
-    out.into_inner()
 }
 
 fn seeds() -> Vec<Vec<u8>> {

@@ -9,9 +9,9 @@
 
 mod common;
 
-use std::io::{Cursor, Write as _};
+use std::io::Write as _;
 
-use common::{TestServer, generated_png, test_config};
+use common::{TestServer, encode, generated_png, test_config};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba};
 use lookbook::api::proto;
 use tonic::Code;
@@ -51,29 +51,6 @@ fn gradient(w: u32, h: u32) -> RgbImage {
     })
 }
 
-fn encode(img: impl Into<DynamicImage>, format: ImageFormat) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    img.into()
-        .write_to(&mut out, format)
-        .expect("encode in memory");
-    out.into_inner()
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A well-formed PNG whose IHDR declares `w x h` RGB8 and whose pixel data is
 /// an empty zlib stream: a decompression bomb's header in 57 bytes.
 fn png_claiming(w: u32, h: u32) -> Vec<u8> {
@@ -86,7 +63,7 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
                 .to_be_bytes(),
         );
         out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
     };
     let mut ihdr = w.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&h.to_be_bytes());

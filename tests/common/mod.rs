@@ -337,6 +337,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `img` encoded in memory as `format`.
+pub fn encode(img: impl Into<image::DynamicImage>, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.into()
+        .write_to(&mut out, format)
+        .expect("encode in memory");
+    out.into_inner()
+}
+
 /// A PNG generated in code: a gradient with a coloured square, so that
 /// different seeds give visibly different images.
 pub fn generated_png(seed: u8, w: u32, h: u32) -> Vec<u8> {
