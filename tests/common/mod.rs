@@ -362,3 +362,37 @@ pub fn generated_png(seed: u8, w: u32, h: u32) -> Vec<u8> {
         .expect("encode PNG in memory");
     out.into_inner()
 }
+
+/// Whether `make reliability` runs this test at its full size
+/// (`LOOKBOOK_RELIABILITY_FULL=1`); `make test` runs the short variant.
+pub fn full_run() -> bool {
+    std::env::var("LOOKBOOK_RELIABILITY_FULL").is_ok_and(|v| v == "1")
+}
+
+/// A size for the short or the full run, overridable for one run with
+/// `LOOKBOOK_<NAME>` (e.g. `LOOKBOOK_CRASH_ROUNDS=50`).
+pub fn sized(name: &str, short: u64, full: u64) -> u64 {
+    std::env::var(format!("LOOKBOOK_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full_run() { full } else { short })
+}
+
+/// Writes a reliability suite's figures for `make reliability`, which sets
+/// `LOOKBOOK_RELIABILITY_OUT` and collates `<name>.md` sections into
+/// `bench/RELIABILITY.md`; the JSON keeps the same figures machine-readable.
+/// Without the variable (plain `make test`) the figures are only printed.
+pub fn report(name: &str, figures: &serde_json::Value, markdown: &str) {
+    eprintln!("{name}: {figures}");
+    let Some(dir) = std::env::var_os("LOOKBOOK_RELIABILITY_OUT") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("create the reliability output dir");
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(figures).expect("figures serialise"),
+    )
+    .expect("write the figures");
+    std::fs::write(dir.join(format!("{name}.md")), markdown).expect("write the section");
+}
