@@ -107,6 +107,7 @@ impl Bound {
             products = report.products,
             damaged_products = report.damaged_products,
             index_from_dump = report.index_from_dump,
+            reconciled = report.reconciled,
             seconds = format_args!("{:.2}", report.seconds),
             model = catalog.model(),
             dim = catalog.dim(),
@@ -144,9 +145,11 @@ impl Bound {
             max_user_id_bytes: config.limits.max_user_id_bytes,
             max_examples: config.limits.max_examples,
         };
-        let maintenance = tokio::spawn(
-            Arc::clone(&catalog).maintain(config.index.maintenance_interval, shutdown.clone()),
-        );
+        let maintenance = tokio::spawn(Arc::clone(&catalog).maintain(
+            config.index.maintenance_interval,
+            config.index.checkpoint_changes,
+            shutdown.clone(),
+        ));
         readiness
             .serving(Ready {
                 recommender: Recommender::new(

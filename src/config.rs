@@ -120,9 +120,15 @@ pub struct IndexConfig {
     /// Filters admitting at most this many products are answered by exact
     /// search over the admitted set instead of filtered HNSW.
     pub exact_threshold: usize,
-    /// How often the background task checks whether a rebuild is due.
+    /// How often the background task checks whether a rebuild or a
+    /// checkpoint is due.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
+    /// Products written or deleted since the last index checkpoint after
+    /// which the next one is written even while writes go on (otherwise one
+    /// is written once writes pause for a `maintenance_interval`). A start
+    /// after a crash re-inserts at most about this many products.
+    pub checkpoint_changes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +214,7 @@ impl Default for IndexConfig {
             rebuild_min_dead: p.rebuild_min_dead,
             exact_threshold: p.exact_threshold,
             maintenance_interval: Duration::from_secs(5),
+            checkpoint_changes: 10_000,
         }
     }
 }
@@ -327,6 +334,9 @@ impl Config {
         }
         if self.index.maintenance_interval.is_zero() {
             return Err(invalid("index.maintenance_interval", "must be positive"));
+        }
+        if self.index.checkpoint_changes == 0 {
+            return Err(invalid("index.checkpoint_changes", "must be at least 1"));
         }
         if self.limits.max_k == 0 {
             return Err(invalid("limits.max_k", "must be at least 1"));

@@ -256,9 +256,14 @@ async fn cancelled_writes_keep_the_index_in_step_with_the_store() {
 
     let server = TestServer::start(hnsw_config(dir.path())).await;
     let mut c = server.client().await;
-    assert!(
-        stats(&mut c).await.index_from_dump,
-        "restart loads the dump"
+    let s = stats(&mut c).await;
+    assert!(s.index_from_dump, "restart loads the dump");
+    // The dump written at the clean stop is the index as it was then; had
+    // the index disagreed with the store, start-up would have had to
+    // reconcile products (and would have hidden the disagreement).
+    assert_eq!(
+        s.index_reconciled_at_start, 0,
+        "the index at the stop disagreed with the store"
     );
     assert_same(
         &live,

@@ -656,15 +656,17 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
     verify_restart(dir.path(), &before, true).await;
 }
 
-/// A dump whose store version matches but whose products do not (here: copied
-/// from another data directory) is rejected, and the index is rebuilt from
-/// the store's own vectors, which start-up then has to read in a second scan.
+/// A checkpoint that does not match the store (here: copied from another
+/// data directory) is reconciled with the store when the difference is
+/// small: products it holds with other vectors are re-inserted and products
+/// the store lacks are removed. When most products differ, the index is
+/// built from the store's own vectors instead (a second scan at start-up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dump_of_another_store_at_the_same_version_is_rebuilt_from_the_store() {
+async fn a_checkpoint_of_another_store_is_reconciled_or_rebuilt() {
     let other = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Both stores end at version 40 (one per AddProduct): `other` holds r0..r39;
-    // `dir` holds r0..r29, of which r0..r9 were replaced by new vectors.
+    // `other` holds r0..r39; `dir` holds r0..r29, of which r0..r9 were
+    // replaced by new vectors.
     let server = TestServer::start(test_config(other.path())).await;
     let mut c = server.client().await;
     for i in 0..40u64 {
@@ -687,25 +689,71 @@ async fn a_dump_of_another_store_at_the_same_version_is_rebuilt_from_the_store()
     let server = TestServer::start(hnsw_config(dir.path())).await;
     let mut c = server.client().await;
     assert_eq!(catalog_size(&mut c).await, 30);
+    let s = stats(&mut c).await;
     assert!(
-        !stats(&mut c).await.index_from_dump,
-        "the foreign dump was used"
+        s.index_from_dump,
+        "the checkpoint was reconciled, not dropped"
+    );
+    assert_eq!(
+        s.index_reconciled_at_start, 20,
+        "r0..r9 re-inserted with the store's vectors, r30..r39 removed"
     );
     let top = |r: tonic::Response<proto::RecommendResponse>| {
         r.into_inner().items.first().map(|i| i.product_id.clone())
     };
-    // The replaced vector is found (the dump has r5's old one) ...
-    let r = c
-        .recommend_similar(similar_to_vector(synthetic_vector(1005, DIM), 1))
-        .await
-        .expect("RPC succeeds");
-    assert_eq!(top(r).as_deref(), Some("r5"));
-    // ... and a product only the dump has is not.
+    for i in 0..30u64 {
+        let seed = if i < 10 { 1000 + i } else { i };
+        let r = c
+            .recommend_similar(similar_to_vector(synthetic_vector(seed, DIM), 1))
+            .await
+            .expect("RPC succeeds");
+        assert_eq!(top(r), Some(format!("r{i}")), "r{i} by its stored vector");
+    }
+    // A product only the checkpoint had is gone.
     let r = c
         .recommend_similar(similar_to_vector(synthetic_vector(35, DIM), 1))
         .await
         .expect("RPC succeeds");
     assert_ne!(top(r).as_deref(), Some("r35"));
+    server.stop().await;
+
+    // Most products differ: the checkpoint is dropped and the index built.
+    let load = |path: std::path::PathBuf, offset: u64| async move {
+        let server = TestServer::start(test_config(&path)).await;
+        let mut c = server.client().await;
+        let items: Vec<_> = (0..3000u64)
+            .map(|i| embedding_request(&format!("m{i}"), synthetic_vector(offset + i, DIM), &[]))
+            .collect();
+        let r = c
+            .add_products(futures::stream::iter(items))
+            .await
+            .expect("bulk add succeeds")
+            .into_inner();
+        assert_eq!(r.added, 3000);
+        server.stop().await;
+    };
+    let other = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    load(other.path().to_path_buf(), 0).await;
+    load(dir.path().to_path_buf(), 50_000).await;
+    let dump = dir.path().join("index");
+    std::fs::remove_dir_all(&dump).unwrap();
+    copy_dir(&other.path().join("index"), &dump);
+    let server = TestServer::start(hnsw_config(dir.path())).await;
+    let mut c = server.client().await;
+    let s = stats(&mut c).await;
+    assert_eq!(s.catalog_size, 3000);
+    assert!(
+        !s.index_from_dump,
+        "a checkpoint of another catalogue was reconciled"
+    );
+    for i in (0..3000u64).step_by(97) {
+        let r = c
+            .recommend_similar(similar_to_vector(synthetic_vector(50_000 + i, DIM), 1))
+            .await
+            .expect("RPC succeeds");
+        assert_eq!(top(r), Some(format!("m{i}")));
+    }
     server.stop().await;
 }
 
@@ -746,6 +794,10 @@ async fn verify_restart(dir: &std::path::Path, before: &[proto::Product], from_d
         s.index_from_dump, from_dump,
         "index loaded from the dump: {}, expected {from_dump}",
         s.index_from_dump
+    );
+    assert_eq!(
+        s.index_reconciled_at_start, 0,
+        "a clean stop leaves a checkpoint that matches the store"
     );
     for p in before {
         let now = c

@@ -333,6 +333,7 @@ impl RecommenderRpc for RecommenderService {
             deleted_pending: stats.deleted_pending,
             index_from_dump: stats.index_from_dump,
             index_rebuilds: stats.index_rebuilds,
+            index_reconciled_at_start: stats.index_reconciled_at_start,
         }))
     }
 }

@@ -18,9 +18,11 @@ use super::{CatalogError, INDEX_DUMP_DIR, STORE_FILE, scan_usable, survive_store
 /// What the dump folder holds, as start-up would judge it.
 #[derive(Debug)]
 pub enum DumpState {
-    /// Matches the store; start-up loads it.
-    Current { points: usize },
-    /// Missing or of another store version; start-up rebuilds the index.
+    /// Intact; start-up loads it and reconciles it with the store (re-inserts
+    /// what changed after `store_version`, which may be older than the store's).
+    Checkpoint { points: usize, store_version: u64 },
+    /// Missing, or made for another model, graph shape, format or platform;
+    /// start-up rebuilds the index.
     Stale,
     /// Fails its checks; start-up rebuilds the index.
     Damaged(String),
@@ -65,12 +67,18 @@ impl fmt::Display for CheckReport {
             writeln!(f, "shopper data damaged: {e}")?;
         }
         match &self.dump {
-            DumpState::Current { points } => {
-                writeln!(f, "index dump: current ({points} points), loaded at start")
-            }
+            DumpState::Checkpoint {
+                points,
+                store_version,
+            } => writeln!(
+                f,
+                "index checkpoint: {points} points as of store version {store_version}; \
+                 start-up loads it and re-inserts what changed since"
+            ),
             DumpState::Stale => writeln!(
                 f,
-                "index dump: missing or older than the store; start-up rebuilds the index"
+                "index checkpoint: missing or made for another model or graph shape; \
+                 start-up rebuilds the index"
             ),
             DumpState::Damaged(reason) => writeln!(
                 f,
@@ -106,9 +114,10 @@ pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, Catalo
     keep(store.scan_interactions(&mut |_| Ok(())));
     keep(store.scan_trends(&mut |_| Ok(())));
     drop(store);
-    let dump = match VectorIndex::load(&data_dir.join(INDEX_DUMP_DIR), dim, params, store_version) {
-        Ok(Some(index)) => DumpState::Current {
+    let dump = match VectorIndex::load(&data_dir.join(INDEX_DUMP_DIR), dim, params) {
+        Ok(Some((index, at))) => DumpState::Checkpoint {
             points: index.len(),
+            store_version: at,
         },
         Ok(None) => DumpState::Stale,
         Err(e) => DumpState::Damaged(e.to_string()),

@@ -51,6 +51,13 @@ const STORE_FILE: &str = "catalog.redb";
 const INDEX_DUMP_DIR: &str = "index";
 /// `dumped_version` when no dump matches the store.
 const NO_DUMP: u64 = u64::MAX;
+/// A checkpoint is reconciled with the store while at most
+/// `products / RECONCILE_MAX_DIVISOR + RECONCILE_MIN` products differ;
+/// beyond that (e.g. a checkpoint of another store) inserting the
+/// differences costs about what a fresh build does and leaves a graph full
+/// of dead points, so the index is built from the store instead.
+const RECONCILE_MAX_DIVISOR: u64 = 2;
+const RECONCILE_MIN: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -139,6 +146,7 @@ pub struct CatalogStats {
     pub deleted_pending: u64,
     pub index_from_dump: bool,
     pub index_rebuilds: u64,
+    pub index_reconciled_at_start: u64,
 }
 
 /// How the catalogue came up; logged and printed at start.
@@ -150,6 +158,9 @@ pub struct StartupReport {
     /// by id; `lookbook check` lists them).
     pub damaged_products: u64,
     pub index_from_dump: bool,
+    /// Products the checkpoint did not hold as stored (written after it, or
+    /// deleted since), re-inserted into or removed from the loaded index.
+    pub reconciled: u64,
     pub seconds: f64,
 }
 
@@ -172,8 +183,15 @@ pub struct Catalog {
     /// Counts applied writes (adds, replaces, deletes); readers that cache
     /// something derived from the catalogue compare it to see staleness.
     changes: Arc<AtomicU64>,
+    /// Products written or deleted since start (a batch counts each item).
+    changed_products: Arc<AtomicU64>,
+    /// `changed_products` as of the last checkpoint: the difference is what
+    /// a start after a crash now would have to re-insert.
+    checkpointed_products: Arc<AtomicU64>,
     /// Whether the index was loaded from a dump at start (not rebuilt).
     index_from_dump: bool,
+    /// Products reconciled into that dump at start (see `reconcile`).
+    reconciled_at_start: u64,
     /// Background rebuilds that swapped in a new generation.
     rebuilds: AtomicU64,
     model: String,
@@ -196,7 +214,7 @@ impl Catalog {
             .map_err(|_| CatalogError::Internal("the model's dimension does not fit in u32"))?;
         let dim_usize = encoder.dim();
         let dump_dir = data_dir.join(INDEX_DUMP_DIR);
-        let (store, index, attributes, from_dump, dumped_version, damaged_products) =
+        let (store, index, attributes, from_dump, reconciled, dumped_version, damaged_products) =
             tokio::task::spawn_blocking({
             let model = model.clone();
             let dump_dir = dump_dir.clone();
@@ -220,65 +238,88 @@ impl Catalog {
                     None => store.set_catalog_model(&model, dim)?,
                 }
                 let version = store.version()?;
-                let dump = match VectorIndex::load(&dump_dir, dim_usize, params.clone(), version) {
-                    Ok(Some(index)) => Some(index),
+                let checkpoint = match VectorIndex::load(&dump_dir, dim_usize, params.clone()) {
+                    Ok(Some((index, at))) => Some((index, at)),
                     Ok(None) => {
-                        tracing::info!("no current index dump; building the index from the store");
+                        tracing::info!("no usable index checkpoint; building the index from the store");
                         None
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "index dump unusable; rebuilding from the store");
+                        tracing::warn!(%error, "index checkpoint unusable; rebuilding from the store");
                         None
                     }
                 };
-                // The embeddings are kept only when the index must be built from them. Kept
-                // beside a loaded dump, they were a second copy of every vector: freed once the
-                // dump was accepted, but interleaved on the heap with the attributes that stay,
-                // so the allocator kept the pages. Started from a 12,200-product dump, the
-                // server's RSS fell from 235 to 164 MiB when they were no longer kept.
+                // One scan of the store serves both ends: it fills the
+                // attribute table and either collects every vector (no
+                // checkpoint: build) or compares each with the checkpoint's
+                // and keeps only those that differ or are missing there.
+                // Only changed vectors are held: kept beside a loaded
+                // checkpoint, every vector was a second copy, and freed
+                // afterwards it still left the pages interleaved with the
+                // attributes that stay (at 12,200 products, RSS 235 MiB
+                // instead of 164).
                 let attributes = AttributeTable::default();
                 let mut items = Vec::new();
                 let mut products = 0_usize;
+                let changed_cap =
+                    usize::try_from(store.len()? / RECONCILE_MAX_DIVISOR + RECONCILE_MIN)
+                        .unwrap_or(usize::MAX);
+                let mut too_many_changes = false;
                 let damaged =
                     scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
                         let id: Arc<str> = Arc::from(p.id);
-                        if dump.is_none() {
-                            items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
+                        match &checkpoint {
+                            None => items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding))),
+                            Some((index, _)) => {
+                                if index.holds(&id, &p.embedding) != Some(true) {
+                                    if items.len() < changed_cap {
+                                        items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding)));
+                                    } else {
+                                        too_many_changes = true;
+                                    }
+                                }
+                            }
                         }
                         attributes.insert(id, p.attributes);
                         products += 1;
                     })?;
                 // A damaged row costs its product, not the service: it is
-                // left out (never served), and a new AddProduct of the id
-                // replaces it.
+                // left out (never served, and removed from a checkpoint that
+                // holds it), and a new AddProduct of the id replaces it.
                 for error in &damaged {
                     tracing::error!(%error, "stored product left out");
                 }
                 let damaged_products = damaged.len() as u64;
-                let loaded = match dump {
-                    Some(index) if index.len() == products => Some(index),
-                    Some(index) => {
+                let checkpoint = match checkpoint {
+                    Some(_) if too_many_changes => {
                         tracing::warn!(
-                            dump = index.len(),
-                            store = products,
-                            "index dump disagrees with the store; rebuilding"
+                            products,
+                            "the index checkpoint differs from the store in more than {changed_cap} products; rebuilding"
                         );
-                        drop(index);
-                        // Rare (a dump from another copy of the store): read the vectors now.
+                        items.clear();
                         scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
                             items.push((Arc::from(p.id), Arc::<[f32]>::from(p.embedding)));
                         })?;
                         None
                     }
-                    None => None,
+                    other => other,
                 };
-                let from_dump = loaded.is_some();
-                let index = match loaded {
-                    Some(index) => index,
-                    None => VectorIndex::build(dim_usize, params, items)?,
+                let (index, from_dump, reconciled) = match checkpoint {
+                    Some((index, at)) => {
+                        let reconciled = reconcile(&index, items, &attributes)?;
+                        tracing::info!(
+                            checkpoint_version = at,
+                            store_version = version,
+                            reconciled,
+                            "index loaded from its checkpoint and reconciled with the store"
+                        );
+                        (index, true, reconciled)
+                    }
+                    None => (VectorIndex::build(dim_usize, params, items)?, false, 0),
                 };
-                let dumped_version = if from_dump { version } else { NO_DUMP };
-                Ok((store, index, attributes, from_dump, dumped_version, damaged_products))
+                // A checkpoint that needed nothing is as good as a new one.
+                let dumped_version = if from_dump && reconciled == 0 { version } else { NO_DUMP };
+                Ok((store, index, attributes, from_dump, reconciled, dumped_version, damaged_products))
             }
         })
         .await??;
@@ -286,6 +327,7 @@ impl Catalog {
             products: index.len() as u64,
             damaged_products,
             index_from_dump: from_dump,
+            reconciled,
             seconds: started.elapsed().as_secs_f64(),
         };
         Ok((
@@ -298,7 +340,10 @@ impl Catalog {
                 writer: Gate::new("writes", 1, max_pending_writes),
                 dumped_version: Arc::new(AtomicU64::new(dumped_version)),
                 changes: Arc::new(AtomicU64::new(0)),
+                changed_products: Arc::new(AtomicU64::new(0)),
+                checkpointed_products: Arc::new(AtomicU64::new(0)),
                 index_from_dump: from_dump,
+                reconciled_at_start: reconciled,
                 rebuilds: AtomicU64::new(0),
                 model,
                 dim,
@@ -449,6 +494,7 @@ impl Catalog {
         let index = Arc::clone(&self.index);
         let attributes = Arc::clone(&self.attributes);
         let changes = Arc::clone(&self.changes);
+        let changed_products = Arc::clone(&self.changed_products);
         let model = self.model.clone();
         // Runs to the end even if this future is dropped: the blocking task
         // owns the writer permit, which is released when the task returns.
@@ -471,8 +517,10 @@ impl Catalog {
                 attributes.insert(Arc::clone(id.as_arc()), attrs);
                 vectors.push((Arc::clone(id.as_arc()), Arc::clone(e.as_arc())));
             }
+            let count = vectors.len() as u64;
             index.upsert_batch(vectors)?;
             changes.fetch_add(1, Ordering::Release);
+            changed_products.fetch_add(count, Ordering::Release);
             Ok(BulkOutcome {
                 results: upserts
                     .into_iter()
@@ -517,6 +565,7 @@ impl Catalog {
         let index = Arc::clone(&self.index);
         let attributes = Arc::clone(&self.attributes);
         let changes = Arc::clone(&self.changes);
+        let changed_products = Arc::clone(&self.changed_products);
         let id = id.clone();
         // As in `commit`: the task owns the permit and finishes regardless.
         tokio::task::spawn_blocking(move || -> Result<(bool, u64), CatalogError> {
@@ -526,6 +575,7 @@ impl Catalog {
             index.remove(id.as_str());
             attributes.remove(id.as_str());
             changes.fetch_add(1, Ordering::Release);
+            changed_products.fetch_add(u64::from(deleted), Ordering::Release);
             Ok((deleted, index.len() as u64))
         })
         .await?
@@ -539,17 +589,21 @@ impl Catalog {
             deleted_pending: self.index.dead_points() as u64,
             index_from_dump: self.index_from_dump,
             index_rebuilds: self.rebuilds.load(Ordering::Acquire),
+            index_reconciled_at_start: self.reconciled_at_start,
         }
     }
 
     /// Background upkeep until `shutdown` fires: rebuilds the index once
-    /// enough points are dead, and dumps it once writes have been quiet for
-    /// a whole interval, so that even after a crash the next start loads a
-    /// recent dump instead of rebuilding the graph (seconds vs a minute at
-    /// 12K products).
+    /// enough points are dead, and writes a checkpoint once the catalogue has
+    /// changed since the last one and either writes have been quiet for a
+    /// whole interval or `checkpoint_changes` products have changed. After a
+    /// crash the next start loads that checkpoint and re-inserts only what
+    /// changed since, so its cost is bounded by `checkpoint_changes` (plus
+    /// the writes of one checkpoint's duration), not by the catalogue size.
     pub async fn maintain(
         self: Arc<Self>,
         every: std::time::Duration,
+        checkpoint_changes: u64,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(every);
@@ -595,34 +649,52 @@ impl Catalog {
             };
             let quiet = last_seen == Some(version);
             last_seen = Some(version);
-            if quiet
-                && self.dumped_version.load(Ordering::Acquire) != version
-                && let Err(error) = self.dump_index().await
+            let unsaved = self
+                .changed_products
+                .load(Ordering::Acquire)
+                .saturating_sub(self.checkpointed_products.load(Ordering::Acquire));
+            if self.dumped_version.load(Ordering::Acquire) != version
+                && (quiet || unsaved >= checkpoint_changes)
             {
-                tracing::error!(%error, "cannot write the index dump");
+                let started = Instant::now();
+                match self.dump_index().await {
+                    Ok(()) => tracing::info!(
+                        version,
+                        unsaved,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "index checkpoint written"
+                    ),
+                    Err(error) => tracing::error!(%error, "cannot write the index checkpoint"),
+                }
             }
         }
     }
 
-    /// Writes the index dump so the next start can skip the rebuild. Holds
-    /// the writer lock so the dump and the store version it records agree;
-    /// like a write, it finishes (and records what it wrote) even if the
-    /// caller stops waiting.
+    /// Writes an index checkpoint (the dump the next start loads and
+    /// reconciles with the store instead of rebuilding). Takes the writer
+    /// lock only to read the store version it records, which every write up
+    /// to then has reached the index, and lets writers go on while the graph
+    /// is written. Like a write, it finishes (and records what it wrote)
+    /// even if the caller stops waiting.
     pub async fn dump_index(&self) -> Result<(), CatalogError> {
         let writer = self.writer.enter().await?;
         let store = Arc::clone(&self.store);
         let index = Arc::clone(&self.index);
         let dumped_version = Arc::clone(&self.dumped_version);
+        let changed = Arc::clone(&self.changed_products);
+        let checkpointed = Arc::clone(&self.checkpointed_products);
         let dir = self.dump_dir.clone();
         let version = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
-            let _writer = writer;
             let version = store.version()?;
+            let changes = changed.load(Ordering::Acquire);
+            drop(writer);
             index.dump(&dir, version)?;
             dumped_version.store(version, Ordering::Release);
+            checkpointed.store(changes, Ordering::Release);
             Ok(version)
         })
         .await??;
-        tracing::debug!(version, "index dump written");
+        tracing::debug!(version, "index checkpoint written");
         Ok(())
     }
 
@@ -636,6 +708,49 @@ impl Catalog {
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
+}
+
+/// Brings a loaded checkpoint in line with the store: `changed` (stored
+/// products the checkpoint lacks or holds with another vector) are
+/// upserted, and points whose key is not in the store (deleted since, or a
+/// row now damaged) are removed. Returns how many products that touched.
+///
+/// This compares the whole checkpoint with the whole store instead of
+/// replaying a log of changes since it: the start-up scan of the store is
+/// needed anyway (it fills the attribute table and checks every row's
+/// checksum), a bitwise compare per product costs little beside it, and it
+/// catches every difference, including ones a change log would not record
+/// (a row damaged since, a store restored from a backup, a checkpoint
+/// copied from another store). The cost that scales with the damage is the
+/// upserts: writes since the checkpoint, not catalogue size.
+fn reconcile(
+    index: &VectorIndex,
+    changed: Vec<(Arc<str>, Arc<[f32]>)>,
+    attributes: &AttributeTable,
+) -> Result<u64, CatalogError> {
+    let mut touched = changed.len() as u64;
+    if !changed.is_empty() {
+        index.upsert_batch(changed)?;
+    }
+    // Live inserts (before the checkpoint and just now) leave the odd point
+    // that no search reaches; one pass over the links fixes that at start.
+    index.adopt_orphans();
+    // Every stored product is now live in the index, so any surplus is
+    // points the store no longer has.
+    if index.len() != attributes.len() {
+        for key in index.live_keys() {
+            if attributes.get(&key).is_none() {
+                index.remove(&key);
+                touched += 1;
+            }
+        }
+    }
+    if index.len() != attributes.len() {
+        return Err(CatalogError::Internal(
+            "the reconciled index and the store hold different products",
+        ));
+    }
+    Ok(touched)
 }
 
 /// Whether a stored vector can go into the index (the same rules the index
@@ -690,12 +805,38 @@ fn scan_usable(
 
 /// Runs a store read and turns a panic inside it (redb asserts on pages it
 /// cannot make sense of) into [`CatalogError::StoreDamaged`]: an operator
-/// needs "this file is damaged", not a backtrace.
+/// needs "this file is damaged", not a backtrace. While it runs, panics on
+/// this thread are not printed by the panic hook (the error reports them);
+/// panics on other threads still are. Calls are serialised because the
+/// hook is process-wide; they happen at start-up and in `lookbook check`.
 fn survive_store_panic<T>(
     path: &std::path::Path,
     read: impl FnOnce() -> Result<T, CatalogError>,
 ) -> Result<T, CatalogError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+    type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync>;
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A poisoned lock only means an earlier call panicked outside
+    // `catch_unwind`; the guard protects no data.
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let reader = std::thread::current().id();
+    let previous: Arc<Hook> = Arc::new(std::panic::take_hook());
+    std::panic::set_hook({
+        let previous = Arc::clone(&previous);
+        Box::new(move |info| {
+            if std::thread::current().id() != reader {
+                previous(info);
+            }
+        })
+    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    drop(std::panic::take_hook());
+    match Arc::try_unwrap(previous) {
+        Ok(hook) => std::panic::set_hook(hook),
+        Err(shared) => std::panic::set_hook(Box::new(move |info| shared(info))),
+    }
+    outcome.unwrap_or_else(|payload| {
         let detail = payload
             .downcast_ref::<String>()
             .map(String::as_str)

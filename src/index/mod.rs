@@ -293,7 +293,7 @@ pub struct VectorIndex {
     /// The generation all reads and writes go to.
     current: ArcSwap<Generation>,
     /// Held by every writer for the whole write, by a rebuild to start its
-    /// log and to swap, and by a dump while it snapshots.
+    /// log and to swap, and by a dump while it copies the key table.
     writer: Mutex<WriterState>,
     /// Held for the duration of a rebuild; `try_lock` makes a second one a no-op.
     rebuild_running: Mutex<()>,
@@ -348,7 +348,21 @@ impl VectorIndex {
     ) -> Result<Self, IndexError> {
         let index = Self::new(dim, params);
         index.upsert_batch(items)?;
+        index.adopt_orphans();
         Ok(index)
+    }
+
+    /// Links every point no search could reach into the graph (see
+    /// `hnsw::Graph::adopt_orphans`); returns how many it linked. Builds and
+    /// rebuilds do it themselves; call it after a large batch of upserts
+    /// into a loaded index. Holds off writers for one pass over the links.
+    pub fn adopt_orphans(&self) -> usize {
+        let _writer = self.writer.lock();
+        let adopted = self.current.load().graph.adopt_orphans();
+        if adopted > 0 {
+            debug!(adopted, "orphaned points adopted");
+        }
+        adopted
     }
 
     pub fn dim(&self) -> usize {
@@ -709,6 +723,9 @@ impl VectorIndex {
         if self.rebuilds_cancelled.load(Ordering::Acquire) {
             return Err("cancelled (shutting down)".to_string());
         }
+        // Not yet visible to anyone: no insert can race with the repair.
+        let adopted = fresh.graph.adopt_orphans();
+        debug!(adopted, "orphaned points adopted after the rebuild");
 
         let take_log = |writer: &mut WriterState| match &mut writer.rebuild_log {
             Some(log) => Ok(std::mem::take(log)),
@@ -769,24 +786,52 @@ impl VectorIndex {
         drop(previous);
     }
 
-    /// Writes a dump for fast restart into `dir` (created if missing),
-    /// replacing any previous dump there atomically. `store_version` is the
-    /// caller's version of the data the index reflects; `load` compares it.
-    /// Writers are blocked while the graph is serialised; searches are not.
+    /// Writes a dump (a checkpoint for fast restart) into `dir` (created if
+    /// missing), replacing any previous dump there atomically.
+    /// `store_version` is the caller's version of the data the index held
+    /// when this was called; writes may go on meanwhile (they block only
+    /// while the key table is copied, not while the graph file is written),
+    /// so the dump holds that version's data and possibly some later writes.
     pub fn dump(&self, dir: &Path, store_version: u64) -> Result<(), IndexError> {
         self.dump_to(dir, store_version)
     }
 
-    /// Loads a dump written by [`Self::dump`]. `Ok(None)`: no dump, or one
-    /// that does not match (`expected_store_version`, `dim`, graph params,
-    /// format). `Err`: the dump is damaged; log it and rebuild from the store.
+    /// Loads a dump written by [`Self::dump`], with the store version it
+    /// recorded. `Ok(None)`: no dump, or one made for another `dim`, graph
+    /// params, format or platform. `Err`: the dump is damaged; log it and
+    /// rebuild from the store.
     pub fn load(
         dir: &Path,
         dim: usize,
         params: IndexParams,
-        expected_store_version: u64,
-    ) -> Result<Option<Self>, IndexError> {
-        persist::load_from(dir, dim, params, expected_store_version)
+    ) -> Result<Option<(Self, u64)>, IndexError> {
+        persist::load_from(dir, dim, params)
+    }
+
+    /// Whether `key` is live with exactly this vector (bit for bit); `None`
+    /// if it is not live. Compares in place, without copying the vector.
+    pub fn holds(&self, key: &str, vector: &[f32]) -> Option<bool> {
+        let generation = self.current.load();
+        let id = generation.id_of(key)?;
+        generation.live_slot(id)?;
+        let stored = generation.vector(id)?;
+        Some(
+            stored.len() == vector.len()
+                && stored
+                    .iter()
+                    .zip(vector)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+        )
+    }
+
+    /// Live keys (a snapshot).
+    pub fn live_keys(&self) -> Vec<Arc<str>> {
+        self.current
+            .load()
+            .live_entries()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// Calls `f` for each live key and its vector (a snapshot of the keys is

@@ -35,6 +35,7 @@ fn random_unit(rng: &mut StdRng, dim: usize) -> Arc<[f32]> {
 
 /// Unit vectors scattered around `centres` random centres, like image
 /// embeddings (tight categories that still overlap somewhat).
+#[derive(Clone)]
 struct Clusters {
     centres: Vec<Arc<[f32]>>,
     dim: usize,
@@ -599,9 +600,10 @@ fn dump_load_round_trip_gives_identical_results() {
         .count();
     assert_eq!(gens, 1);
 
-    let loaded = VectorIndex::load(dir.path(), 32, hnsw_only(), 7)
+    let (loaded, version) = VectorIndex::load(dir.path(), 32, hnsw_only())
         .expect("not corrupt")
         .expect("present");
+    assert_eq!(version, 7, "the dump records the caller's store version");
     assert_eq!(loaded.len(), index.len());
     assert_eq!(loaded.dead_points(), index.dead_points());
     let odd = |k: &str| k.ends_with('1');
@@ -632,10 +634,11 @@ fn empty_index_round_trips() {
     VectorIndex::new(8, IndexParams::default())
         .dump(dir.path(), 1)
         .expect("dump");
-    let loaded = VectorIndex::load(dir.path(), 8, IndexParams::default(), 1)
+    let (loaded, version) = VectorIndex::load(dir.path(), 8, IndexParams::default())
         .expect("ok")
         .expect("present");
     assert!(loaded.is_empty());
+    assert_eq!(version, 1);
 }
 
 #[test]
@@ -643,24 +646,18 @@ fn missing_or_stale_dump_is_none() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = IndexParams::default;
     assert!(
-        VectorIndex::load(dir.path(), 32, p(), 7)
+        VectorIndex::load(dir.path(), 32, p())
             .expect("ok")
             .is_none()
     );
     assert!(
-        VectorIndex::load(&dir.path().join("nope"), 32, p(), 7)
+        VectorIndex::load(&dir.path().join("nope"), 32, p())
             .expect("ok")
             .is_none()
     );
     let (_index, _) = dumped_index(dir.path());
     assert!(
-        VectorIndex::load(dir.path(), 32, hnsw_only(), 8)
-            .expect("ok")
-            .is_none(),
-        "store version"
-    );
-    assert!(
-        VectorIndex::load(dir.path(), 33, hnsw_only(), 7)
+        VectorIndex::load(dir.path(), 33, hnsw_only())
             .expect("ok")
             .is_none(),
         "dimension"
@@ -670,15 +667,95 @@ fn missing_or_stale_dump_is_none() {
         ..hnsw_only()
     };
     assert!(
-        VectorIndex::load(dir.path(), 32, other_m, 7)
+        VectorIndex::load(dir.path(), 32, other_m)
             .expect("ok")
             .is_none(),
         "graph params"
     );
     assert!(
-        VectorIndex::load(dir.path(), 32, hnsw_only(), 7)
+        VectorIndex::load(dir.path(), 32, hnsw_only())
             .expect("ok")
             .is_some()
+    );
+}
+
+/// A dump taken while another thread keeps writing loads (the parser
+/// checks every id and count, and the loader that no key is live twice),
+/// and every point it holds has the vector that key had before or during
+/// the dump. (`hnsw::tests::a_snapshot_is_unaffected_by_later_inserts`
+/// shows that the graph written is exactly the graph at the snapshot.)
+#[test]
+fn dump_while_writing_is_a_consistent_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(21);
+    let clusters = Clusters::new(&mut rng, 10, 32);
+    let index = Arc::new(
+        VectorIndex::build(32, hnsw_only(), clusters.items(&mut rng, 3000)).expect("valid"),
+    );
+    let before: HashMap<Arc<str>, Arc<[f32]>> = index
+        .live_keys()
+        .into_iter()
+        .map(|k| {
+            let v = index.get(&k).expect("live");
+            (k, v)
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let index = Arc::clone(&index);
+        let stop = Arc::clone(&stop);
+        let mut rng = StdRng::seed_from_u64(22);
+        let clusters = clusters.clone();
+        move || {
+            let mut written = Vec::new();
+            let mut i = 0_usize;
+            while !stop.load(Ordering::Acquire) || i < 200 {
+                // Replace existing keys, add new ones, and delete some.
+                let key: Arc<str> = match i % 3 {
+                    0 => key(i % 3000),
+                    1 => Arc::from(format!("new{i}")),
+                    _ => {
+                        index.remove(&key((i * 7) % 3000));
+                        i += 1;
+                        continue;
+                    }
+                };
+                let v = clusters.sample(&mut rng);
+                index
+                    .upsert(Arc::clone(&key), Arc::clone(&v))
+                    .expect("valid");
+                written.push((key, v));
+                i += 1;
+            }
+            written
+        }
+    });
+    // Let the writer get going, then dump while it writes.
+    while index.len() < 3050 {
+        std::thread::yield_now();
+    }
+    index.dump(dir.path(), 1).expect("dump");
+    stop.store(true, Ordering::Release);
+    let written = writer.join().expect("writer");
+    assert!(written.len() >= 200, "writes went on during the dump");
+
+    let (loaded, _) = VectorIndex::load(dir.path(), 32, hnsw_only())
+        .expect("intact")
+        .expect("present");
+    let mut later: HashMap<Arc<str>, Vec<Arc<[f32]>>> = HashMap::new();
+    for (k, v) in written {
+        later.entry(k).or_default().push(v);
+    }
+    for key in loaded.live_keys() {
+        let v = loaded.get(&key).expect("live");
+        let known = before.get(&key).is_some_and(|b| *b == v)
+            || later.get(&key).is_some_and(|vs| vs.contains(&v));
+        assert!(known, "{key} holds a vector it never had");
+    }
+    assert!(
+        loaded.len() >= 2900,
+        "the dump holds the catalogue: {}",
+        loaded.len()
     );
 }
 
@@ -751,11 +828,11 @@ fn corrupt_dump_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_dump(dir.path());
         assert!(
-            VectorIndex::load(dir.path(), 32, hnsw_only(), 7).is_ok_and(|i| i.is_some()),
+            VectorIndex::load(dir.path(), 32, hnsw_only()).is_ok_and(|i| i.is_some()),
             "copy loads"
         );
         damage(&find(dir.path(), file));
-        match VectorIndex::load(dir.path(), 32, hnsw_only(), 7) {
+        match VectorIndex::load(dir.path(), 32, hnsw_only()) {
             Err(IndexError::CorruptDump { .. }) => {}
             other => panic!("{name}: expected CorruptDump, got {other:?}"),
         }
