@@ -134,6 +134,7 @@ impl Bound {
             users = shoppers.users,
             interactions = shoppers.interactions,
             trending_products = shoppers.trending_products,
+            damaged_trending = shoppers.damaged_trending,
             "shopper state loaded"
         );
         let limits = RequestLimits {

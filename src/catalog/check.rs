@@ -35,15 +35,17 @@ pub struct CheckReport {
     pub products: u64,
     /// Rows start-up leaves out, by id, with the reason.
     pub damaged_products: Vec<StoreError>,
-    /// The first unreadable row of each shopper table, if any.
-    pub damaged_shopper_tables: Vec<StoreError>,
+    /// Shopper rows that fail their checksum or decoding, each naming its
+    /// table and key, by table (`profiles`, `interactions`, `trending`);
+    /// and any shopper table that could not be read at all.
+    pub damaged_shopper_rows: Vec<StoreError>,
     pub dump: DumpState,
 }
 
 impl CheckReport {
     /// Whether stored data (not just a derived file) is damaged.
     pub fn store_is_damaged(&self) -> bool {
-        !self.damaged_products.is_empty() || !self.damaged_shopper_tables.is_empty()
+        !self.damaged_products.is_empty() || !self.damaged_shopper_rows.is_empty()
     }
 }
 
@@ -63,8 +65,22 @@ impl fmt::Display for CheckReport {
         for e in &self.damaged_products {
             writeln!(f, "  {e}")?;
         }
-        for e in &self.damaged_shopper_tables {
-            writeln!(f, "shopper data damaged: {e}")?;
+        let in_table = |name: &str| {
+            self.damaged_shopper_rows
+                .iter()
+                .filter(|e| matches!(e, StoreError::Corrupt { table, .. } if *table == name))
+                .count()
+        };
+        writeln!(
+            f,
+            "shopper rows damaged: profiles {} (rebuilt from the history when loaded), \
+             interactions {}, trending {} (skipped)",
+            in_table("profiles"),
+            in_table("interactions"),
+            in_table("trending"),
+        )?;
+        for e in &self.damaged_shopper_rows {
+            writeln!(f, "  {e}")?;
         }
         match &self.dump {
             DumpState::Checkpoint {
@@ -104,15 +120,15 @@ pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, Catalo
     let dim = model.as_ref().map_or(0, |(_, d)| *d as usize);
     let mut products = 0_u64;
     let damaged = scan_usable(&store, &store_path, dim, &mut |_| products += 1)?;
-    let mut shopper_tables = Vec::new();
-    let mut keep = |result: Result<(), StoreError>| {
-        if let Err(e) = result {
-            shopper_tables.push(e);
-        }
-    };
-    keep(store.scan_profiles(&mut |_| Ok(())));
-    keep(store.scan_interactions(&mut |_| Ok(())));
-    keep(store.scan_trends(&mut |_| Ok(())));
+    let mut shopper_rows = Vec::new();
+    let unreadable = survive_store_panic(&store_path, || {
+        Ok([
+            store.scan_profiles(&mut |_| Ok(()), &mut shopper_rows),
+            store.scan_interactions(&mut |_| Ok(()), &mut shopper_rows),
+            store.scan_trends(&mut |_| Ok(()), &mut shopper_rows),
+        ])
+    })?;
+    shopper_rows.extend(unreadable.into_iter().filter_map(Result::err));
     drop(store);
     let dump = match VectorIndex::load(&data_dir.join(INDEX_DUMP_DIR), dim, params) {
         Ok(Some((index, at))) => DumpState::Checkpoint {
@@ -127,7 +143,7 @@ pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, Catalo
         store_version,
         products,
         damaged_products: damaged,
-        damaged_shopper_tables: shopper_tables,
+        damaged_shopper_rows: shopper_rows,
         dump,
     })
 }

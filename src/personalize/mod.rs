@@ -138,6 +138,9 @@ pub struct PersonalizeReport {
     /// Interactions kept in the store.
     pub interactions: u64,
     pub trending_products: usize,
+    /// Trending rows that failed their checks and were skipped (each
+    /// logged by product id).
+    pub damaged_trending: usize,
 }
 
 impl Personalizer {

@@ -6,11 +6,11 @@ use std::{
     sync::Arc,
 };
 
-use crate::store::{StoredInterest, StoredProfile, StoredShopper};
+use crate::store::{StoreError, StoredInterest, StoredProfile, StoredShopper};
 
 use super::{
-    Action,
-    profile::{Interest, TasteProfile},
+    Action, ActionWeights,
+    profile::{Interest, ProfileRules, TasteProfile},
 };
 
 /// One kept interaction.
@@ -53,6 +53,38 @@ pub(super) struct UserState {
     /// Arrival order, at most `max_history` long.
     pub history: VecDeque<Event>,
     pub counts: HashMap<Arc<str>, Counts>,
+    /// Sequence numbers of this shopper's history rows that are in the
+    /// store but fail their checks: the next commit for the shopper deletes
+    /// them, so a damaged row is reported until then and not forever.
+    pub damaged: Vec<u64>,
+}
+
+/// What reading a shopper back from the store needs besides their rows.
+pub(super) struct Restore<'a> {
+    /// The catalogue's dimension: stored interests of another are dropped.
+    pub dim: usize,
+    pub max_history: usize,
+    /// How the writer turns interactions into a profile, for replaying the
+    /// history when the profile row is damaged.
+    pub weights: &'a ActionWeights,
+    pub rules: &'a ProfileRules,
+    pub vector: &'a VectorLookup<'a>,
+}
+
+/// A product's vector as the catalogue has it; `None` when the catalogue
+/// does not have the product.
+pub(super) type VectorLookup<'a> = dyn Fn(&str) -> Result<Option<Vec<f32>>, StoreError> + 'a;
+
+/// A shopper read back from the store.
+#[derive(Debug, PartialEq)]
+pub(super) struct Restored {
+    pub state: UserState,
+    /// History rows skipped for an unknown action.
+    pub orphans: usize,
+    /// Set when the profile row was damaged: the profile was rebuilt by
+    /// replaying this many readable history rows (0: nothing to replay,
+    /// the shopper starts again as a newcomer).
+    pub replayed: Option<usize>,
 }
 
 impl UserState {
@@ -81,24 +113,48 @@ impl UserState {
     /// Rebuilds a shopper from their stored profile and history rows (in
     /// sequence order); `None` when nothing is stored. Because the writer
     /// deletes every row it evicts and stores the profile it keeps, this is
-    /// exactly the state the writer last published. Also returns the rows
-    /// skipped for an unknown action.
+    /// exactly the state the writer last published.
+    ///
+    /// Damaged rows (reported by the store, logged by the caller) are left
+    /// out. A damaged history row loses that interaction's exclusion and
+    /// reason; its sequence number is kept so the next commit deletes the
+    /// row and never reuses the number. A damaged profile is rebuilt by
+    /// replaying the readable history through [`TasteProfile::add`], as the
+    /// writer built it. That matches the lost profile except for what the
+    /// history no longer holds: interactions already evicted from the
+    /// bounded history (`max_history`) and damaged rows are missing from
+    /// it, products since removed from the catalogue count for nothing,
+    /// replaced ones with their new vector, and a changed configuration
+    /// (weights, half-life, interests) applies to all of it. With nothing
+    /// readable to replay the shopper starts again as a newcomer. Fails
+    /// only if reading a vector for the replay fails.
     pub fn from_stored(
         stored: StoredShopper,
-        dim: usize,
-        max_history: usize,
-    ) -> Option<(Self, usize)> {
-        if stored.profile.is_none() && stored.history.is_empty() {
-            return None;
+        restore: &Restore<'_>,
+    ) -> Result<Option<Restored>, StoreError> {
+        let StoredShopper {
+            profile,
+            history,
+            damaged_profile,
+            damaged_history,
+        } = stored;
+        if profile.is_none()
+            && history.is_empty()
+            && damaged_profile.is_none()
+            && damaged_history.is_empty()
+        {
+            return Ok(None);
         }
         let mut state = Self::default();
-        if let Some(p) = stored.profile {
+        if let Some(p) = profile {
             state.profile = TasteProfile {
                 reference_ms: p.reference_ms,
                 interests: p
                     .interests
                     .into_iter()
-                    .filter(|i| i.mean.len() == dim && i.weight > 0.0 && i.weight.is_finite())
+                    .filter(|i| {
+                        i.mean.len() == restore.dim && i.weight > 0.0 && i.weight.is_finite()
+                    })
                     .map(|i| Interest {
                         mean: i.mean,
                         weight: i.weight,
@@ -107,24 +163,44 @@ impl UserState {
             };
             state.next_seq = p.next_seq;
         }
+        let mut replayed = damaged_profile.is_some().then_some(0);
+        for (seq, _) in &damaged_history {
+            state.next_seq = state.next_seq.max(seq + 1);
+            state.damaged.push(*seq);
+        }
         let mut orphans = 0;
         // Nothing is evicted here unless `max_history` was lowered since
         // the rows were written.
         let mut unused = Vec::new();
-        for (seq, i) in stored.history {
+        for (seq, i) in history {
             let Some(action) = Action::from_code(i.action) else {
                 orphans += 1;
                 continue;
             };
             state.next_seq = state.next_seq.max(seq + 1);
+            if let Some(replayed) = &mut replayed {
+                if let Some(weight) = restore.weights.of(action)
+                    && let Some(vector) = (restore.vector)(&i.product_id)?
+                    && vector.len() == restore.dim
+                {
+                    state
+                        .profile
+                        .add(&vector, weight, i.timestamp_ms, restore.rules);
+                }
+                *replayed += 1;
+            }
             let event = Event {
                 seq,
                 product: Arc::from(i.product_id),
                 action,
             };
-            state.push(event, max_history, &mut unused);
+            state.push(event, restore.max_history, &mut unused);
         }
-        Some((state, orphans))
+        Ok(Some(Restored {
+            state,
+            orphans,
+            replayed,
+        }))
     }
 
     /// The profile row the store keeps for this state.
@@ -229,7 +305,7 @@ impl Shopper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoredInteraction;
+    use crate::store::{StoreError, StoredInteraction};
 
     #[test]
     fn history_is_bounded_and_counts_follow_evictions() {
@@ -267,9 +343,67 @@ mod tests {
         }
     }
 
+    const RULES: ProfileRules = ProfileRules {
+        half_life_ms: 1000.0,
+        max_interests: 2,
+        join_similarity: 0.7,
+    };
+
+    /// Products `a`..`d` on the axes of a 2-d catalogue (`c` and `d`
+    /// share one), `x` of another dimension.
+    fn vectors() -> HashMap<String, Arc<[f32]>> {
+        [
+            ("a", vec![1.0, 0.0]),
+            ("b", vec![0.0, 1.0]),
+            ("c", vec![0.6, 0.8]),
+            ("d", vec![0.6, 0.8]),
+            ("x", vec![1.0]),
+        ]
+        .into_iter()
+        .map(|(id, v)| (id.to_owned(), Arc::from(v)))
+        .collect()
+    }
+
+    fn lookup(
+        vectors: &HashMap<String, Arc<[f32]>>,
+    ) -> impl Fn(&str) -> Result<Option<Vec<f32>>, StoreError> + '_ {
+        |p| Ok(vectors.get(p).map(|v| v.to_vec()))
+    }
+
+    fn restore<'a>(vector: &'a VectorLookup<'a>, max_history: usize) -> Restore<'a> {
+        const WEIGHTS: ActionWeights = ActionWeights {
+            view: 1.0,
+            click: 2.0,
+            add_to_cart: 4.0,
+            purchase: 8.0,
+        };
+        Restore {
+            dim: 2,
+            max_history,
+            weights: &WEIGHTS,
+            rules: &RULES,
+            vector,
+        }
+    }
+
+    fn corrupt(table: &'static str, key: &str) -> StoreError {
+        StoreError::Corrupt {
+            table,
+            key: key.to_owned(),
+            reason: "checksum mismatch".to_owned(),
+        }
+    }
+
     #[test]
     fn nothing_stored_is_no_shopper_and_bad_rows_are_skipped() {
-        assert!(UserState::from_stored(StoredShopper::default(), 2, 10).is_none());
+        let vectors = vectors();
+        let lookup = lookup(&vectors);
+        let restore = restore(&lookup, 10);
+        assert!(
+            UserState::from_stored(StoredShopper::default(), &restore)
+                .unwrap()
+                .is_none()
+        );
         let stored = StoredShopper {
             profile: Some(StoredProfile {
                 reference_ms: 5,
@@ -287,13 +421,187 @@ mod tests {
                 ],
             }),
             history: vec![(1, row("a", 1)), (2, row("b", 99)), (7, row("c", 5))],
+            ..StoredShopper::default()
         };
-        let (state, orphans) = UserState::from_stored(stored, 2, 10).unwrap();
+        let Restored {
+            state,
+            orphans,
+            replayed,
+        } = UserState::from_stored(stored, &restore).unwrap().unwrap();
         assert_eq!(orphans, 1);
+        assert_eq!(replayed, None, "the stored profile is used as it is");
+        assert!(state.damaged.is_empty());
         assert_eq!(state.profile.interests.len(), 1);
         assert_eq!(state.next_seq, 8, "past the newest row");
         assert_eq!(state.history.len(), 2);
         assert_eq!(state.counts["c"].dislikes, 1);
         assert_eq!(state.stored_profile().next_seq, 8);
+    }
+
+    #[test]
+    fn a_damaged_profile_is_rebuilt_from_the_history_as_the_writer_built_it() {
+        let vectors = vectors();
+        let lookup = lookup(&vectors);
+        // Views, a purchase, a dislike (no evidence), a product of another
+        // dimension and one no longer in the catalogue (no vector).
+        let rows = [
+            (0, "a", Action::View, 0),
+            (1, "c", Action::Purchase, 400),
+            (2, "b", Action::Dislike, 500),
+            (3, "d", Action::Click, 900),
+            (4, "x", Action::View, 950),
+            (5, "gone", Action::View, 990),
+            (6, "b", Action::AddToCart, 1000),
+        ];
+        let stored_rows = || {
+            rows.iter()
+                .map(|&(seq, p, action, ts)| {
+                    (
+                        seq,
+                        StoredInteraction {
+                            product_id: p.to_owned(),
+                            action: action.code(),
+                            timestamp_ms: ts,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // What the writer built, one interaction at a time.
+        let mut expected = TasteProfile::default();
+        for &(_, p, action, ts) in &rows {
+            if let (Some(w), Some(v)) = (
+                restore(&lookup, 10).weights.of(action),
+                vectors.get(p).filter(|v| v.len() == 2),
+            ) {
+                expected.add(v, w, ts, &RULES);
+            }
+        }
+        assert_eq!(expected.interests.len(), 2);
+
+        let intact = UserState::from_stored(
+            StoredShopper {
+                profile: Some(StoredProfile {
+                    reference_ms: expected.reference_ms,
+                    next_seq: 7,
+                    interests: expected
+                        .interests
+                        .iter()
+                        .map(|i| StoredInterest {
+                            weight: i.weight,
+                            mean: i.mean.clone(),
+                        })
+                        .collect(),
+                }),
+                history: stored_rows(),
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 10),
+        )
+        .unwrap()
+        .unwrap();
+        let rebuilt = UserState::from_stored(
+            StoredShopper {
+                history: stored_rows(),
+                damaged_profile: Some(corrupt("profiles", "ann")),
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 10),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(rebuilt.replayed, Some(7));
+        assert_eq!(rebuilt.state.profile, expected, "bit for bit");
+        assert_eq!(
+            rebuilt.state, intact.state,
+            "nothing evicted: the shopper is as before"
+        );
+
+        // With the history bounded at 3 the stored rows are the last 3:
+        // the profile is rebuilt from them alone.
+        let mut from_kept = TasteProfile::default();
+        for &(_, p, action, ts) in &rows[4..] {
+            if let (Some(w), Some(v)) = (
+                restore(&lookup, 3).weights.of(action),
+                vectors.get(p).filter(|v| v.len() == 2),
+            ) {
+                from_kept.add(v, w, ts, &RULES);
+            }
+        }
+        let bounded = UserState::from_stored(
+            StoredShopper {
+                history: stored_rows().split_off(4),
+                damaged_profile: Some(corrupt("profiles", "ann")),
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 3),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(bounded.replayed, Some(3));
+        assert_eq!(bounded.state.profile, from_kept);
+        assert_ne!(bounded.state.profile, expected, "evicted evidence is lost");
+        assert_eq!(bounded.state.next_seq, 7);
+    }
+
+    #[test]
+    fn damaged_rows_are_remembered_for_deletion_and_never_reuse_their_numbers() {
+        let vectors = vectors();
+        let lookup = lookup(&vectors);
+        // Profile and newest history row damaged, one row readable.
+        let restored = UserState::from_stored(
+            StoredShopper {
+                history: vec![(3, row("a", 1))],
+                damaged_profile: Some(corrupt("profiles", "ann")),
+                damaged_history: vec![(4, corrupt("interactions", "ann#4"))],
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 10),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(restored.replayed, Some(1));
+        assert_eq!(restored.state.damaged, vec![4]);
+        assert_eq!(restored.state.next_seq, 5, "past the damaged row too");
+        assert_eq!(restored.state.history.len(), 1);
+        assert_eq!(restored.state.profile.interests.len(), 1);
+
+        // Nothing readable: a newcomer, still known to the store.
+        let restored = UserState::from_stored(
+            StoredShopper {
+                damaged_profile: Some(corrupt("profiles", "ann")),
+                damaged_history: vec![(0, corrupt("interactions", "ann#0"))],
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 10),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(restored.replayed, Some(0));
+        assert!(restored.state.profile.is_empty());
+        assert!(restored.state.history.is_empty());
+        assert_eq!(restored.state.damaged, vec![0]);
+        assert_eq!(restored.state.next_seq, 1);
+
+        // A readable profile with a damaged history row keeps the profile.
+        let restored = UserState::from_stored(
+            StoredShopper {
+                profile: Some(StoredProfile {
+                    reference_ms: 0,
+                    next_seq: 2,
+                    interests: Vec::new(),
+                }),
+                history: vec![(1, row("b", 1))],
+                damaged_history: vec![(0, corrupt("interactions", "ann#0"))],
+                ..StoredShopper::default()
+            },
+            &restore(&lookup, 10),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(restored.replayed, None);
+        assert_eq!(restored.state.damaged, vec![0]);
+        assert_eq!(restored.state.next_seq, 2);
+        assert!(restored.state.profile.is_empty(), "not replayed");
     }
 }

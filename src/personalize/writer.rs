@@ -125,6 +125,11 @@ fn apply(shared: &Shared, batch: &Pending) -> Result<(), StoreError> {
             }
         }
     }
+    // History rows that failed their checks when the shopper was read are
+    // deleted by this commit: unreadable, they only kept being reported.
+    for (state, _, evicted) in touched.values_mut() {
+        evicted.append(&mut state.damaged);
+    }
     // Latest value per product: a product touched twice in one commit is
     // written once.
     let mut trends: HashMap<String, StoredTrend> = HashMap::new();
@@ -217,7 +222,7 @@ mod tests {
     use crate::{
         domain::ProductId,
         personalize::{Action, PersonalizeConfig, load},
-        store::Store,
+        store::{Store, StoredProduct},
     };
 
     const DIM: usize = 4;
@@ -325,5 +330,130 @@ mod tests {
         assert!(shared.shopper_state(&Arc::from("ann")).unwrap().is_none());
         assert_eq!(shared.shoppers.load(Ordering::Relaxed), 1);
         assert!(!forget(&shared, &ann).unwrap().existed);
+    }
+
+    /// One vector per product, as a catalogue has: `item`'s products with
+    /// the vector of their first appearance, stored as products.
+    fn catalogue(store: &Store) -> HashMap<String, Arc<[f32]>> {
+        let vectors: HashMap<String, Arc<[f32]>> = (0..7)
+            .map(|n| {
+                let (i, v) = item("any", n);
+                (i.product.to_string(), v)
+            })
+            .collect();
+        for (id, v) in &vectors {
+            store
+                .put(&StoredProduct {
+                    id: id.clone(),
+                    attributes: std::collections::BTreeMap::new(),
+                    embedding: v.to_vec(),
+                    model: "m".to_owned(),
+                })
+                .unwrap();
+        }
+        vectors
+    }
+
+    fn consistent(
+        catalogue: &HashMap<String, Arc<[f32]>>,
+        user: &str,
+        n: u64,
+    ) -> (Interaction, Arc<[f32]>) {
+        let (i, _) = item(user, n);
+        let v = Arc::clone(&catalogue[i.product.as_str()]);
+        (i, v)
+    }
+
+    /// Flips a byte in the middle of a stored value, with redb itself.
+    fn damage<K: redb::Key + 'static>(path: &std::path::Path, table: &str, key: K::SelfType<'_>) {
+        use redb::ReadableTable;
+        let db = redb::Database::open(path).unwrap();
+        let def = redb::TableDefinition::<K, &[u8]>::new(table);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(def).unwrap();
+            let mut value = t
+                .get(&key)
+                .unwrap()
+                .expect("the row exists")
+                .value()
+                .to_vec();
+            let mid = value.len() / 2;
+            value[mid] ^= 0x20;
+            t.insert(key, value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn damaged_rows_are_rebuilt_or_skipped_and_the_next_commit_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let shared = shared(dir.path(), 100);
+        let catalogue = catalogue(&shared.store);
+        // Four interactions each: the whole history is kept (max_history 4).
+        for n in 0..4 {
+            commit_ok(
+                &shared,
+                vec![
+                    consistent(&catalogue, "ann", n),
+                    consistent(&catalogue, "bo", n + 1),
+                ],
+            );
+        }
+        let ann = shared.resident.get("ann").unwrap();
+        let bo = shared.resident.get("bo").unwrap();
+        drop(shared);
+        damage::<&str>(&path, "profiles", "ann");
+        damage::<(&str, u64)>(&path, "interactions", ("bo", 2));
+
+        let shared = self::shared(dir.path(), 100);
+        // ann's profile is replayed from her whole history: as it was.
+        let rebuilt = shared.shopper_state(&Arc::from("ann")).unwrap().unwrap();
+        assert_eq!(*rebuilt, *ann);
+        // bo's row 2 (product p3, a dislike) is skipped and remembered.
+        let skipped = shared.shopper_state(&Arc::from("bo")).unwrap().unwrap();
+        assert_eq!(skipped.profile, bo.profile);
+        assert_eq!(
+            skipped.history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![0, 1, 3]
+        );
+        assert_eq!(skipped.damaged, vec![2]);
+        assert_eq!(skipped.next_seq, 4);
+
+        // The next commit of each rewrites the profile, deletes the row.
+        commit_ok(
+            &shared,
+            vec![
+                consistent(&catalogue, "ann", 4),
+                consistent(&catalogue, "bo", 5),
+            ],
+        );
+        let stored = shared.store.load_shoppers(&["ann", "bo"]).unwrap();
+        for s in &stored {
+            assert!(s.damaged_profile.is_none(), "{s:?}");
+            assert!(s.damaged_history.is_empty(), "{s:?}");
+        }
+        assert_eq!(
+            stored[1]
+                .history
+                .iter()
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>(),
+            vec![0, 1, 3, 4],
+            "bo: 2 deleted as damaged, 4 appended"
+        );
+        for user in ["ann", "bo"] {
+            let published = shared.resident.get(user).unwrap();
+            assert!(published.damaged.is_empty());
+            let reloaded = shared
+                .load_stored(&[user])
+                .unwrap()
+                .pop()
+                .flatten()
+                .unwrap();
+            assert_eq!(*published, reloaded, "{user}");
+        }
+        assert_eq!(shared.store.shopper_counts().unwrap(), (2, 8));
     }
 }

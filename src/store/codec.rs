@@ -15,9 +15,62 @@
 //! - integers are little-endian and fixed width;
 //! - strings and sequences are prefixed with their `u32` element count;
 //! - a value must be consumed exactly: trailing bytes are corruption, which keeps every accepted
-//!   byte string canonical (re-encoding a decoded value yields the same bytes).
+//!   byte string canonical (re-encoding a decoded value yields the same bytes);
+//! - a checksummed format ends with a `u32` CRC-32 of the row's key and every byte before it
+//!   ([`seal`], [`checked_body`]).
 
 use super::error::StoreError;
+
+/// Bytes of the CRC-32 that ends a checksummed value.
+pub(super) const CHECKSUM_BYTES: usize = 4;
+
+/// CRC-32 of the key's encoded parts, then of `body`: hashing the key too
+/// binds a value to the key it is stored under, so a value that ends up
+/// under another key fails like a damaged one.
+fn checksum(key: &[&[u8]], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for part in key {
+        h.update(part);
+    }
+    h.update(body);
+    h.finalize()
+}
+
+/// Appends the checksum of `key` and `body` (little-endian) to `body`.
+pub(super) fn seal(key: &[&[u8]], mut body: Vec<u8>) -> Vec<u8> {
+    let sum = checksum(key, &body);
+    body.extend_from_slice(&sum.to_le_bytes());
+    body
+}
+
+/// The part of a stored value its reader decodes, and the format version
+/// it has. A value whose format byte is `checked` must end in the
+/// checksum [`seal`] appends, which is verified and split off; any other
+/// value is returned whole as `unchecked` (the older format without a
+/// checksum), for the reader's format check to accept or, if its byte is
+/// neither, reject.
+pub(super) fn checked_body<'a>(
+    key: &[&[u8]],
+    bytes: &'a [u8],
+    checked: u8,
+    unchecked: u8,
+) -> Result<(&'a [u8], u8), Malformed> {
+    if bytes.first() != Some(&checked) {
+        return Ok((bytes, unchecked));
+    }
+    let too_short = || Malformed("too short for its checksum".into());
+    let (body, sum) = bytes
+        .split_last_chunk::<CHECKSUM_BYTES>()
+        .ok_or_else(too_short)?;
+    let stored = u32::from_le_bytes(*sum);
+    let computed = checksum(key, body);
+    if stored != computed {
+        return Err(Malformed(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        )));
+    }
+    Ok((body, checked))
+}
 
 /// Why a value could not be decoded; the caller adds the table and key to make it a
 /// [`StoreError::Corrupt`].

@@ -318,7 +318,7 @@ impl Store {
             let mut profiles = txn.open_table(PROFILES).map_err(db(OP))?;
             for u in &c.users {
                 for (seq, i) in &u.appended {
-                    let value = users::encode_interaction(&u.user, i)?;
+                    let value = users::encode_interaction(&u.user, *seq, i)?;
                     history
                         .insert((u.user.as_str(), *seq), value.as_slice())
                         .map_err(db(OP))?;
@@ -334,7 +334,10 @@ impl Store {
             let mut trends = txn.open_table(TRENDS).map_err(db(OP))?;
             for (product, t) in &c.trends {
                 trends
-                    .insert(product.as_str(), users::encode_trend(*t).as_slice())
+                    .insert(
+                        product.as_str(),
+                        users::encode_trend(product, *t).as_slice(),
+                    )
                     .map_err(db(OP))?;
             }
         }
@@ -366,6 +369,11 @@ impl Store {
     /// The stored profile and history of each of `users`, in order, from one
     /// consistent snapshot: two lookups per user, so a shopper can be
     /// brought back into memory without scanning anyone else's rows.
+    ///
+    /// A row that fails its checksum or decoding does not fail the call: it
+    /// is returned in the shopper's `damaged_profile` / `damaged_history`
+    /// (naming its key) and left out of the rest. Errors of the database
+    /// itself still fail it.
     pub fn load_shoppers(&self, users: &[&str]) -> Result<Vec<StoredShopper>, StoreError> {
         const OP: &str = "load shoppers";
         let txn = self.db.begin_read().map_err(db(OP))?;
@@ -373,23 +381,25 @@ impl Store {
         let history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
         let mut out = Vec::with_capacity(users.len());
         for &user in users {
-            let profile = match profiles.get(user).map_err(db(OP))? {
-                Some(value) => Some(users::decode_profile(user, value.value())?),
-                None => None,
-            };
-            let mut rows = Vec::new();
+            let mut shopper = StoredShopper::default();
+            if let Some(value) = profiles.get(user).map_err(db(OP))? {
+                match users::decode_profile(user, value.value()) {
+                    Ok(p) => shopper.profile = Some(p),
+                    Err(e) => shopper.damaged_profile = Some(e),
+                }
+            }
             for entry in history
                 .range((user, 0u64)..=(user, u64::MAX))
                 .map_err(db(OP))?
             {
                 let (key, value) = entry.map_err(db(OP))?;
                 let (_, seq) = key.value();
-                rows.push((seq, users::decode_interaction(user, seq, value.value())?));
+                match users::decode_interaction(user, seq, value.value()) {
+                    Ok(i) => shopper.history.push((seq, i)),
+                    Err(e) => shopper.damaged_history.push((seq, e)),
+                }
             }
-            out.push(StoredShopper {
-                profile,
-                history: rows,
-            });
+            out.push(shopper);
         }
         Ok(out)
     }
@@ -407,10 +417,13 @@ impl Store {
         ))
     }
 
-    /// Calls `f` with every stored profile, in user id order.
+    /// Calls `f` with every stored profile, in user id order; a row that
+    /// fails its checksum or decoding goes to `damaged` (naming its key) and
+    /// the scan goes on. Errors of the database, and from `f`, end it.
     pub fn scan_profiles(
         &self,
         f: &mut dyn FnMut((String, StoredProfile)) -> Result<(), StoreError>,
+        damaged: &mut Vec<StoreError>,
     ) -> Result<(), StoreError> {
         const OP: &str = "scan profiles";
         let txn = self.db.begin_read().map_err(db(OP))?;
@@ -420,14 +433,17 @@ impl Store {
             OP,
             |user, bytes| Ok((user.to_owned(), users::decode_profile(user, bytes)?)),
             f,
+            damaged,
         )
     }
 
     /// Calls `f` with every stored interaction, by user id then sequence
-    /// (i.e. each user's history in arrival order).
+    /// (i.e. each user's history in arrival order); damaged rows go to
+    /// `damaged`, as in [`Self::scan_profiles`].
     pub fn scan_interactions(
         &self,
         f: &mut dyn FnMut((String, u64, StoredInteraction)) -> Result<(), StoreError>,
+        damaged: &mut Vec<StoreError>,
     ) -> Result<(), StoreError> {
         const OP: &str = "scan interactions";
         let txn = self.db.begin_read().map_err(db(OP))?;
@@ -443,13 +459,16 @@ impl Store {
                 ))
             },
             f,
+            damaged,
         )
     }
 
-    /// Calls `f` with every stored trending count, in product id order.
+    /// Calls `f` with every stored trending count, in product id order;
+    /// damaged rows go to `damaged`, as in [`Self::scan_profiles`].
     pub fn scan_trends(
         &self,
         f: &mut dyn FnMut((String, StoredTrend)) -> Result<(), StoreError>,
+        damaged: &mut Vec<StoreError>,
     ) -> Result<(), StoreError> {
         const OP: &str = "scan trending";
         let txn = self.db.begin_read().map_err(db(OP))?;
@@ -459,6 +478,7 @@ impl Store {
             OP,
             |product, bytes| Ok((product.to_owned(), users::decode_trend(product, bytes)?)),
             f,
+            damaged,
         )
     }
 }

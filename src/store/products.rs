@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use redb::TableDefinition;
 
-use super::codec::{Malformed, Reader, Writer, len_u32};
+use super::codec::{CHECKSUM_BYTES, Malformed, Reader, Writer, checked_body, len_u32, seal};
 use super::error::StoreError;
 
 /// Product id -> encoded [`StoredProduct`] (without the id, which is the key).
@@ -37,16 +37,6 @@ const PRODUCTS_NAME: &str = "products";
 const FORMAT_V1: u8 = 1;
 /// v1's fields followed by a CRC-32 over the id and the value.
 const FORMAT_V2: u8 = 2;
-/// Bytes of the trailing checksum.
-const CHECKSUM_BYTES: usize = 4;
-
-/// CRC-32 of `id` then `body`: binds a value to the key it is stored under.
-fn checksum(id: &str, body: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(id.as_bytes());
-    h.update(body);
-    h.finalize()
-}
 
 /// A catalog product as persisted.
 ///
@@ -87,10 +77,7 @@ pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
         w.str(len_u32(v.len(), id, "attribute value")?, v);
     }
     w.f32s(dim, &p.embedding);
-    let mut bytes = w.finish();
-    let sum = checksum(id, &bytes);
-    bytes.extend_from_slice(&sum.to_le_bytes());
-    Ok(bytes)
+    Ok(seal(&[id.as_bytes()], w.finish()))
 }
 
 /// Decodes a product value stored under `id`.
@@ -99,27 +86,7 @@ pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<StoredProduct, StoreError
 }
 
 fn decode_value(id: &str, bytes: &[u8]) -> Result<StoredProduct, Malformed> {
-    let (body, version) = match bytes.first().copied() {
-        Some(FORMAT_V2) => {
-            let Some((body, sum)) =
-                bytes.split_at_checked(bytes.len().saturating_sub(CHECKSUM_BYTES))
-            else {
-                return Err(Malformed("too short for its checksum".into()));
-            };
-            let stored = u32::from_le_bytes(
-                sum.try_into()
-                    .map_err(|_| Malformed("too short for its checksum".into()))?,
-            );
-            let computed = checksum(id, body);
-            if stored != computed {
-                return Err(Malformed(format!(
-                    "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-                )));
-            }
-            (body, FORMAT_V2)
-        }
-        _ => (bytes, FORMAT_V1),
-    };
+    let (body, version) = checked_body(&[id.as_bytes()], bytes, FORMAT_V2, FORMAT_V1)?;
     let mut r = Reader::new(body);
     r.format(version)?;
     let model = r.str("model")?.to_owned();

@@ -570,12 +570,17 @@ fn user_write(user: &str, seqs: std::ops::Range<u64>, evicted: Vec<u64>) -> User
 
 fn interactions_of(store: &Store) -> Vec<(String, u64)> {
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     store
-        .scan_interactions(&mut |(user, seq, _)| {
-            out.push((user, seq));
-            Ok(())
-        })
+        .scan_interactions(
+            &mut |(user, seq, _)| {
+                out.push((user, seq));
+                Ok(())
+            },
+            &mut damaged,
+        )
         .unwrap();
+    assert!(damaged.is_empty(), "{damaged:?}");
     out
 }
 
@@ -619,21 +624,29 @@ fn interaction_commits_round_trip_evict_and_survive_reopen() {
         "a user's history is contiguous and in arrival order; evicted rows are gone"
     );
     let mut profiles = Vec::new();
+    let mut damaged = Vec::new();
     store
-        .scan_profiles(&mut |p| {
-            profiles.push(p);
-            Ok(())
-        })
+        .scan_profiles(
+            &mut |p| {
+                profiles.push(p);
+                Ok(())
+            },
+            &mut damaged,
+        )
         .unwrap();
     assert_eq!(profiles.len(), 2);
     assert_eq!(profiles[0].1, user_write("ann", 3..4, vec![]).profile);
     let mut trends = Vec::new();
     store
-        .scan_trends(&mut |t| {
-            trends.push(t);
-            Ok(())
-        })
+        .scan_trends(
+            &mut |t| {
+                trends.push(t);
+                Ok(())
+            },
+            &mut damaged,
+        )
         .unwrap();
+    assert!(damaged.is_empty(), "{damaged:?}");
     assert_eq!(
         trends,
         vec![(
@@ -694,12 +707,227 @@ fn shoppers_load_one_by_one_without_their_neighbours() {
         "in arrival order, evicted rows gone, no other user's rows"
     );
     assert_eq!(loaded[0].history[2].1.product_id, "p3");
-    assert_eq!(loaded[1], StoredShopper::default(), "unknown user");
+    assert!(is_nothing(&loaded[1]), "unknown user: {:?}", loaded[1]);
     assert_eq!(loaded[2].history.len(), 2);
-    store.forget_user("ann").unwrap();
-    assert_eq!(
-        store.load_shoppers(&["ann"]).unwrap()[0],
-        StoredShopper::default()
+    assert!(
+        loaded
+            .iter()
+            .all(|s| s.damaged_profile.is_none() && s.damaged_history.is_empty())
     );
+    store.forget_user("ann").unwrap();
+    let forgotten = store.load_shoppers(&["ann"]).unwrap();
+    assert!(is_nothing(&forgotten[0]), "{forgotten:?}");
     assert_eq!(store.shopper_counts().unwrap(), (2, 3));
+}
+
+/// Whether nothing at all is stored for a shopper.
+fn is_nothing(s: &StoredShopper) -> bool {
+    s.profile.is_none()
+        && s.history.is_empty()
+        && s.damaged_profile.is_none()
+        && s.damaged_history.is_empty()
+}
+
+/// The table and key a corrupt-value error names.
+fn corrupt_at(e: &StoreError) -> (&'static str, &str) {
+    match e {
+        StoreError::Corrupt { table, key, .. } => (table, key),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// Applies `change` to the stored value under `key` of `table`, in place.
+fn rewrite<K: redb::Key + 'static>(
+    store: &Store,
+    table: redb::TableDefinition<K, &'static [u8]>,
+    key: K::SelfType<'_>,
+    change: impl FnOnce(&mut Vec<u8>),
+) {
+    let txn = store.db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(table).unwrap();
+        let mut value = t
+            .get(&key)
+            .unwrap()
+            .expect("the row exists")
+            .value()
+            .to_vec();
+        change(&mut value);
+        t.insert(key, value.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn damaged_shopper_rows_are_reported_by_key_and_the_rest_still_reads() {
+    let (_dir, _path, store) = temp_store();
+    let trend = |score| StoredTrend { score, at_ms: 42 };
+    store
+        .commit_interactions(&InteractionCommit {
+            users: vec![
+                user_write("ann", 0..3, vec![]),
+                user_write("bo", 0..2, vec![]),
+            ],
+            trends: vec![("p1".into(), trend(1.0)), ("p2".into(), trend(2.0))],
+        })
+        .unwrap();
+    let flip = |v: &mut Vec<u8>| {
+        let mid = v.len() / 2;
+        v[mid] ^= 0x01;
+    };
+    rewrite(&store, users::PROFILES, "ann", flip);
+    rewrite(&store, users::INTERACTIONS, ("ann", 1), flip);
+    rewrite(&store, users::TRENDS, "p1", flip);
+    // A whole valid value under another key: bo's history row 1 as row 0.
+    let bo1 =
+        users::encode_interaction("bo", 1, &user_write("bo", 1..2, vec![]).appended[0].1).unwrap();
+    rewrite(&store, users::INTERACTIONS, ("bo", 0), |v| *v = bo1);
+
+    let loaded = store.load_shoppers(&["ann", "bo"]).unwrap();
+    let ann = &loaded[0];
+    assert!(ann.profile.is_none());
+    let err = ann
+        .damaged_profile
+        .as_ref()
+        .expect("ann's profile is damaged");
+    assert_eq!(corrupt_at(err), ("profiles", "ann"));
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert_eq!(
+        ann.history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![0, 2],
+        "the readable rows are still returned"
+    );
+    assert_eq!(ann.damaged_history.len(), 1);
+    assert_eq!(ann.damaged_history[0].0, 1);
+    assert_eq!(
+        corrupt_at(&ann.damaged_history[0].1),
+        ("interactions", "ann#1")
+    );
+    let bo = &loaded[1];
+    assert_eq!(bo.profile, Some(user_write("bo", 0..2, vec![]).profile));
+    assert_eq!(
+        bo.history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        corrupt_at(&bo.damaged_history[0].1),
+        ("interactions", "bo#0")
+    );
+
+    // The scans hand over every readable row and name every damaged one.
+    let mut damaged = Vec::new();
+    let mut profiles = Vec::new();
+    store
+        .scan_profiles(
+            &mut |(user, _)| {
+                profiles.push(user);
+                Ok(())
+            },
+            &mut damaged,
+        )
+        .unwrap();
+    let mut rows = Vec::new();
+    store
+        .scan_interactions(
+            &mut |(user, seq, _)| {
+                rows.push((user, seq));
+                Ok(())
+            },
+            &mut damaged,
+        )
+        .unwrap();
+    let mut trends = Vec::new();
+    store
+        .scan_trends(
+            &mut |(product, _)| {
+                trends.push(product);
+                Ok(())
+            },
+            &mut damaged,
+        )
+        .unwrap();
+    assert_eq!(profiles, ["bo"]);
+    assert_eq!(
+        rows,
+        [("ann", 0), ("ann", 2), ("bo", 1)].map(|(u, s)| (u.to_owned(), s))
+    );
+    assert_eq!(trends, ["p2"]);
+    assert_eq!(
+        damaged.iter().map(corrupt_at).collect::<Vec<_>>(),
+        [
+            ("profiles", "ann"),
+            ("interactions", "ann#1"),
+            ("interactions", "bo#0"),
+            ("trending", "p1"),
+        ]
+    );
+
+    // Rewriting the profile and deleting the damaged row, as the next
+    // commit for the shopper does, leaves nothing damaged.
+    store
+        .commit_interactions(&InteractionCommit {
+            users: vec![user_write("ann", 3..4, vec![1])],
+            trends: vec![("p1".into(), trend(3.0))],
+        })
+        .unwrap();
+    let ann = store.load_shoppers(&["ann"]).unwrap().remove(0);
+    assert_eq!(ann.profile, Some(user_write("ann", 3..4, vec![]).profile));
+    assert!(ann.damaged_profile.is_none() && ann.damaged_history.is_empty());
+    assert_eq!(
+        ann.history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+}
+
+#[test]
+fn shopper_rows_of_format_v1_are_still_read() {
+    let (_dir, _path, store) = temp_store();
+    store
+        .commit_interactions(&InteractionCommit {
+            users: vec![user_write("ann", 0..1, vec![])],
+            trends: vec![(
+                "p1".into(),
+                StoredTrend {
+                    score: 1.5,
+                    at_ms: 7,
+                },
+            )],
+        })
+        .unwrap();
+    // v1 is v2 with format byte 1 and no checksum.
+    let to_v1 = |v: &mut Vec<u8>| {
+        assert_eq!(v[0], 2, "new writes are v2");
+        v[0] = 1;
+        v.truncate(v.len() - 4);
+    };
+    rewrite(&store, users::PROFILES, "ann", to_v1);
+    rewrite(&store, users::INTERACTIONS, ("ann", 0), to_v1);
+    rewrite(&store, users::TRENDS, "p1", to_v1);
+    let ann = store.load_shoppers(&["ann"]).unwrap().remove(0);
+    let expected = user_write("ann", 0..1, vec![]);
+    assert_eq!(ann.profile, Some(expected.profile));
+    assert_eq!(ann.history, expected.appended);
+    assert!(ann.damaged_profile.is_none() && ann.damaged_history.is_empty());
+    let mut damaged = Vec::new();
+    let mut trends = Vec::new();
+    store
+        .scan_trends(
+            &mut |t| {
+                trends.push(t);
+                Ok(())
+            },
+            &mut damaged,
+        )
+        .unwrap();
+    assert!(damaged.is_empty(), "{damaged:?}");
+    assert_eq!(
+        trends,
+        [(
+            "p1".to_owned(),
+            StoredTrend {
+                score: 1.5,
+                at_ms: 7
+            }
+        )]
+    );
 }
