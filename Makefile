@@ -6,7 +6,7 @@ CARGO        ?= cargo
 FASHION_DATA ?= $(abspath ../shared/data/fashion-sample)
 export LOOKBOOK_FASHION_DATA ?= $(FASHION_DATA)
 
-.PHONY: setup models test-models run test lint fmt bench eval eval-personal clean
+.PHONY: setup models test-models run test reliability lint fmt bench eval eval-personal clean
 
 ## set-up: ONNX Runtime library + default model (idempotent), then the release binary
 # The benches are built in the same cargo invocation so that dependency
@@ -30,6 +30,16 @@ run: setup
 ## test: set-up if needed, then the whole test suite (unit, integration on real photos)
 test: setup test-models
 	$(CARGO) test --release --locked -- --nocapture
+
+## reliability: the reliability suites at full size, one test binary at a time -> bench/RELIABILITY.md
+# Crash loop, torn files, churn and soak (10 min), then the other reliability
+# tests and a longer fuzz run (LOOKBOOK_FUZZ_SECONDS), then start-up after
+# kill -9 (bench/recovery.sh) when present. A failing suite fails the target
+# after the others have run and the file is written. Each suite's section,
+# JSON and log land in RELIABILITY_OUT.
+RELIABILITY_OUT ?= .cache/reliability
+reliability: setup test-models
+	CARGO="$(CARGO)" bash bench/reliability.sh $(RELIABILITY_OUT)
 
 lint:
 	$(CARGO) fmt --check
