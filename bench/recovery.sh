@@ -90,8 +90,8 @@ EOF
 prepare() {
     local n=$1 dir=$work/$1
     [[ -f $dir/prepared ]] && return
+    # An interrupted preparation resumes: synth only adds what is missing.
     echo "recovery: preparing $n products in $dir $(date +%T)"
-    rm -rf "$dir"
     mkdir -p "$dir"
     serve "$dir/store" "$work/$n-prepare.log" > /dev/null
     $bin import "$data" --server "$url" --limit 300 > /dev/null

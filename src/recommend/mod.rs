@@ -579,7 +579,7 @@ fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
         || !plan.negatives.is_empty()
         || plan.lists.iter().any(|l| l.mmr_lambda > 0.0);
     let mut widen = 1usize;
-    let mut picks = Vec::new();
+    let mut answer = Vec::new();
     let cancelled = || cx.cancel.is_cancelled();
     for attempt in 0..WIDEN_ATTEMPTS {
         if cancelled() {
@@ -611,7 +611,7 @@ fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
                 )
             })
             .collect();
-        picks = select::select(
+        let picks = select::select(
             &lists,
             plan.k,
             plan.cap.as_ref(),
@@ -620,7 +620,23 @@ fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
             &plan.anchors,
             &cancelled,
         );
-        if picks.len() >= plan.k
+        // The attribute lookup is the final liveness check: an id deleted
+        // while the search ran has no attributes any more. It runs before
+        // the count is judged, so such a loss widens the search like any
+        // other shortfall instead of returning fewer than k.
+        answer = picks
+            .into_iter()
+            .filter_map(|p| {
+                let attributes = view.get(&p.key)?;
+                Some(Recommendation {
+                    id: ProductId::from_trusted(p.key),
+                    score: p.score,
+                    attributes,
+                    reason: p.reason,
+                })
+            })
+            .collect();
+        if answer.len() >= plan.k
             || !lists
                 .iter()
                 .any(|l| l.saturated && l.candidates.len() < MAX_LIST)
@@ -629,7 +645,7 @@ fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
         }
         tracing::debug!(
             attempt,
-            found = picks.len(),
+            found = answer.len(),
             k = plan.k,
             "short answer; widening"
         );
@@ -638,20 +654,7 @@ fn execute(cx: &Context<'_>, plan: &Plan) -> Vec<Recommendation> {
     if cancelled() {
         return Vec::new();
     }
-    picks
-        .into_iter()
-        // The attribute lookup is the final liveness check: an id deleted
-        // while the search ran has no attributes any more.
-        .filter_map(|p| {
-            let attributes = view.get(&p.key)?;
-            Some(Recommendation {
-                id: ProductId::from_trusted(p.key),
-                score: p.score,
-                attributes,
-                reason: p.reason,
-            })
-        })
-        .collect()
+    answer
 }
 
 /// Builds one candidate list of up to `n` admitted products.
