@@ -40,7 +40,7 @@ free_port() {
 }
 
 # $1: data dir, $2: log file, rest: extra env. Starts the server, waits for
-# SERVING, prints the seconds it took.
+# SERVING, sets $took to the seconds that took (and $url, $server_pid).
 serve() {
     local dir=$1 log=$2 port t0 t1
     shift 2
@@ -54,7 +54,7 @@ serve() {
     server_pid=$!
     $bin wait-ready --server "$url" --timeout 7200 > /dev/null
     t1=$(date +%s.%N)
-    python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$t0" "$t1"
+    took=$(python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$t0" "$t1")
 }
 
 stop() {
@@ -93,7 +93,7 @@ prepare() {
     # An interrupted preparation resumes: synth only adds what is missing.
     echo "recovery: preparing $n products in $dir $(date +%T)"
     mkdir -p "$dir"
-    serve "$dir/store" "$work/$n-prepare.log" > /dev/null
+    serve "$dir/store" "$work/$n-prepare.log"
     $bin import "$data" --server "$url" --limit 300 > /dev/null
     $bin synth --server "$url" --catalog "$data" --total "$n"
     stop
@@ -108,21 +108,24 @@ for n in $scales; do
     [[ -n ${RECOVERY_PREPARE_ONLY:-} ]] && continue
     dir=$work/$n/store
     echo "recovery: $n products $(date +%T)"
-    clean=$(serve "$dir" "$work/$n-clean.log")
+    serve "$dir" "$work/$n-clean.log"
+    clean=$took
     clean_loaded=$(loaded "$work/$n-clean.log")
     stop
     # No checkpoint may be taken between the writes and the kill.
-    serve "$dir" "$work/$n-writes.log" LOOKBOOK__INDEX__MAINTENANCE_INTERVAL=24h > /dev/null
+    serve "$dir" "$work/$n-writes.log" LOOKBOOK__INDEX__MAINTENANCE_INTERVAL=24h
     total=$(( $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["products"])' "$clean_loaded") + writes ))
     $bin synth --server "$url" --catalog "$data" --total "$total" --seed "$RANDOM" > /dev/null
     crash
-    after=$(serve "$dir" "$work/$n-crash.log")
+    serve "$dir" "$work/$n-crash.log"
+    after=$took
     crash_loaded=$(loaded "$work/$n-crash.log")
     stop
     rebuild=null
     if [[ $n == "$smallest" ]]; then
         mv "$dir/index" "$dir/index.kept"
-        rebuild=$(serve "$dir" "$work/$n-rebuild.log" LOOKBOOK__INDEX__MAINTENANCE_INTERVAL=24h)
+        serve "$dir" "$work/$n-rebuild.log" LOOKBOOK__INDEX__MAINTENANCE_INTERVAL=24h
+        rebuild=$took
         crash
         rm -rf "$dir/index"
         mv "$dir/index.kept" "$dir/index"
@@ -146,7 +149,7 @@ for r in rows:
     c = r["crash_start"] or {}
     rebuild = r["start_without_checkpoint_seconds"]
     md.append(f"| {r['products']:,} | {r['writes_since_checkpoint']:,} | {r['clean_start_seconds']:.1f} "
-              f"| {r['crash_start_seconds']:.1f} | {c.get('reconciled')} | {c.get('index_from_dump')} "
+              f"| {r['crash_start_seconds']:.1f} | {c.get('reconciled')} | {'yes' if c.get('index_from_dump') else 'no'} "
               f"| {'-' if rebuild is None else f'{rebuild:.1f}'} |")
 open(os.path.join(out, "recovery.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
