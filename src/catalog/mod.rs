@@ -735,7 +735,7 @@ fn reconcile(
     }
     // Live inserts (before the checkpoint and just now) leave the odd point
     // that no search reaches; one pass over the links fixes that at start.
-    index.adopt_orphans();
+    index.connect_unreachable();
     // Every stored product is now live in the index, so any surplus is
     // points the store no longer has.
     if index.len() != attributes.len() {

@@ -48,6 +48,10 @@ const NO_ENTRY: u64 = u64::MAX;
 /// Seed of the level hash, fixed so builds are reproducible.
 const LEVEL_SEED: u64 = 0x6c6f_6f6b_626f_6f6b;
 
+/// Flood-and-link passes per layer in `Graph::connect_unreachable`; one
+/// nearly always suffices, a second mends what a replaced link cut off.
+const REPAIR_ROUNDS: usize = 4;
+
 /// First bytes of a serialised graph; the digit is the layout version.
 const MAGIC: &[u8; 8] = b"LBHNSW01";
 
@@ -328,19 +332,31 @@ impl Graph {
             current = self.greedy(query, current, layer);
         }
         let mut entries = vec![current];
+        let mut chosen_per_layer = Vec::with_capacity(level.min(top) + 1);
         for layer in (0..=level.min(top)).rev() {
             let found: Vec<Near> = self
                 .beam(query, &entries, self.shape.ef_construction, layer)
                 .into_iter()
                 .filter(|n| n.id != id32)
                 .collect();
-            let chosen = self.select(&found, self.shape.m);
-            self.set_links(node, layer, &chosen);
-            for near in &chosen {
-                self.connect(near.id, Near { id: id32, ..*near }, layer);
-            }
+            chosen_per_layer.push((layer, self.select(&found, self.shape.m)));
             if !found.is_empty() {
                 entries = found;
+            }
+        }
+        // Every list of this node is set before any back-link to it is made.
+        // A back-link is the only way another insert can reach this node;
+        // reached on an upper layer while its layer-0 list was still empty
+        // (as when lists and back-links were written layer by layer), it
+        // handed a concurrent insert a layer-0 beam of one node, and that
+        // insert kept a single link for good, leaving its product all but
+        // unfindable (seen under CPU contention, one node in a few builds).
+        for (layer, chosen) in &chosen_per_layer {
+            self.set_links(node, *layer, chosen);
+        }
+        for (layer, chosen) in &chosen_per_layer {
+            for near in chosen {
+                self.connect(near.id, Near { id: id32, ..*near }, *layer);
             }
         }
         if level > top {
@@ -544,68 +560,185 @@ impl Graph {
         self.write_list(node, layer, kept.iter().map(|n| n.id));
     }
 
-    /// Gives every node but the entry point at least one incoming link on
-    /// layer 0, and returns how many it had to adopt. The selection
+    /// Makes every node reachable from the entry point on every layer it
+    /// is on, and returns how many links it had to add. The selection
     /// heuristic drops links when a list overflows, and now and then that
-    /// leaves a node no incoming link at all: no search can reach it, so its
-    /// product is never recommended, not even for its own embedding (about
-    /// one node per 10,000 on random 1280-d vectors; hnswlib has the same
-    /// gap). Such an orphan is added to the list of its most similar
-    /// out-neighbour that can take it: into free room, or in place of the
-    /// neighbour's least similar link whose node keeps another incoming link.
-    /// One pass over the lists (no vector reads but for orphans); call it
-    /// while no insert runs on this graph.
-    pub(crate) fn adopt_orphans(&self) -> usize {
-        let n = self.len();
-        let mut indegree = vec![0_u32; n];
-        for id in 0..n {
+    /// leaves a node, or a small island of nodes that only link to each
+    /// other, with no path from the entry point. No search reaches them, so
+    /// their products are never recommended, not even for their own
+    /// embeddings (hnswlib has the same gap; Lucene repairs it after merges
+    /// in much the same way). Per layer: a flood fill from the entry point
+    /// marks what is reached, and each node left over is linked from the
+    /// most similar reached node that can take it (into free room first,
+    /// else in place of that node's least similar link whose node keeps
+    /// another incoming link). Every member of an island gets its own link:
+    /// one link would make the island reachable, but a search for a member
+    /// would still have to pass through another, unrelated one. A replaced
+    /// link can, rarely, cut off what only it reached, so the pass repeats
+    /// (a bounded number of times) until a fill reaches everything.
+    ///
+    /// Costs a flood fill per layer (one pass over the lists, no vector
+    /// reads) plus a beam search per unreachable node. Call it while no
+    /// insert runs on this graph; searches may run, and see each changed
+    /// list either before or after its one changed id.
+    pub(crate) fn connect_unreachable(&self) -> usize {
+        let Some((_, top)) = self.entry() else {
+            return 0;
+        };
+        let mut linked = 0;
+        for layer in 0..=top {
+            for _ in 0..REPAIR_ROUNDS {
+                let mut reached = self.reached_on(layer);
+                let missing: Vec<u32> = (0..self.len())
+                    .filter(|&id| !reached[id] && self.on_layer(id, layer))
+                    .filter_map(|id| u32::try_from(id).ok())
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                let mut indegree = self.indegree_on(layer);
+                for id in missing {
+                    if self.link_from_reached(id, layer, &reached, &mut indegree) {
+                        linked += 1;
+                        reached[id as usize] = true;
+                    }
+                }
+            }
+        }
+        linked
+    }
+
+    /// How many layer-0 links a node has.
+    #[cfg(test)]
+    pub(crate) fn layer0_links(&self, id: usize) -> usize {
+        self.nodes
+            .get(id)
+            .map_or(0, |node| self.neighbours(node, 0).len())
+    }
+
+    fn on_layer(&self, id: usize, layer: usize) -> bool {
+        self.nodes
+            .get(id)
+            .is_some_and(|node| usize::from(node.level) >= layer)
+    }
+
+    /// Per node, whether a walk from the entry point along `layer`'s links
+    /// gets to it.
+    fn reached_on(&self, layer: usize) -> Vec<bool> {
+        let mut reached = vec![false; self.len()];
+        if let Some((entry, top)) = self.entry()
+            && layer <= top
+        {
+            self.flood(entry, layer, &mut reached);
+        }
+        reached
+    }
+
+    /// Marks in `reached` everything `from` leads to on `layer`.
+    fn flood(&self, from: u32, layer: usize, reached: &mut [bool]) {
+        let mut stack = Vec::new();
+        if let Some(seen) = reached.get_mut(from as usize)
+            && !*seen
+        {
+            *seen = true;
+            stack.push(from);
+        }
+        while let Some(id) = stack.pop() {
+            let Some(node) = self.nodes.get(id as usize) else {
+                continue;
+            };
+            for slot in self.neighbours(node, layer) {
+                let next = slot.load(Ordering::Relaxed);
+                if let Some(seen) = reached.get_mut(next as usize)
+                    && !*seen
+                {
+                    *seen = true;
+                    stack.push(next);
+                }
+            }
+        }
+    }
+
+    /// Incoming links per node on `layer`.
+    fn indegree_on(&self, layer: usize) -> Vec<u32> {
+        let mut indegree = vec![0_u32; self.len()];
+        for id in 0..self.len() {
             if let Some(node) = self.nodes.get(id) {
-                for slot in self.neighbours(node, 0) {
+                for slot in self.neighbours(node, layer) {
                     if let Some(d) = indegree.get_mut(slot.load(Ordering::Relaxed) as usize) {
                         *d += 1;
                     }
                 }
             }
         }
-        let entry = self.entry().map(|(id, _)| id as usize);
-        let mut adopted = 0;
-        for id in 0..n {
-            if indegree[id] > 0 || Some(id) == entry {
-                continue;
-            }
-            let (Some(node), Ok(id32)) = (self.nodes.get(id), u32::try_from(id)) else {
-                continue;
-            };
-            let mut hosts: Vec<Near> = self
-                .neighbours(node, 0)
-                .iter()
-                .map(|slot| slot.load(Ordering::Relaxed))
-                .filter(|&host| host != id32)
-                .filter_map(|host| self.near(&node.vector, host))
-                .collect();
-            hosts.sort_unstable_by(|a, b| b.cmp(a));
-            if hosts
-                .iter()
-                .any(|host| self.adopt(host.id, id32, &mut indegree))
-            {
-                adopted += 1;
-            }
-        }
-        adopted
+        indegree
     }
 
-    /// Puts `orphan` into `host`'s layer-0 list (see `adopt_orphans`).
-    fn adopt(&self, host: u32, orphan: u32, indegree: &mut [u32]) -> bool {
+    /// Links the unreached `id` from a reached node on `layer` (see
+    /// `connect_unreachable`); false if no candidate host could take it.
+    fn link_from_reached(
+        &self,
+        id: u32,
+        layer: usize,
+        reached: &[bool],
+        indegree: &mut [u32],
+    ) -> bool {
+        let (Some(node), Some((entry, _))) = (self.nodes.get(id as usize), self.entry()) else {
+            return false;
+        };
+        let query = &node.vector[..];
+        // Its own neighbours that are reached start the beam near it; the
+        // entry point makes sure the beam starts somewhere reached.
+        let starts: Vec<Near> = self
+            .neighbours(node, layer)
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .chain(std::iter::once(entry))
+            .filter(|&host| reached.get(host as usize).copied().unwrap_or(false))
+            .filter_map(|host| self.near(query, host))
+            .collect();
+        let hosts: Vec<Near> = self
+            .beam(query, &starts, self.shape.ef_construction, layer)
+            .into_iter()
+            .filter(|host| host.id != id && reached.get(host.id as usize).copied().unwrap_or(false))
+            .collect();
+        [false, true].into_iter().any(|replace| {
+            hosts
+                .iter()
+                .any(|host| self.adopt(host.id, id, layer, replace, indegree))
+        })
+    }
+
+    /// Puts `orphan` into `host`'s list on `layer`: into free room, or, if
+    /// `replace`, in place of the host's least similar link whose node has
+    /// another incoming link. False if neither is possible.
+    fn adopt(
+        &self,
+        host: u32,
+        orphan: u32,
+        layer: usize,
+        replace: bool,
+        indegree: &mut [u32],
+    ) -> bool {
         let Some(node) = self.nodes.get(host as usize) else {
             return false;
         };
-        let (offset, cap) = self.span(0);
+        if layer > usize::from(node.level) {
+            return false;
+        }
+        let (offset, cap) = self.span(layer);
         let _lock = node.lock.lock();
-        let current = self.neighbours(node, 0);
+        let current = self.neighbours(node, layer);
+        if current
+            .iter()
+            .any(|slot| slot.load(Ordering::Relaxed) == orphan)
+        {
+            return false;
+        }
         let count = current.len();
         let at = if count < cap {
             count
-        } else {
+        } else if replace {
             let victim = current
                 .iter()
                 .enumerate()
@@ -623,6 +756,8 @@ impl Graph {
                 *d -= 1;
             }
             i
+        } else {
+            return false;
         };
         // One id written in place: a concurrent reader sees the old id or
         // the new one, both valid nodes.
@@ -996,10 +1131,11 @@ mod tests {
         assert_ne!(now, after, "the later inserts changed the graph");
     }
 
-    /// A node every list has dropped is unreachable; adoption links it
-    /// back so that its own vector finds it again.
+    /// A node every list has dropped, and an island of two nodes that only
+    /// link to each other, are unreachable; the repair links each of the
+    /// three from the reached graph, so that their own vectors find them.
     #[test]
-    fn orphans_are_adopted() {
+    fn unreachable_nodes_and_islands_are_linked() {
         let mut rng = StdRng::seed_from_u64(17);
         let graph = Graph::new(shape());
         let vectors: Vec<Vec<f32>> = (0..400).map(|_| unit(&mut rng, 8)).collect();
@@ -1007,37 +1143,59 @@ mod tests {
             graph.insert(v).expect("room");
         }
         assert_eq!(
-            graph.adopt_orphans(),
+            graph.connect_unreachable(),
             0,
-            "a fresh graph of 400 has no orphan here"
+            "a fresh graph of 400 reaches every node here"
         );
         let entry = graph.entry().expect("entry").0;
-        let orphan = (0..400_u32)
-            .find(|&id| id != entry && graph.nodes.get(id as usize).is_some_and(|n| n.level == 0))
-            .expect("a level-0 node");
+        let mut level0 = (0..400_u32).filter(|&id| {
+            id != entry && graph.nodes.get(id as usize).is_some_and(|n| n.level == 0)
+        });
+        let (orphan, a, b) = (
+            level0.next().expect("a level-0 node"),
+            level0.next().expect("two"),
+            level0.next().expect("three"),
+        );
+        let cut = [orphan, a, b];
         for id in 0..graph.len() {
             let node = graph.nodes.get(id).expect("published");
             for layer in 0..=usize::from(node.level) {
-                let kept: Vec<u32> = graph
+                let mut kept: Vec<u32> = graph
                     .neighbours(node, layer)
                     .iter()
                     .map(|s| s.load(Ordering::Relaxed))
-                    .filter(|&link| link != orphan)
+                    .filter(|link| !cut.contains(link))
                     .collect();
+                // The island: `a` and `b` keep links out and to each other.
+                if id == a as usize {
+                    kept[0] = b;
+                }
+                if id == b as usize {
+                    kept[0] = a;
+                }
                 graph.write_list(node, layer, kept.into_iter());
             }
         }
-        let own = &vectors[orphan as usize];
-        assert!(
-            graph.search(own, 400).iter().all(|n| n.id != orphan),
-            "no search reaches a node without incoming links"
-        );
-        assert_eq!(graph.adopt_orphans(), 1);
-        assert_eq!(graph.search(own, 16).first().map(|n| n.id), Some(orphan));
+        for id in cut {
+            let own = &vectors[id as usize];
+            assert!(
+                graph.search(own, 400).iter().all(|n| !cut.contains(&n.id)),
+                "no search reaches {id}"
+            );
+        }
         assert_eq!(
-            graph.adopt_orphans(),
+            graph.connect_unreachable(),
+            3,
+            "one link for each node cut off"
+        );
+        for id in cut {
+            let own = &vectors[id as usize];
+            assert_eq!(graph.search(own, 16).first().map(|n| n.id), Some(id));
+        }
+        assert_eq!(
+            graph.connect_unreachable(),
             0,
-            "adoption left no other orphan behind"
+            "the repair cut nothing else off"
         );
     }
 

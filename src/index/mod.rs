@@ -348,21 +348,22 @@ impl VectorIndex {
     ) -> Result<Self, IndexError> {
         let index = Self::new(dim, params);
         index.upsert_batch(items)?;
-        index.adopt_orphans();
+        index.connect_unreachable();
         Ok(index)
     }
 
     /// Links every point no search could reach into the graph (see
-    /// `hnsw::Graph::adopt_orphans`); returns how many it linked. Builds and
-    /// rebuilds do it themselves; call it after a large batch of upserts
-    /// into a loaded index. Holds off writers for one pass over the links.
-    pub fn adopt_orphans(&self) -> usize {
+    /// `hnsw::Graph::connect_unreachable`); returns how many links it added.
+    /// Builds and rebuilds do it themselves; call it after a large batch of
+    /// upserts into a loaded index. Holds off writers for a flood fill per
+    /// layer (one pass over the links) and a search per unreachable point.
+    pub fn connect_unreachable(&self) -> usize {
         let _writer = self.writer.lock();
-        let adopted = self.current.load().graph.adopt_orphans();
-        if adopted > 0 {
-            debug!(adopted, "orphaned points adopted");
+        let linked = self.current.load().graph.connect_unreachable();
+        if linked > 0 {
+            debug!(linked, "unreachable points linked into the graph");
         }
-        adopted
+        linked
     }
 
     pub fn dim(&self) -> usize {
@@ -724,8 +725,8 @@ impl VectorIndex {
             return Err("cancelled (shutting down)".to_string());
         }
         // Not yet visible to anyone: no insert can race with the repair.
-        let adopted = fresh.graph.adopt_orphans();
-        debug!(adopted, "orphaned points adopted after the rebuild");
+        let linked = fresh.graph.connect_unreachable();
+        debug!(linked, "unreachable points linked after the rebuild");
 
         let take_log = |writer: &mut WriterState| match &mut writer.rebuild_log {
             Some(log) => Ok(std::mem::take(log)),

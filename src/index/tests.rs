@@ -900,3 +900,44 @@ proptest! {
         prop_assert_eq!(index.len(), model.len());
     }
 }
+
+/// Linking in parallel on far more threads than cores preempts inserts in
+/// the middle of linking, as a loaded machine does. No point may come out of
+/// that with a stunted layer-0 list: each keeps nearly all of its `M` links
+/// (random 1280-d vectors leave the selection heuristic little to prune) and
+/// is the first answer to its own vector at the default `ef_search`.
+#[test]
+fn preempted_parallel_linking_leaves_every_point_findable() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(16)
+        .build()
+        .expect("a thread pool");
+    let params = IndexParams {
+        exact_threshold: 0,
+        ..IndexParams::default()
+    };
+    let m = params.max_nb_connection;
+    for seed in 0..3 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let vectors: Vec<Arc<[f32]>> = (0..1500).map(|_| random_unit(&mut rng, 1280)).collect();
+        let items: Vec<(Arc<str>, &[f32])> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (key(i), &v[..]))
+            .collect();
+        let generation = generation::Generation::empty(&params);
+        generation
+            .insert_many(&items, Some(&pool))
+            .expect("valid vectors");
+        let graph = &generation.graph;
+        for (id, v) in vectors.iter().enumerate() {
+            let links = graph.layer0_links(id);
+            assert!(
+                links >= m / 2,
+                "seed {seed}: point {id} kept {links} layer-0 links"
+            );
+            let first = graph.search(v, params.ef_search).first().map(|n| n.id);
+            assert_eq!(first, Some(id as u32), "seed {seed}: point {id}");
+        }
+    }
+}
