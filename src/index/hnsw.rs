@@ -48,8 +48,8 @@ const NO_ENTRY: u64 = u64::MAX;
 /// Seed of the level hash, fixed so builds are reproducible.
 const LEVEL_SEED: u64 = 0x6c6f_6f6b_626f_6f6b;
 
-/// Flood-and-link passes per layer in `Graph::connect_unreachable`; one
-/// nearly always suffices, a second mends what a replaced link cut off.
+/// Flood-and-link passes per layer in `Graph::connect_unreachable`: one
+/// suffices unless a replaced link cut something off.
 const REPAIR_ROUNDS: usize = 4;
 
 /// First bytes of a serialised graph; the digit is the layout version.
@@ -345,12 +345,12 @@ impl Graph {
             }
         }
         // Every list of this node is set before any back-link to it is made.
-        // A back-link is the only way another insert can reach this node;
-        // reached on an upper layer while its layer-0 list was still empty
-        // (as when lists and back-links were written layer by layer), it
-        // handed a concurrent insert a layer-0 beam of one node, and that
-        // insert kept a single link for good, leaving its product all but
-        // unfindable (seen under CPU contention, one node in a few builds).
+        // A back-link is the only way another insert can reach this node.
+        // Reached on an upper layer while its layer-0 list is still empty,
+        // it would hand a concurrent insert a layer-0 beam of one node, and
+        // that insert would keep a single link for good, leaving its product
+        // all but unfindable (one node in a few builds under CPU contention;
+        // see `preempted_parallel_linking_leaves_every_point_findable`).
         for (layer, chosen) in &chosen_per_layer {
             self.set_links(node, *layer, chosen);
         }
