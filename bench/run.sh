@@ -180,8 +180,8 @@ url="http://$(sed -n 's/^listening on //p' "$work/python-server.log" | head -1)"
 for c in 1 32; do load similar "$c" "similar-python-c$c" --connections "$(( c < 4 ? 1 : 4 ))"; done
 stop
 
-step "criterion micro-benchmarks (preprocessing, distance, search, insert)"
-cargo bench --locked --quiet --bench index --bench preprocess -- --warm-up-time 1 --measurement-time 3 > "$work/criterion.txt" 2>&1
+step "criterion micro-benchmarks (preprocessing, distance, search, insert, store commit and crash open)"
+cargo bench --locked --quiet --bench index --bench preprocess --bench store -- --warm-up-time 1 --measurement-time 3 > "$work/criterion.txt" 2>&1
 cp "$work/criterion.txt" "$results/criterion.txt"
 
 step "report"

@@ -8,6 +8,12 @@
 //!   acknowledged product survives a process kill, and a power loss as far as the disk honours
 //!   fsync; a killed writer leaves either the whole transaction or none of it (redb's
 //!   checksummed commit slots; the file is repaired on the next [`Store::open`]).
+//! - **Recovery that does not read the whole file.** Every commit also saves redb's allocator
+//!   state and commits in two phases (redb's quick-repair), so opening after a crash trusts the
+//!   primary commit slot and loads that state. Without it, redb's repair walks and checksums
+//!   every page to rebuild the allocator: 176 s for a 535K-product file on the 2-core dev VM,
+//!   longer than any start-up probe, while start-up otherwise costs the writes since the last
+//!   index checkpoint. The price is a larger commit (`make bench`, `benches/store.rs`).
 //! - **Fast bulk load.** Products are keyed by id and their embeddings are stored as raw
 //!   little-endian `f32`, so [`Store::scan`] streams the catalog in id order with one copy per
 //!   embedding (about 0.1 s for 12K x 1280-d on a 2-core dev VM).
@@ -36,6 +42,8 @@ mod users;
 mod tests;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
@@ -71,6 +79,25 @@ const CACHE_BYTES: usize = 32 << 20;
 pub struct Store {
     /// Every table listed in `open` exists in this database.
     db: redb::Database,
+    /// Whether commits save the allocator state (see the module docs).
+    quick_repair: bool,
+    /// Whether opening ran redb's full repair (an unclean shutdown whose
+    /// last commit saved no allocator state).
+    full_repair: bool,
+}
+
+/// How [`Store::open_with`] opens a store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Save redb's allocator state with every commit so that opening after a crash skips the
+    /// full-file repair (see the module docs). On by default; off only to measure its cost.
+    pub quick_repair: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { quick_repair: true }
+    }
 }
 
 impl Store {
@@ -80,26 +107,45 @@ impl Store {
     /// logged at `warn`); this can take a while on a large file. Fails with
     /// [`StoreError::Open`] (`DatabaseAlreadyOpen`) if another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Whether opening this store had to run redb's full repair, reading the whole file.
+    pub fn opened_with_full_repair(&self) -> bool {
+        self.full_repair
+    }
+
+    /// [`Store::open`] with explicit options.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.to_owned(),
                 source,
             })?;
         }
+        let repaired = Arc::new(AtomicBool::new(false));
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
-            .set_repair_callback(|session| {
-                tracing::warn!(
-                    progress = session.progress(),
-                    "repairing store after unclean shutdown"
-                );
+            .set_repair_callback({
+                let repaired = Arc::clone(&repaired);
+                move |session| {
+                    repaired.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        progress = session.progress(),
+                        "repairing store after unclean shutdown (the whole file is read)"
+                    );
+                }
             })
             .create(path)
             .map_err(|source| StoreError::Open {
                 path: path.to_owned(),
                 source,
             })?;
-        let store = Self { db };
+        let store = Self {
+            db,
+            quick_repair: options.quick_repair,
+            full_repair: repaired.load(Ordering::Relaxed),
+        };
         store.create_tables()?;
         tracing::info!(
             path = %path.display(),
@@ -126,6 +172,7 @@ impl Store {
         // Immediate is redb's default; set it so a change of default cannot weaken the promise
         // that an acknowledged write is on disk.
         txn.set_durability(Durability::Immediate).map_err(db(op))?;
+        txn.set_quick_repair(self.quick_repair);
         Ok(txn)
     }
 

@@ -931,3 +931,41 @@ fn shopper_rows_of_format_v1_are_still_read() {
         )]
     );
 }
+
+/// A crash image (the file copied while the store is open: commits on disk,
+/// never closed, what `kill -9` leaves) opens with every committed product.
+/// With quick-repair (the default) it opens from the saved allocator state;
+/// without, redb reads the whole file to repair it.
+#[test]
+fn a_crash_image_opens_without_a_full_repair() {
+    for quick_repair in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open_with(&path, StoreOptions { quick_repair }).unwrap();
+        assert!(
+            !store.opened_with_full_repair(),
+            "a new file needs no repair"
+        );
+        let products: Vec<StoredProduct> = (0..50).map(|i| product(&format!("p{i}"), i)).collect();
+        store.put_batch(&products[..25]).unwrap();
+        store.put(&products[25]).unwrap();
+        store.put_batch(&products[26..]).unwrap();
+        let image = dir.path().join("image.redb");
+        std::fs::copy(&path, &image).unwrap();
+        drop(store);
+
+        let opened = Store::open_with(&image, StoreOptions { quick_repair }).unwrap();
+        assert_eq!(
+            opened.opened_with_full_repair(),
+            !quick_repair,
+            "quick_repair {quick_repair}"
+        );
+        assert_eq!(opened.len().unwrap(), 50);
+        for p in &products {
+            assert_same(&opened.get(&p.id).unwrap().expect("committed"), p);
+        }
+        drop(opened);
+        let clean = Store::open(&path).unwrap();
+        assert!(!clean.opened_with_full_repair(), "a clean close needs none");
+    }
+}
