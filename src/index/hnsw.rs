@@ -38,6 +38,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use rayon::prelude::*;
 
 use super::distance::dot;
 use super::slots::AppendTable;
@@ -51,6 +52,10 @@ const LEVEL_SEED: u64 = 0x6c6f_6f6b_626f_6f6b;
 /// Flood-and-link passes per layer in `Graph::connect_unreachable`: one
 /// suffices unless a replaced link cut something off.
 const REPAIR_ROUNDS: usize = 4;
+
+/// Reached nodes tried as hosts for each unreachable one, the most similar
+/// first; any with room, or with a link to spare, will do.
+const HOST_CANDIDATES: usize = 32;
 
 /// First bytes of a serialised graph; the digit is the layout version.
 const MAGIC: &[u8; 8] = b"LBHNSW01";
@@ -560,22 +565,24 @@ impl Graph {
         self.write_list(node, layer, kept.iter().map(|n| n.id));
     }
 
-    /// Makes every node reachable from the entry point on every layer it
-    /// is on, and returns how many links it had to add. The selection
+    /// Makes every node reachable by a search on every layer it is on, and
+    /// returns how many links it had to add. A search reaches a node on a
+    /// layer along that layer's links from the entry point or from any node
+    /// it reached on the layer above (where it may go down). The selection
     /// heuristic drops links when a list overflows, and now and then that
     /// leaves a node, or a small island of nodes that only link to each
-    /// other, with no path from the entry point. No search reaches them, so
-    /// their products are never recommended, not even for their own
-    /// embeddings (hnswlib has the same gap; Lucene repairs it after merges
-    /// in much the same way). Per layer: a flood fill from the entry point
-    /// marks what is reached, and each node left over is linked from the
-    /// most similar reached node that can take it (into free room first,
-    /// else in place of that node's least similar link whose node keeps
-    /// another incoming link). Every member of an island gets its own link:
-    /// one link would make the island reachable, but a search for a member
-    /// would still have to pass through another, unrelated one. A replaced
-    /// link can, rarely, cut off what only it reached, so the pass repeats
-    /// (a bounded number of times) until a fill reaches everything.
+    /// other, out of every such path. No search reaches them, so their
+    /// products are never recommended, not even for their own embeddings
+    /// (hnswlib has the same gap; Lucene repairs it after merges in much the
+    /// same way). From the top layer down: a flood fill marks what is
+    /// reached, and each node left over is linked from the most similar
+    /// reached node that can take it (into free room first, else in place of
+    /// that node's least similar link whose node keeps another incoming
+    /// link). Every member of an island gets its own link: one link would
+    /// make the island reachable, but a search for a member would still have
+    /// to pass through another, unrelated one. A replaced link can, rarely,
+    /// cut off what only it reached, so the pass repeats (a bounded number
+    /// of times) until a fill reaches everything.
     ///
     /// Costs a flood fill per layer (one pass over the lists, no vector
     /// reads) plus a beam search per unreachable node. Call it while no
@@ -586,9 +593,15 @@ impl Graph {
             return 0;
         };
         let mut linked = 0;
-        for layer in 0..=top {
-            for _ in 0..REPAIR_ROUNDS {
-                let mut reached = self.reached_on(layer);
+        // Nodes reached on the layer above: a search can go down at any of
+        // them, so they seed the fill of the layer below.
+        let mut above = vec![false; self.len()];
+        for layer in (0..=top).rev() {
+            let mut reached = self.reached_on(layer, &above);
+            for round in 0..REPAIR_ROUNDS {
+                if round > 0 {
+                    reached = self.reached_on(layer, &above);
+                }
                 let missing: Vec<u32> = (0..self.len())
                     .filter(|&id| !reached[id] && self.on_layer(id, layer))
                     .filter_map(|id| u32::try_from(id).ok())
@@ -596,14 +609,27 @@ impl Graph {
                 if missing.is_empty() {
                     break;
                 }
+                // The searches for hosts only read, so they run in parallel
+                // (on the caller's rayon pool); the links are then added one
+                // by one, each seeing the lists the previous ones left.
+                let hosts: Vec<(u32, Vec<Near>)> = missing
+                    .par_iter()
+                    .map(|&id| (id, self.hosts_for(id, layer, &reached)))
+                    .collect();
                 let mut indegree = self.indegree_on(layer);
-                for id in missing {
-                    if self.link_from_reached(id, layer, &reached, &mut indegree) {
+                for (id, hosts) in hosts {
+                    let adopted = [false, true].into_iter().any(|replace| {
+                        hosts
+                            .iter()
+                            .any(|host| self.adopt(host.id, id, layer, replace, &mut indegree))
+                    });
+                    if adopted {
                         linked += 1;
                         reached[id as usize] = true;
                     }
                 }
             }
+            above = reached;
         }
         linked
     }
@@ -622,14 +648,20 @@ impl Graph {
             .is_some_and(|node| usize::from(node.level) >= layer)
     }
 
-    /// Per node, whether a walk from the entry point along `layer`'s links
-    /// gets to it.
-    fn reached_on(&self, layer: usize) -> Vec<bool> {
+    /// Per node, whether a search gets to it on `layer`: along that layer's
+    /// links from the entry point or from any node in `above` (reached on
+    /// the layer above, where a search may go down).
+    fn reached_on(&self, layer: usize, above: &[bool]) -> Vec<bool> {
         let mut reached = vec![false; self.len()];
         if let Some((entry, top)) = self.entry()
             && layer <= top
         {
             self.flood(entry, layer, &mut reached);
+        }
+        for (id, _) in above.iter().enumerate().filter(|(_, up)| **up) {
+            if let Ok(id) = u32::try_from(id) {
+                self.flood(id, layer, &mut reached);
+            }
         }
         reached
     }
@@ -674,39 +706,36 @@ impl Graph {
         indegree
     }
 
-    /// Links the unreached `id` from a reached node on `layer` (see
-    /// `connect_unreachable`); false if no candidate host could take it.
-    fn link_from_reached(
-        &self,
-        id: u32,
-        layer: usize,
-        reached: &[bool],
-        indegree: &mut [u32],
-    ) -> bool {
+    /// Reached nodes most similar to the unreached `id` on `layer`, most
+    /// similar first: the candidates to link it from (see
+    /// `connect_unreachable`).
+    fn hosts_for(&self, id: u32, layer: usize, reached: &[bool]) -> Vec<Near> {
         let (Some(node), Some((entry, _))) = (self.nodes.get(id as usize), self.entry()) else {
-            return false;
+            return Vec::new();
         };
         let query = &node.vector[..];
-        // Its own neighbours that are reached start the beam near it; the
-        // entry point makes sure the beam starts somewhere reached.
-        let starts: Vec<Near> = self
-            .neighbours(node, layer)
-            .iter()
-            .map(|slot| slot.load(Ordering::Relaxed))
-            .chain(std::iter::once(entry))
-            .filter(|&host| reached.get(host as usize).copied().unwrap_or(false))
-            .filter_map(|host| self.near(query, host))
-            .collect();
-        let hosts: Vec<Near> = self
-            .beam(query, &starts, self.shape.ef_construction, layer)
+        let found = if layer == 0 {
+            // A search goes down through the upper layers, so it starts its
+            // layer-0 beam near the node, not wherever the entry point is.
+            self.search(query, self.shape.ef_construction)
+        } else {
+            // Its own reached neighbours start the beam near it; the entry
+            // point makes sure it starts somewhere reached.
+            let starts: Vec<Near> = self
+                .neighbours(node, layer)
+                .iter()
+                .map(|slot| slot.load(Ordering::Relaxed))
+                .chain(std::iter::once(entry))
+                .filter(|&host| reached.get(host as usize).copied().unwrap_or(false))
+                .filter_map(|host| self.near(query, host))
+                .collect();
+            self.beam(query, &starts, self.shape.ef_construction, layer)
+        };
+        found
             .into_iter()
             .filter(|host| host.id != id && reached.get(host.id as usize).copied().unwrap_or(false))
-            .collect();
-        [false, true].into_iter().any(|replace| {
-            hosts
-                .iter()
-                .any(|host| self.adopt(host.id, id, layer, replace, indegree))
-        })
+            .take(HOST_CANDIDATES)
+            .collect()
     }
 
     /// Puts `orphan` into `host`'s list on `layer`: into free room, or, if

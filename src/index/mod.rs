@@ -359,7 +359,8 @@ impl VectorIndex {
     /// layer (one pass over the links) and a search per unreachable point.
     pub fn connect_unreachable(&self) -> usize {
         let _writer = self.writer.lock();
-        let linked = self.current.load().graph.connect_unreachable();
+        let generation = self.current.load();
+        let linked = self.in_pool(|| generation.graph.connect_unreachable());
         if linked > 0 {
             debug!(linked, "unreachable points linked into the graph");
         }
@@ -392,6 +393,14 @@ impl VectorIndex {
                     .ok()
             })
             .as_ref()
+    }
+
+    /// Runs `f` on the insert pool, so that its parallel parts use it.
+    fn in_pool<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match self.pool() {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
 
     fn check_vector(&self, key: &Arc<str>, vector: &[f32]) -> Result<(), IndexError> {
@@ -725,7 +734,7 @@ impl VectorIndex {
             return Err("cancelled (shutting down)".to_string());
         }
         // Not yet visible to anyone: no insert can race with the repair.
-        let linked = fresh.graph.connect_unreachable();
+        let linked = self.in_pool(|| fresh.graph.connect_unreachable());
         debug!(linked, "unreachable points linked after the rebuild");
 
         let take_log = |writer: &mut WriterState| match &mut writer.rebuild_log {
