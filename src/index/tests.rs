@@ -941,3 +941,42 @@ fn preempted_parallel_linking_leaves_every_point_findable() {
         }
     }
 }
+
+/// A measurement, not a check (run it with `--ignored --nocapture`): how many
+/// points of a parallel build on tight synthetic clusters no search can
+/// reach, how many links the repair adds, and how many points are then still
+/// not the first answer to their own vector at the default `ef_search`.
+#[test]
+#[ignore = "a measurement for the README; prints, asserts nothing about quality"]
+fn reachability_on_clustered_data() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let clusters = Clusters::new(&mut rng, 50, 256);
+    let items = clusters.items(&mut rng, 40_000);
+    let params = IndexParams {
+        exact_threshold: 0,
+        ..IndexParams::default()
+    };
+    let index = VectorIndex::new(256, params.clone());
+    index.upsert_batch(items.clone()).expect("valid vectors");
+    let generation = index.current.load();
+    let graph = &generation.graph;
+    let not_first = || {
+        items
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, v))| {
+                graph.search(v, params.ef_search).first().map(|n| n.id as usize) != Some(*i)
+            })
+            .count()
+    };
+    let before = not_first();
+    let linked = graph.connect_unreachable();
+    let after = not_first();
+    eprintln!(
+        "{} points: {linked} unreachable, linked by the repair; not the first answer to their \
+         own vector at ef {}: {before} before, {after} after",
+        items.len(),
+        params.ef_search
+    );
+    assert_eq!(graph.connect_unreachable(), 0, "one repair reaches everything");
+}
