@@ -965,7 +965,11 @@ fn reachability_on_clustered_data() {
             .iter()
             .enumerate()
             .filter(|(i, (_, v))| {
-                graph.search(v, params.ef_search).first().map(|n| n.id as usize) != Some(*i)
+                graph
+                    .search(v, params.ef_search)
+                    .first()
+                    .map(|n| n.id as usize)
+                    != Some(*i)
             })
             .count()
     };
@@ -978,5 +982,9 @@ fn reachability_on_clustered_data() {
         items.len(),
         params.ef_search
     );
-    assert_eq!(graph.connect_unreachable(), 0, "one repair reaches everything");
+    assert_eq!(
+        graph.connect_unreachable(),
+        0,
+        "one repair reaches everything"
+    );
 }
