@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -585,10 +585,11 @@ impl Graph {
     /// of times) until a fill reaches everything.
     ///
     /// Costs a flood fill per layer (one pass over the lists, no vector
-    /// reads) plus a beam search per unreachable node. Call it while no
-    /// insert runs on this graph; searches may run, and see each changed
-    /// list either before or after its one changed id.
-    pub(crate) fn connect_unreachable(&self) -> usize {
+    /// reads) plus a beam search per unreachable node; once `cancelled` is
+    /// set it stops within a search, leaving the links it added. Call it
+    /// while no insert runs on this graph; searches may run, and see each
+    /// changed list either before or after its one changed id.
+    pub(crate) fn connect_unreachable(&self, cancelled: &AtomicBool) -> usize {
         let Some((_, top)) = self.entry() else {
             return 0;
         };
@@ -614,8 +615,16 @@ impl Graph {
                 // by one, each seeing the lists the previous ones left.
                 let hosts: Vec<(u32, Vec<Near>)> = missing
                     .par_iter()
-                    .map(|&id| (id, self.hosts_for(id, layer, &reached)))
+                    .map(|&id| {
+                        if cancelled.load(Ordering::Relaxed) {
+                            return (id, Vec::new());
+                        }
+                        (id, self.hosts_for(id, layer, &reached))
+                    })
                     .collect();
+                if cancelled.load(Ordering::Relaxed) {
+                    return linked;
+                }
                 let mut indegree = self.indegree_on(layer);
                 for (id, hosts) in hosts {
                     let adopted = [false, true].into_iter().any(|replace| {
@@ -1172,7 +1181,7 @@ mod tests {
             graph.insert(v).expect("room");
         }
         assert_eq!(
-            graph.connect_unreachable(),
+            graph.connect_unreachable(&AtomicBool::new(false)),
             0,
             "a fresh graph of 400 reaches every node here"
         );
@@ -1213,7 +1222,7 @@ mod tests {
             );
         }
         assert_eq!(
-            graph.connect_unreachable(),
+            graph.connect_unreachable(&AtomicBool::new(false)),
             3,
             "one link for each node cut off"
         );
@@ -1222,7 +1231,7 @@ mod tests {
             assert_eq!(graph.search(own, 16).first().map(|n| n.id), Some(id));
         }
         assert_eq!(
-            graph.connect_unreachable(),
+            graph.connect_unreachable(&AtomicBool::new(false)),
             0,
             "the repair cut nothing else off"
         );

@@ -360,7 +360,11 @@ impl VectorIndex {
     pub fn connect_unreachable(&self) -> usize {
         let _writer = self.writer.lock();
         let generation = self.current.load();
-        let linked = self.in_pool(|| generation.graph.connect_unreachable());
+        let linked = self.in_pool(|| {
+            generation
+                .graph
+                .connect_unreachable(&self.rebuilds_cancelled)
+        });
         if linked > 0 {
             debug!(linked, "unreachable points linked into the graph");
         }
@@ -734,8 +738,11 @@ impl VectorIndex {
             return Err("cancelled (shutting down)".to_string());
         }
         // Not yet visible to anyone: no insert can race with the repair.
-        let linked = self.in_pool(|| fresh.graph.connect_unreachable());
+        let linked = self.in_pool(|| fresh.graph.connect_unreachable(&self.rebuilds_cancelled));
         debug!(linked, "unreachable points linked after the rebuild");
+        if self.rebuilds_cancelled.load(Ordering::Acquire) {
+            return Err("cancelled (shutting down)".to_string());
+        }
 
         let take_log = |writer: &mut WriterState| match &mut writer.rebuild_log {
             Some(log) => Ok(std::mem::take(log)),

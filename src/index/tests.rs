@@ -974,7 +974,7 @@ fn reachability_on_clustered_data() {
             .count()
     };
     let before = not_first();
-    let linked = graph.connect_unreachable();
+    let linked = graph.connect_unreachable(&AtomicBool::new(false));
     let after = not_first();
     eprintln!(
         "{} points: {linked} unreachable, linked by the repair; not the first answer to their \
@@ -983,7 +983,7 @@ fn reachability_on_clustered_data() {
         params.ef_search
     );
     assert_eq!(
-        graph.connect_unreachable(),
+        graph.connect_unreachable(&AtomicBool::new(false)),
         0,
         "one repair reaches everything"
     );
