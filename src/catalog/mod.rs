@@ -733,8 +733,9 @@ fn reconcile(
     if !changed.is_empty() {
         index.upsert_batch(changed)?;
     }
-    // Live inserts (before the checkpoint and just now) leave the odd point
-    // that no search reaches; one pass over the links fixes that at start.
+    // Live inserts (before the checkpoint and just now) leave some points
+    // that no search reaches; a flood fill finds them and each is linked,
+    // a search per point.
     index.connect_unreachable();
     // Every stored product is now live in the index, so any surplus is
     // points the store no longer has.

@@ -11,9 +11,10 @@
 //! - **Recovery that does not read the whole file.** Every commit also saves redb's allocator
 //!   state and commits in two phases (redb's quick-repair), so opening after a crash trusts the
 //!   primary commit slot and loads that state. Without it, redb's repair walks and checksums
-//!   every page to rebuild the allocator: 176 s for a 535K-product file on the 2-core dev VM,
-//!   longer than any start-up probe, while start-up otherwise costs the writes since the last
-//!   index checkpoint. The price is a larger commit (`make bench`, `benches/store.rs`).
+//!   every page to rebuild the allocator: 176 s for a 535K-product file on the 2-core dev VM
+//!   (with a build running beside it), longer than any start-up probe, while start-up
+//!   otherwise costs the writes since the last index checkpoint. The price is a larger commit
+//!   (`make bench`, `benches/store.rs`).
 //! - **Fast bulk load.** Products are keyed by id and their embeddings are stored as raw
 //!   little-endian `f32`, so [`Store::scan`] streams the catalog in id order with one copy per
 //!   embedding (about 0.1 s for 12K x 1280-d on a 2-core dev VM).
@@ -103,8 +104,9 @@ impl Default for StoreOptions {
 impl Store {
     /// Opens the database at `path`, creating the parent directories and the file if needed.
     ///
-    /// A file left by a crashed writer is repaired by redb before this returns (progress is
-    /// logged at `warn`); this can take a while on a large file. Fails with
+    /// A file left by a crashed writer is recovered by redb before this returns: from the
+    /// allocator state its last commit saved (quick-repair, the default: about instant), or
+    /// else by a full repair that reads the whole file (progress logged at `warn`). Fails with
     /// [`StoreError::Open`] (`DatabaseAlreadyOpen`) if another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with(path, StoreOptions::default())
