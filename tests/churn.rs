@@ -56,33 +56,6 @@ const CATEGORIES: [(&str, u64); 5] = [
 const RARE: usize = 4;
 const COLOURS: [&str; 6] = ["black", "white", "blue", "red", "green", "beige"];
 
-/// xorshift64*: a reproducible stream of choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller).
-    fn gaussian(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 /// Latent dimensions and styles (clusters) of [`Looks`].
 const LATENT: usize = 32;
 const STYLES: usize = 24;
@@ -115,7 +88,7 @@ impl Looks {
 
     /// A unit vector and the style it was drawn from.
     fn draw(&self, rng: &mut Rng) -> (Vec<f32>, usize) {
-        let style = rng.below(STYLES);
+        let style = rng.pick(STYLES);
         let mut v = vec![0.0f32; DIM];
         for (centre, basis) in self.centres[style].iter().zip(&self.basis) {
             let z = centre + SPREAD * rng.gaussian();
@@ -188,7 +161,7 @@ impl Catalogue {
             format!("p{}", self.next_id)
         });
         let (vector, style) = looks.draw(rng);
-        let mut pick = rng.below(1000) as u64;
+        let mut pick = rng.below(1000);
         let category = CATEGORIES
             .iter()
             .position(|(_, w)| {
@@ -340,7 +313,7 @@ async fn check(c: &mut Client, cat: &Catalogue, looks: &Looks, rng: &mut Rng) ->
     let everything: &dyn Fn(&Item) -> bool = &|_| true;
     let mut recall = 0.0;
     for n in 0..QUERIES_BY_ID {
-        let item = &cat.items[rng.below(cat.items.len())];
+        let item = &cat.items[rng.pick(cat.items.len())];
         recall += run_query(
             c,
             cat,
@@ -391,7 +364,7 @@ async fn check(c: &mut Client, cat: &Catalogue, looks: &Looks, rng: &mut Rng) ->
             let members: Vec<&Item> = cat.items.iter().filter(|i| in_category(i)).collect();
             let drawn;
             let (mut request, vector, exclude) = if by_id && !members.is_empty() {
-                let item = members[rng.below(members.len())];
+                let item = members[rng.pick(members.len())];
                 (
                     similar_to_id(&item.id, k as u32),
                     item.vector.as_slice(),
@@ -623,7 +596,7 @@ async fn churn_keeps_recall_filters_and_memory_through_rebuilds() {
         })
     };
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let looks = Looks::new(&mut rng);
     let mut cat = Catalogue {
         items: Vec::new(),
@@ -668,7 +641,7 @@ async fn churn_keeps_recall_filters_and_memory_through_rebuilds() {
         let touched = cat.items.len() * CHURN_PERCENT as usize / 100;
         let mut ids: Vec<String> = cat.items.iter().map(|i| i.id.clone()).collect();
         for i in 0..touched {
-            let j = i + rng.below(ids.len() - i);
+            let j = i + rng.pick(ids.len() - i);
             ids.swap(i, j);
         }
         ids.truncate(touched);

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::encode;
+use common::{Rng, encode};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba};
 use lookbook::api::convert::{EmbedImages, InvalidRequest, RequestLimits};
 use lookbook::api::proto;
@@ -26,31 +26,6 @@ use lookbook::encoder::{
 };
 use lookbook::personalize::Interaction;
 use lookbook::recommend::{SimilarQuery, UserQuery};
-
-/// splitmix64: small, seedable, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 fn budget() -> Duration {
     let seconds = std::env::var("LOOKBOOK_FUZZ_SECONDS")
@@ -120,21 +95,21 @@ fn mutate(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
         if b.is_empty() {
             break;
         }
-        let at = rng.below(b.len());
+        let at = rng.pick(b.len());
         match rng.below(7) {
             0 => b[at] ^= 1 << rng.below(8),
             1 => b[at] = rng.byte(),
             2 => b.truncate(at),
             3 => {
-                let end = (at + 1 + rng.below(64)).min(b.len());
+                let end = (at + 1 + rng.pick(64)).min(b.len());
                 b.drain(at..end);
             }
             4 => {
                 // Splice a chunk of another seed (or this one) in.
-                let donor = &others[rng.below(others.len())];
+                let donor = &others[rng.pick(others.len())];
                 if !donor.is_empty() {
-                    let from = rng.below(donor.len());
-                    let end = (from + 1 + rng.below(256)).min(donor.len());
+                    let from = rng.pick(donor.len());
+                    let end = (from + 1 + rng.pick(256)).min(donor.len());
                     b.splice(at..at, donor[from..end].iter().copied());
                 }
             }
@@ -142,7 +117,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
                 // A header field set to an extreme or random value.
                 let fields = header_fields(&b);
                 if !fields.is_empty() {
-                    let (field, len) = fields[rng.below(fields.len())];
+                    let (field, len) = fields[rng.pick(fields.len())];
                     let fill = match rng.below(3) {
                         0 => 0xFF,
                         1 => 0x00,
@@ -241,11 +216,11 @@ fn fuzz_decode_and_preprocess() {
         assert_eq!(ok, i < seeds.len() - 2, "seed {i}");
     }
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let deadline = Instant::now() + budget();
     let (mut iterations, mut decoded) = (0u64, 0u64);
     while Instant::now() < deadline {
-        let base = &seeds[rng.below(seeds.len())];
+        let base = &seeds[rng.pick(seeds.len())];
         let input = mutate(&mut rng, base, &seeds);
         let limits = if rng.chance(4) { tight } else { default_limits };
         if no_panic("preprocess", seed, iterations, &input, || {
@@ -270,7 +245,7 @@ const LIMITS: RequestLimits = RequestLimits {
 };
 
 fn string(rng: &mut Rng, max: usize) -> String {
-    let bytes: Vec<u8> = (0..rng.below(max + 1))
+    let bytes: Vec<u8> = (0..rng.pick(max + 1))
         .map(|_| match rng.below(4) {
             0 => rng.byte(),
             1 => b'\n',
@@ -293,7 +268,7 @@ fn embedding(rng: &mut Rng) -> Option<proto::Embedding> {
         values: (0..if rng.chance(2) {
             LIMITS.dim
         } else {
-            rng.below(12)
+            rng.pick(12)
         })
             .map(|_| float(rng))
             .collect(),
@@ -331,7 +306,7 @@ fn documented(err: &InvalidRequest) {
 #[test]
 fn fuzz_request_conversion() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let deadline = Instant::now() + budget();
     let now_ms = 1_700_000_000_000i64;
     let mut iterations = 0u64;

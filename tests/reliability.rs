@@ -22,22 +22,6 @@ fn hnsw_config(dir: &std::path::Path) -> lookbook::config::Config {
     cfg
 }
 
-/// xorshift64*: a reproducible stream of choices for the load generators.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Adds `ids` (with their seeds' vectors) in one `AddProducts` stream.
 async fn load(c: &mut Client, items: impl Iterator<Item = (String, u64)>) {
     let requests: Vec<proto::AddProductRequest> = items
@@ -104,7 +88,8 @@ async fn snapshot(c: &mut Client, ids: &[String]) -> HashMap<String, Option<Vec<
             let top = r.items.first().expect("a non-empty catalogue answers");
             assert_eq!(
                 &top.product_id, id,
-                "the index's nearest to {id}'s own embedding"
+                "the index's nearest to {id}'s own embedding (scored {})",
+                top.score
             );
             assert!(
                 top.score > 0.9999,
@@ -144,13 +129,17 @@ async fn cancelled_writes_keep_the_index_in_step_with_the_store() {
         let mut c = c.clone();
         let hot = hot.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9E37_79B9 + w);
+            let mut rng = Rng::new(0x9E37_79B9 + w);
             let mut outcomes: HashMap<Code, u64> = HashMap::new();
             for j in 0..OPS {
-                let id = &hot[rng.below(hot.len() as u64) as usize];
+                let id = &hot[rng.pick(hot.len())];
                 let deadline =
                     (rng.below(100) < 85).then(|| Duration::from_millis(1 + rng.below(5)));
-                let seed = 10_000_000 + w * 100_000 + j * 100;
+                // Each op draws from its own range of vector seeds (a bulk
+                // stream uses seed..seed + 126), so no two products are
+                // written with the same vector: a tie would let another id
+                // be a hot id's nearest with the same score.
+                let seed = 10_000_000 + w * 1_000_000 + j * 1_000;
                 let kind = rng.below(100);
                 if kind < 15 {
                     // A bulk stream: every hot id once, among replaced

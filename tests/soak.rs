@@ -57,26 +57,6 @@ const RSS_SLACK_MIB: f64 = 32.0;
 const THREAD_SLACK: u64 = 4;
 const FD_SLACK: u64 = 4;
 
-/// xorshift64*: a reproducible stream of choices for each worker.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn percent(&mut self) -> u64 {
-        self.below(100)
-    }
-}
-
 /// One finished call.
 struct Call {
     rpc: &'static str,
@@ -186,7 +166,7 @@ struct Shared {
 impl Shared {
     fn some_deleted(&self, rng: &mut Rng) -> Option<String> {
         let d = self.deleted.lock().expect("deleted lock");
-        (!d.is_empty()).then(|| d[rng.below(d.len() as u64) as usize].clone())
+        (!d.is_empty()).then(|| d[rng.pick(d.len())].clone())
     }
 }
 
@@ -215,14 +195,14 @@ impl Pacer {
 /// products (the count held near `VOLATILE`), new vectors for stable ones,
 /// small bulk streams, a product from a photo, a delete of a deleted id.
 async fn writer(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instant) {
-    let mut rng = Rng(0xA11CE);
+    let mut rng = Rng::new(0xA11CE);
     let mut live: Vec<String> = (0..VOLATILE).map(|n| format!("v{n}")).collect();
     let mut next = VOLATILE as u64;
     let mut seed = 50_000_000u64;
     let mut pace = Pacer::new(Duration::from_millis(100), until);
     while pace.next().await {
         seed += 1;
-        let roll = rng.percent();
+        let roll = rng.below(100);
         match roll {
             // Adds and deletes share 35%, whichever brings the volatile
             // products back towards their count (the deletes outpace the
@@ -241,7 +221,7 @@ async fn writer(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instan
                 }
             }
             0..35 => {
-                let id = live.swap_remove(rng.below(live.len() as u64) as usize);
+                let id = live.swap_remove(rng.pick(live.len()));
                 let delete = proto::DeleteProductRequest {
                     product_id: id.clone(),
                 };
@@ -256,7 +236,7 @@ async fn writer(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instan
                 }
             }
             35..65 => {
-                let id = live[rng.below(live.len() as u64) as usize].clone();
+                let id = live[rng.pick(live.len())].clone();
                 if let Some(r) = log
                     .call("AddProduct", None, c.add_product(req(product(&id, seed))))
                     .await
@@ -289,7 +269,7 @@ async fn writer(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instan
                     .collect();
                 let mut replaced: Vec<String> = Vec::new();
                 while replaced.len() < 7 {
-                    let id = &live[rng.below(live.len() as u64) as usize];
+                    let id = &live[rng.pick(live.len())];
                     if !replaced.contains(id) {
                         replaced.push(id.clone());
                     }
@@ -386,10 +366,10 @@ fn category_filter(category: &str) -> proto::Filter {
 /// be NOT_FOUND), RecommendSimilar in its forms (by id, by vector, filtered,
 /// MMR, a per-category cap, positives and negatives), GetStats.
 async fn reader(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instant) {
-    let mut rng = Rng(0xB0B);
+    let mut rng = Rng::new(0xB0B);
     let mut pace = Pacer::new(Duration::from_millis(20), until);
     while pace.next().await {
-        let roll = rng.percent();
+        let roll = rng.below(100);
         let (n, m) = (rng.below(STABLE), rng.below(STABLE));
         match roll {
             0..25 => {
@@ -493,10 +473,10 @@ fn interaction(user: u64, product: String, action: u64) -> proto::RecordInteract
 /// streams, recommendations (with context and filters), forgetting; an
 /// interaction with a deleted product must be NOT_FOUND.
 async fn shopper(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instant) {
-    let mut rng = Rng(0xCAFE);
+    let mut rng = Rng::new(0xCAFE);
     let mut pace = Pacer::new(Duration::from_millis(25), until);
     while pace.next().await {
-        let roll = rng.percent();
+        let roll = rng.below(100);
         let user = rng.below(SHOPPERS);
         let n = rng.below(STABLE);
         let action = rng.below(5);
@@ -574,7 +554,7 @@ async fn shopper(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Insta
 /// Embed, once a second: one or two generated photos; every tenth call
 /// sends bytes that are no image, which must be INVALID_ARGUMENT.
 async fn embedder(mut c: Client, log: Arc<Log>, until: Instant) {
-    let mut rng = Rng(0xE11B);
+    let mut rng = Rng::new(0xE11B);
     let mut calls = 0u64;
     let mut pace = Pacer::new(Duration::from_secs(1), until);
     while pace.next().await {

@@ -32,30 +32,6 @@ const SERVER_ENV: &[(&str, &str)] = &[("LOOKBOOK__INDEX__EXACT_THRESHOLD", "0")]
 /// Concurrent verifiers.
 const CHECKERS: usize = 4;
 
-/// xorshift64*: a reproducible stream of choices.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        // xorshift has a fixed point at 0.
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// From the high bits: the low bits of xorshift64* are weak (the lowest
-    /// one alternates in long runs), which made `below(2)` a coin that
-    /// never changed its pattern.
-    fn below(&mut self, n: u64) -> u64 {
-        (self.next() >> 24) % n
-    }
-}
-
 fn seed(var: &str) -> u64 {
     std::env::var(var)
         .ok()

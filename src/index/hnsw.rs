@@ -598,11 +598,9 @@ impl Graph {
         // them, so they seed the fill of the layer below.
         let mut above = vec![false; self.len()];
         for layer in (0..=top).rev() {
-            let mut reached = self.reached_on(layer, &above);
-            for round in 0..REPAIR_ROUNDS {
-                if round > 0 {
-                    reached = self.reached_on(layer, &above);
-                }
+            let mut reached = Vec::new();
+            for _ in 0..REPAIR_ROUNDS {
+                reached = self.reached_on(layer, &above);
                 let missing: Vec<u32> = (0..self.len())
                     .filter(|&id| !reached[id] && self.on_layer(id, layer))
                     .filter_map(|id| u32::try_from(id).ok())

@@ -396,3 +396,53 @@ pub fn report(name: &str, figures: &serde_json::Value, markdown: &str) {
     .expect("write the figures");
     std::fs::write(dir.join(format!("{name}.md")), markdown).expect("write the section");
 }
+
+/// xorshift64*: a small, seedable stream of choices that is the same on
+/// every platform, so a failing run is repeated from the seed it printed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // xorshift has a fixed point at 0.
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n` > 0), from the high bits: the low bits of
+    /// xorshift64* are weak (the lowest one alternates in long runs), which
+    /// makes `% 2` of the whole word a coin with a fixed pattern.
+    pub fn below(&mut self, n: u64) -> u64 {
+        (self.next() >> 24) % n
+    }
+
+    /// An index into something `len` long (`len` > 0).
+    pub fn pick(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).expect("below len fits in usize")
+    }
+
+    /// True one time in `one_in`.
+    pub fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+
+    /// Uniform in (0, 1].
+    pub fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn gaussian(&mut self) -> f32 {
+        let (u, v) = (self.unit(), self.unit());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
