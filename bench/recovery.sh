@@ -88,16 +88,23 @@ EOF
 }
 
 prepare() {
-    local n=$1 dir=$work/$1
-    [[ -f $dir/prepared ]] && return
-    # An interrupted preparation resumes: synth only adds what is missing.
-    echo "recovery: preparing $n products in $dir $(date +%T)"
-    mkdir -p "$dir"
-    serve "$dir/store" "$work/$n-prepare.log"
-    $bin import "$data" --server "$url" --limit 300 > /dev/null
-    $bin synth --server "$url" --catalog "$data" --total "$n"
-    stop
-    touch "$dir/prepared"
+    local n=$1 dir=$work/$1 lock
+    # A preparation of the same scale running elsewhere (e.g. started ahead
+    # of time with RECOVERY_PREPARE_ONLY=1) holds this lock: wait for it
+    # instead of opening the same store, which redb would refuse.
+    exec {lock}> "$work/$n.lock"
+    flock "$lock"
+    if [[ ! -f $dir/prepared ]]; then
+        # An interrupted preparation resumes: synth only adds what is missing.
+        echo "recovery: preparing $n products in $dir $(date +%T)"
+        mkdir -p "$dir"
+        serve "$dir/store" "$work/$n-prepare.log"
+        $bin import "$data" --server "$url" --limit 300 > /dev/null
+        $bin synth --server "$url" --catalog "$data" --total "$n"
+        stop
+        touch "$dir/prepared"
+    fi
+    exec {lock}>&-
 }
 
 results=()
