@@ -97,6 +97,17 @@ pub struct UserId(Arc<str>);
 
 id_type!(UserId);
 
+/// How far from 1 the norm of a vector already unit length to f32
+/// precision can be: dividing each component by its norm and rounding to
+/// f32 moves it by at most 2^-24 of its value, so the norm of any such
+/// result is within about 2^-24 of 1. `Embedding::normalize` keeps a vector
+/// within this of unit length bit for bit. Dividing it again would move the
+/// last bit of a component now and then (a 1280-d vector normalised in f32,
+/// with norm 1 - 3.0e-8, lost 4 bits that way), so a caller sending a unit
+/// vector would read back another one, and normalising twice would not give
+/// what normalising once gave.
+const UNIT_TOLERANCE: f64 = 1.0 / (1_u64 << 23) as f64;
+
 /// An L2-normalised, finite embedding. Cosine similarity between two of
 /// these is their dot product.
 #[derive(Clone, PartialEq)]
@@ -113,7 +124,9 @@ pub enum InvalidEmbedding {
 }
 
 impl Embedding {
-    /// Validates and L2-normalises a caller-supplied vector.
+    /// Validates and L2-normalises a caller-supplied vector; one that is
+    /// already unit length (to f32 precision) is kept as it is, so this is
+    /// idempotent and a stored unit vector reads back bit for bit.
     pub fn normalize(values: &[f32], dim: usize) -> Result<Self, InvalidEmbedding> {
         if values.len() != dim {
             return Err(InvalidEmbedding::WrongDimension {
@@ -133,6 +146,9 @@ impl Embedding {
             .sqrt();
         if norm == 0.0 || !norm.is_finite() {
             return Err(InvalidEmbedding::Zero);
+        }
+        if (norm - 1.0).abs() <= UNIT_TOLERANCE {
+            return Ok(Self(values.into()));
         }
         #[expect(
             clippy::cast_possible_truncation,
@@ -328,6 +344,25 @@ mod tests {
         assert!(Filter::default().matches(&attrs));
     }
 
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn a_unit_vector_is_kept_bit_for_bit() {
+        // Norm 1 - 6e-8: unit length to f32 precision. Divided by its norm
+        // it would become exactly 1.0.
+        let unit = [1.0 - f32::EPSILON / 2.0, 0.0, 0.0];
+        let e = Embedding::normalize(&unit, 3).unwrap();
+        assert_eq!(bits(e.as_slice()), bits(&unit));
+        // Off by more than f32 precision: normalised.
+        let long = [1.0 + 4.0 * f32::EPSILON, 0.0, 0.0];
+        assert_eq!(
+            Embedding::normalize(&long, 3).unwrap().as_slice(),
+            &[1.0, 0.0, 0.0]
+        );
+    }
+
     proptest! {
         #[test]
         fn normalized_embeddings_are_unit_or_rejected(values in prop::collection::vec(any::<f32>(), 1..64)) {
@@ -336,6 +371,8 @@ mod tests {
                 Ok(e) => {
                     let norm: f64 = e.as_slice().iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
                     prop_assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+                    let again = Embedding::normalize(e.as_slice(), dim).unwrap();
+                    prop_assert!(bits(again.as_slice()) == bits(e.as_slice()), "normalising twice changed it");
                 }
                 Err(InvalidEmbedding::NotFinite { index }) => prop_assert!(!values[index].is_finite()),
                 Err(InvalidEmbedding::Zero) => prop_assert!(values.iter().all(|v| *v == 0.0) || values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() == 0.0),

@@ -10,7 +10,10 @@
 //! `LOOKBOOK_CRASH_SEED` replays a run's choices: operations, contents and
 //! the moment of each kill (which calls are in flight at that moment still
 //! depends on the machine's speed); `LOOKBOOK_CRASH_ROUNDS` sets the number
-//! of rounds.
+//! of rounds; `LOOKBOOK_CRASH_KEEP_IMAGE=DIR` keeps a copy of the data dir
+//! as each kill left it (the last one stays). A product found with other
+//! content than acknowledged is then read back from the store alone, so the
+//! failure names whether the index or the store disagrees.
 
 mod common;
 
@@ -711,6 +714,74 @@ async fn start(dir: &std::path::Path, startups: &mut Vec<f64>) -> (ServerProcess
     (server, c)
 }
 
+/// For each product a check found with other content than acknowledged:
+/// what the index serves now and what the store holds (read back through a
+/// start that builds the index from the store alone), so that a failure
+/// says which of the two disagrees with the acknowledged write.
+async fn diagnose(
+    failures: &[String],
+    parts: &[Partition],
+    base: &BTreeMap<String, Content>,
+    dir: &std::path::Path,
+    server: ServerProcess,
+) -> Vec<String> {
+    let ids: Vec<&str> = failures
+        .iter()
+        .filter(|f| f.contains(": found "))
+        .filter_map(|f| f.split(':').next())
+        .collect();
+    let known = |id: &str| -> Option<Content> {
+        parts
+            .iter()
+            .find_map(|p| p.products.get(id))
+            .and_then(|m| m.known.clone())
+            .or_else(|| base.get(id).cloned())
+    };
+    async fn embedding_of(c: &mut Client, id: &str) -> Option<Vec<f32>> {
+        c.get_product(proto::GetProductRequest {
+            product_id: id.to_owned(),
+        })
+        .await
+        .ok()
+        .and_then(|p| p.into_inner().embedding.map(|e| e.values))
+    }
+    let mut c = connect(&server.url).await;
+    let mut served = Vec::new();
+    for id in &ids {
+        served.push(embedding_of(&mut c, id).await);
+    }
+    server.kill9();
+    let _ = std::fs::remove_dir_all(dir.join("index"));
+    let mut ignored = Vec::new();
+    let (server, mut c) = start(dir, &mut ignored).await;
+    let mut out = Vec::new();
+    for (id, served) in ids.iter().zip(served) {
+        let stored = embedding_of(&mut c, id).await;
+        let acked = known(id).map(|k| k.embedding);
+        let same = |a: &Option<Vec<f32>>, b: &Option<Vec<f32>>| match (a, b) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        let cos = |a: &Option<Vec<f32>>, b: &Option<Vec<f32>>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.6}", dot(a, b)),
+            _ => "-".to_owned(),
+        };
+        out.push(format!(
+            "{id}: served = acknowledged {} (cos {}), stored = acknowledged {} (cos {}), served = stored {}",
+            same(&served, &acked),
+            cos(&served, &acked),
+            same(&stored, &acked),
+            cos(&stored, &acked),
+            same(&served, &stored),
+        ));
+    }
+    server.kill9();
+    out
+}
+
 fn assert_none(failures: &[String], what: &str, seed: u64) {
     assert!(
         failures.is_empty(),
@@ -825,6 +896,23 @@ async fn acknowledged_writes_survive_a_kill_9_loop_on_the_hnsw_path() {
         counts.add(&round_counts);
         assert_none(&failures, &format!("round {round}: writes"), seed);
 
+        if let Some(keep) = std::env::var_os("LOOKBOOK_CRASH_KEEP_IMAGE") {
+            // The data dir as the kill left it, for a failure to be studied
+            // offline (each round replaces the previous round's copy).
+            let keep = std::path::PathBuf::from(keep);
+            let _ = std::fs::remove_dir_all(&keep);
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(dir.path())
+                .arg(&keep)
+                .status()
+                .expect("run cp");
+            assert!(
+                status.success(),
+                "copy the crash image to {}",
+                keep.display()
+            );
+        }
         (server, c) = start(dir.path(), &mut startups).await;
         let s = stats(&mut c).await;
         from_dump += u64::from(s.index_from_dump);
@@ -857,11 +945,15 @@ async fn acknowledged_writes_survive_a_kill_9_loop_on_the_hnsw_path() {
             startups.last().copied().unwrap_or(0.0),
             s.index_from_dump
         );
-        assert_none(
-            &failures,
-            &format!("round {round}: after the restart"),
-            seed,
-        );
+        if !failures.is_empty() {
+            let detail = diagnose(&failures, &parts, &base, dir.path(), server).await;
+            assert_none(
+                &[failures, detail].concat(),
+                &format!("round {round}: after the restart"),
+                seed,
+            );
+            unreachable!("assert_none panics on failures");
+        }
     }
 
     // Every shopper checked once more, then a clean stop: the next start
