@@ -47,6 +47,7 @@ mod topk;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{
@@ -101,10 +102,12 @@ const CATCH_UP_ROUNDS: usize = 8;
 /// A catch-up round this small ends catch-up; the rest is replayed under lock.
 const CATCH_UP_SMALL: usize = 64;
 
-/// Points a rebuild links between two looks at its cancel flag: large
-/// enough that the parallel linking of a chunk keeps both cores busy, small
-/// enough that a cancelled rebuild of 1M points stops within about a second.
-const REBUILD_CHUNK: usize = 16_384;
+/// Points a rebuild links between two looks at its cancel flag and at the
+/// keys written meanwhile (left out, see `build_and_swap`): large enough
+/// that the parallel linking of a chunk keeps both cores busy, small enough
+/// that a cancelled rebuild stops within one chunk's linking and that
+/// writes made during a rebuild mostly land on chunks not yet linked.
+const REBUILD_CHUNK: usize = 2_048;
 
 /// How long a finished rebuild waits for in-flight searches to release the
 /// old generation so that its (parallel, non-trivial) teardown happens on the
@@ -259,6 +262,14 @@ pub enum IndexError {
 enum LogOp {
     Upsert(Arc<str>, Arc<[f32]>),
     Remove(Arc<str>),
+}
+
+impl LogOp {
+    fn key(&self) -> &Arc<str> {
+        match self {
+            Self::Upsert(key, _) | Self::Remove(key) => key,
+        }
+    }
 }
 
 /// State guarded by the writer lock (the lock itself is what serialises writes).
@@ -725,14 +736,31 @@ impl VectorIndex {
             .iter()
             .filter_map(|(key, id)| old.vector(*id).map(|v| (Arc::clone(key), v)))
             .collect();
+        // Keys written since the snapshot are left out of the chunks not yet
+        // linked: the replay below inserts their current vector (or leaves
+        // them out, if deleted), and linking the snapshot's vector first
+        // would only leave a tombstone in the new graph, holding a vector
+        // until the next rebuild.
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        let mut logged = 0;
         for chunk in items.chunks(REBUILD_CHUNK) {
             if self.rebuilds_cancelled.load(Ordering::Acquire) {
                 return Err("cancelled (shutting down)".to_string());
             }
+            if let Some(log) = &self.writer.lock().rebuild_log {
+                touched.extend(log.iter().skip(logged).map(|op| Arc::clone(op.key())));
+                logged = log.len();
+            }
+            let untouched: Vec<(Arc<str>, &[f32])> = chunk
+                .iter()
+                .filter(|(key, _)| !touched.contains(key))
+                .map(|(key, vector)| (Arc::clone(key), *vector))
+                .collect();
             fresh
-                .insert_many(chunk, self.pool())
+                .insert_many(&untouched, self.pool())
                 .map_err(|e| e.to_string())?;
         }
+        drop(touched);
         drop(items);
         if self.rebuilds_cancelled.load(Ordering::Acquire) {
             return Err("cancelled (shutting down)".to_string());

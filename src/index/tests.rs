@@ -449,7 +449,9 @@ fn recall_at_10_with_default_params() {
 fn concurrent_writes_searches_and_rebuilds() {
     let dim = 24;
     let mut rng = StdRng::seed_from_u64(9);
-    let initial: Vec<Item> = (0..1000)
+    // More live points than a rebuild chunk (2,048), so that rebuilds also
+    // leave keys written meanwhile out of the chunks they have not linked.
+    let initial: Vec<Item> = (0..3000)
         .map(|i| (key(i), random_unit(&mut rng, dim)))
         .collect();
     let params = IndexParams {
@@ -474,7 +476,7 @@ fn concurrent_writes_searches_and_rebuilds() {
                 let mut rng = StdRng::seed_from_u64(100 + w as u64);
                 let mut background = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let i = 2 * rng.random_range(0..1500) + w;
+                    let i = 2 * rng.random_range(0..2000) + w;
                     let k = key(i);
                     if rng.random_range(0..4) == 0 {
                         assert_eq!(index.remove(&k), model.remove(&k).is_some());
@@ -552,7 +554,7 @@ fn concurrent_writes_searches_and_rebuilds() {
     assert!(swapped > 0, "no rebuild completed");
 
     assert_eq!(index.len(), model.len());
-    for i in 0..3002 {
+    for i in 0..4002 {
         let k = key(i);
         match model.get(&k) {
             Some(v) => {

@@ -243,6 +243,18 @@ impl ServerProcess {
     }
 }
 
+/// A test that fails while its server runs must not leave the process
+/// behind, holding its data dir and using CPU under the tests after it.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // `kill9` and `terminate` have reaped it already.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `sysconf(_SC_CLK_TCK)`, asked of `getconf` (the tests forbid `unsafe`).
 pub fn clock_ticks_per_second() -> f64 {
     let out = Command::new("getconf")
