@@ -867,7 +867,10 @@ async fn synth(server: &str, catalog: &Path, total: usize, noise: f32, seed: u64
     }
     let current = client.stats().await?.catalog_size as usize;
     let count = total.saturating_sub(current);
-    let items = loadgen::synthesize(&bases, count, noise, seed);
+    // Ids continue from the catalogue's size and the seed moves with it, so
+    // that a later run (growing further, or resuming an interrupted one)
+    // adds new products rather than writing syn-0, syn-1, ... again.
+    let items = loadgen::synthesize(&bases, current, count, noise, seed ^ current as u64);
     let summary = client
         .import_embeddings(futures::stream::iter(items))
         .await?;

@@ -182,9 +182,10 @@ pub async fn run(
 /// a real product's embedding plus isotropic Gaussian noise of standard
 /// deviation `noise / sqrt(dim)` per component (so the noise vector has
 /// norm ≈ `noise`), re-normalised, and keeps that product's attributes.
-/// Deterministic for a given `seed`.
+/// Their ids are `syn-<first>` onwards. Deterministic for a given `seed`.
 pub fn synthesize(
     bases: &[(String, BTreeMap<String, String>, Vec<f32>)],
+    first: usize,
     count: usize,
     noise: f32,
     seed: u64,
@@ -208,7 +209,7 @@ pub fn synthesize(
         w.iter_mut().for_each(|x| *x /= n);
         let mut attrs = attrs.clone();
         attrs.insert("synthetic_from".into(), base_id.clone());
-        out.push((format!("syn-{i}"), w, attrs));
+        out.push((format!("syn-{}", first + i), w, attrs));
     }
     out
 }
@@ -221,7 +222,7 @@ mod tests {
     fn synthetic_products_stay_near_their_base() {
         let base: Vec<f32> = (0..256).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
         let bases = vec![("b".to_owned(), BTreeMap::new(), base)];
-        let out = synthesize(&bases, 50, 0.3, 7);
+        let out = synthesize(&bases, 0, 50, 0.3, 7);
         assert_eq!(out.len(), 50);
         for (_, v, attrs) in &out {
             let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -231,9 +232,11 @@ mod tests {
             assert_eq!(attrs["synthetic_from"], "b");
         }
         assert_eq!(
-            synthesize(&bases, 5, 0.3, 7)[3].1,
+            synthesize(&bases, 0, 5, 0.3, 7)[3].1,
             out[3].1,
             "deterministic"
         );
+        let later = synthesize(&bases, 50, 5, 0.3, 7);
+        assert_eq!(later[0].0, "syn-50", "ids continue from `first`");
     }
 }
