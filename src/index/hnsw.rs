@@ -587,9 +587,26 @@ impl Graph {
     /// Costs a flood fill per layer (one pass over the lists, no vector
     /// reads) plus a beam search per unreachable node; once `cancelled` is
     /// set it stops within a search, leaving the links it added. Call it
-    /// while no insert runs on this graph; searches may run, and see each
+    /// while no insert runs on this graph (or see
+    /// [`Self::connect_unreachable_with`]); searches may run, and see each
     /// changed list either before or after its one changed id.
     pub(crate) fn connect_unreachable(&self, cancelled: &AtomicBool) -> usize {
+        self.connect_unreachable_with(cancelled, || ())
+    }
+
+    /// [`Self::connect_unreachable`] on a graph that inserts may change
+    /// meanwhile: the fills and the searches for hosts only read, so they run
+    /// without `exclusive`, and only the linking (with the incoming-link
+    /// counts it relies on to replace a link safely) holds what it returns,
+    /// e.g. the index's writer lock. An insert made between a fill and its
+    /// linking can only make a node reachable that the fill found
+    /// unreachable, which costs one superfluous link; nodes published after
+    /// the fill wait for the next repair.
+    pub(crate) fn connect_unreachable_with<G>(
+        &self,
+        cancelled: &AtomicBool,
+        exclusive: impl Fn() -> G,
+    ) -> usize {
         let Some((_, top)) = self.entry() else {
             return 0;
         };
@@ -600,8 +617,12 @@ impl Graph {
         for layer in (0..=top).rev() {
             let mut reached = Vec::new();
             for _ in 0..REPAIR_ROUNDS {
+                if cancelled.load(Ordering::Relaxed) {
+                    return linked;
+                }
                 reached = self.reached_on(layer, &above);
-                let missing: Vec<u32> = (0..self.len())
+                // Nodes published after the fill are not in `reached`.
+                let missing: Vec<u32> = (0..reached.len())
                     .filter(|&id| !reached[id] && self.on_layer(id, layer))
                     .filter_map(|id| u32::try_from(id).ok())
                     .collect();
@@ -623,6 +644,7 @@ impl Graph {
                 if cancelled.load(Ordering::Relaxed) {
                     return linked;
                 }
+                let _exclusive = exclusive();
                 let mut indegree = self.indegree_on(layer);
                 for (id, hosts) in hosts {
                     let adopted = [false, true].into_iter().any(|replace| {
@@ -659,8 +681,11 @@ impl Graph {
     /// links from the entry point or from any node in `above` (reached on
     /// the layer above, where a search may go down).
     fn reached_on(&self, layer: usize, above: &[bool]) -> Vec<bool> {
+        // The entry point only ever names a published node, so reading it
+        // before the length keeps it inside `reached` even while inserts run.
+        let entry = self.entry();
         let mut reached = vec![false; self.len()];
-        if let Some((entry, top)) = self.entry()
+        if let Some((entry, top)) = entry
             && layer <= top
         {
             self.flood(entry, layer, &mut reached);
@@ -1232,6 +1257,69 @@ mod tests {
             graph.connect_unreachable(&AtomicBool::new(false)),
             0,
             "the repair cut nothing else off"
+        );
+    }
+
+    /// The repair of a graph that inserts change meanwhile: it takes
+    /// `exclusive` (here the stand-in for the index's writer lock, which
+    /// every insert holds) only to link, and the node it found cut off is
+    /// reachable afterwards, whatever the inserts did in between.
+    #[test]
+    fn repair_links_while_inserts_go_on() {
+        let mut rng = StdRng::seed_from_u64(23);
+        let graph = Graph::new(shape());
+        let vectors: Vec<Vec<f32>> = (0..400).map(|_| unit(&mut rng, 8)).collect();
+        for v in &vectors {
+            graph.insert(v).expect("room");
+        }
+        let entry = graph.entry().expect("entry").0;
+        let orphan = (0..400_u32)
+            .find(|&id| id != entry && graph.nodes.get(id as usize).is_some_and(|n| n.level == 0))
+            .expect("a level-0 node");
+        for id in 0..graph.len() {
+            let node = graph.nodes.get(id).expect("published");
+            for layer in 0..=usize::from(node.level) {
+                let kept: Vec<u32> = graph
+                    .neighbours(node, layer)
+                    .iter()
+                    .map(|s| s.load(Ordering::Relaxed))
+                    .filter(|&link| link != orphan)
+                    .collect();
+                graph.write_list(node, layer, kept.into_iter());
+            }
+        }
+        let own = &vectors[orphan as usize];
+        assert!(graph.search(own, 400).iter().all(|n| n.id != orphan));
+
+        let writer = Mutex::new(());
+        let repairing = AtomicBool::new(true);
+        let exclusive_calls = std::sync::atomic::AtomicUsize::new(0);
+        let inserted = std::thread::scope(|scope| {
+            let inserter = scope.spawn(|| {
+                let mut rng = StdRng::seed_from_u64(24);
+                let mut inserted = 0;
+                // At least a few inserts, and more for as long as the repair runs.
+                while inserted < 50 || (repairing.load(Ordering::Acquire) && inserted < 5_000) {
+                    let v = unit(&mut rng, 8);
+                    let _writer = writer.lock();
+                    graph.insert(&v).expect("room");
+                    inserted += 1;
+                }
+                inserted
+            });
+            let linked = graph.connect_unreachable_with(&AtomicBool::new(false), || {
+                exclusive_calls.fetch_add(1, Ordering::Relaxed);
+                writer.lock()
+            });
+            repairing.store(false, Ordering::Release);
+            assert!(linked >= 1, "the cut-off node was linked");
+            inserter.join().expect("the inserter does not panic")
+        });
+        assert!(exclusive_calls.load(Ordering::Relaxed) >= 1);
+        assert_eq!(graph.len(), 400 + inserted);
+        assert!(
+            graph.search(own, 400).iter().any(|n| n.id == orphan),
+            "the repair made node {orphan} reachable"
         );
     }
 

@@ -306,7 +306,8 @@ pub struct VectorIndex {
     /// Held by every writer for the whole write, by a rebuild to start its
     /// log and to swap, and by a dump while it copies the key table.
     writer: Mutex<WriterState>,
-    /// Held for the duration of a rebuild; `try_lock` makes a second one a no-op.
+    /// Held for the duration of a rebuild or a reachability repair; with
+    /// `try_lock`, a second one (of either) is a no-op.
     rebuild_running: Mutex<()>,
     /// Serialises dumps (they share the target folder's temp/GC logic).
     dump_running: Mutex<()>,
@@ -364,17 +365,22 @@ impl VectorIndex {
     }
 
     /// Links every point no search could reach into the graph (see
-    /// `hnsw::Graph::connect_unreachable`); returns how many links it added.
-    /// Builds and rebuilds do it themselves; call it after a large batch of
-    /// upserts into a loaded index. Holds off writers for a flood fill per
-    /// layer (one pass over the links) and a search per unreachable point.
+    /// `hnsw::Graph::connect_unreachable_with`); returns how many links it
+    /// added. Builds and rebuilds do it themselves; call it after upserts
+    /// into a loaded index (live inserts leave some points unreachable).
+    /// Writes go on while it searches for where to link each point and wait
+    /// only while the links are added. While a rebuild runs it does nothing
+    /// and returns 0: the rebuild repairs the graph it swaps in, and this
+    /// one is about to be dropped.
     pub fn connect_unreachable(&self) -> usize {
-        let _writer = self.writer.lock();
-        let generation = self.current.load();
+        let Some(_maintenance) = self.rebuild_running.try_lock() else {
+            return 0;
+        };
+        let generation = self.current.load_full();
         let linked = self.in_pool(|| {
             generation
                 .graph
-                .connect_unreachable(&self.rebuilds_cancelled)
+                .connect_unreachable_with(&self.rebuilds_cancelled, || self.writer.lock())
         });
         if linked > 0 {
             debug!(linked, "unreachable points linked into the graph");
