@@ -1262,8 +1262,11 @@ mod tests {
 
     /// The repair of a graph that inserts change meanwhile: it takes
     /// `exclusive` (here the stand-in for the index's writer lock, which
-    /// every insert holds) only to link, and the node it found cut off is
-    /// reachable afterwards, whatever the inserts did in between.
+    /// every insert holds) only to link, so inserts go on between its fill
+    /// and its linking, and the node it found cut off is reachable
+    /// afterwards. The first call of `exclusive` waits for 50 more inserts
+    /// and then stops the inserter, so the overlap is certain and no later
+    /// insert can prune the new link before the check.
     #[test]
     fn repair_links_while_inserts_go_on() {
         let mut rng = StdRng::seed_from_u64(23);
@@ -1292,30 +1295,39 @@ mod tests {
         assert!(graph.search(own, 400).iter().all(|n| n.id != orphan));
 
         let writer = Mutex::new(());
-        let repairing = AtomicBool::new(true);
+        let stop_inserting = AtomicBool::new(false);
+        let inserted = std::sync::atomic::AtomicUsize::new(0);
         let exclusive_calls = std::sync::atomic::AtomicUsize::new(0);
-        let inserted = std::thread::scope(|scope| {
-            let inserter = scope.spawn(|| {
+        let linked = std::thread::scope(|scope| {
+            scope.spawn(|| {
                 let mut rng = StdRng::seed_from_u64(24);
-                let mut inserted = 0;
-                // At least a few inserts, and more for as long as the repair runs.
-                while inserted < 50 || (repairing.load(Ordering::Acquire) && inserted < 5_000) {
+                while !stop_inserting.load(Ordering::Acquire) {
                     let v = unit(&mut rng, 8);
                     let _writer = writer.lock();
                     graph.insert(&v).expect("room");
-                    inserted += 1;
+                    inserted.fetch_add(1, Ordering::AcqRel);
                 }
-                inserted
             });
             let linked = graph.connect_unreachable_with(&AtomicBool::new(false), || {
-                exclusive_calls.fetch_add(1, Ordering::Relaxed);
+                if exclusive_calls.fetch_add(1, Ordering::AcqRel) == 0 {
+                    // This round's fill and searches are done: 50 inserts
+                    // from here on land between them and its linking.
+                    let at_fill = inserted.load(Ordering::Acquire);
+                    while inserted.load(Ordering::Acquire) < at_fill + 50 {
+                        std::thread::yield_now();
+                    }
+                    stop_inserting.store(true, Ordering::Release);
+                }
                 writer.lock()
             });
-            repairing.store(false, Ordering::Release);
-            assert!(linked >= 1, "the cut-off node was linked");
-            inserter.join().expect("the inserter does not panic")
+            // Ends the inserter even if the repair never took the lock.
+            stop_inserting.store(true, Ordering::Release);
+            linked
         });
-        assert!(exclusive_calls.load(Ordering::Relaxed) >= 1);
+        assert!(linked >= 1, "the cut-off node was linked");
+        assert!(exclusive_calls.load(Ordering::Acquire) >= 1);
+        let inserted = inserted.load(Ordering::Acquire);
+        assert!(inserted >= 50);
         assert_eq!(graph.len(), 400 + inserted);
         assert!(
             graph.search(own, 400).iter().any(|n| n.id == orphan),
