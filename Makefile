@@ -15,7 +15,7 @@ export LOOKBOOK_FASHION_DATA ?= $(FASHION_DATA)
 # most of its 4.6 min step in a 30.5 min fresh-clone run. Built together,
 # `cargo bench` then compiles nothing.
 setup: models
-	$(CARGO) build --release --locked --bins --benches
+	$(CARGO) build --release --locked --features tooling --bins --benches
 
 models:
 	bash models/setup.sh
@@ -29,7 +29,7 @@ run: setup
 
 ## test: set-up if needed, then the whole test suite (unit, integration on real photos)
 test: setup test-models
-	$(CARGO) test --release --locked -- --nocapture
+	$(CARGO) test --release --locked --features tooling -- --nocapture
 
 ## reliability: the reliability suites at full size, one test binary at a time -> bench/RELIABILITY.md
 # Crash loop, torn files, churn and soak (10 min), then the other reliability
@@ -41,9 +41,14 @@ RELIABILITY_OUT ?= .cache/reliability
 reliability: setup test-models
 	CARGO="$(CARGO)" bash bench/reliability.sh $(RELIABILITY_OUT)
 
+## image-check: deploy/Containerfile's runtime stage on a debootstrap'ed root serves real photos (root; no container engine)
+.PHONY: image-check
+image-check: setup
+	bash deploy/rootfs-check.sh
+
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --features tooling --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt
@@ -55,11 +60,11 @@ bench:
 	bash bench/run.sh
 
 eval: setup
-	./target/release/lookbook eval $(LOOKBOOK_FASHION_DATA)
+	./target/release/lookbook-bench eval $(LOOKBOOK_FASHION_DATA)
 
 ## eval-personal: simulated-shopper evaluation; the report lands in bench/EVAL-PERSONAL.md
 eval-personal: setup
-	./target/release/lookbook eval-personal $(LOOKBOOK_FASHION_DATA) | tee bench/EVAL-PERSONAL.md
+	./target/release/lookbook-bench eval-personal $(LOOKBOOK_FASHION_DATA) | tee bench/EVAL-PERSONAL.md
 
 clean:
 	rm -rf target .cache models/*.onnx

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 data="${1:-${LOOKBOOK_FASHION_DATA:-../shared/data/fashion-sample}}"
 bin=./target/release/lookbook
+bench=./target/release/lookbook-bench
 out=bench/FIGURES.md
 port=50917
 url="http://127.0.0.1:$port"
@@ -27,7 +28,7 @@ start_server() {
   local log="$work/server.log" t0 t1
   : > "$log"
   t0=$EPOCHREALTIME
-  LOOKBOOK__TELEMETRY__LOG_FORMAT=json "$bin" serve --listen "127.0.0.1:$port" --data-dir "$1" > /dev/null 2> "$log" &
+  LOOKBOOK__HTTP__LISTEN=127.0.0.1:0 LOOKBOOK__TELEMETRY__LOG_FORMAT=json "$bin" serve --listen "127.0.0.1:$port" --data-dir "$1" > /dev/null 2> "$log" &
   pid=$!
   for _ in $(seq 1 3000); do
     grep -q '"message":"SERVING"' "$log" && break
@@ -61,21 +62,21 @@ start_server "$dir"
 
 say "## Embed throughput (one photo per call)"
 for c in 1 2; do
-  "$bin" bench --server "$url" --rpc embed --catalog "$data" --concurrency "$c" --duration 20 --warmup 3 | block
+  "$bench" bench --server "$url" --rpc embed --catalog "$data" --concurrency "$c" --duration 20 --warmup 3 | block
 done
 
 say "## Grow to 12,000 products"
 say "Real embeddings of the sample plus synthetic products: each a random real product's embedding plus Gaussian noise of norm 0.35, re-normalised (\`lookbook synth\`)."
-"$bin" synth --server "$url" --catalog "$data" --total 12000 | block
+"$bench" synth --server "$url" --catalog "$data" --total 12000 | block
 
 say "## RecommendSimilar by product id, k=10, 12,000 products"
 for c in 1 4; do
-  "$bin" bench --server "$url" --rpc similar --catalog "$data" --concurrency "$c" --duration 20 --warmup 3 -k 10 | block
+  "$bench" bench --server "$url" --rpc similar --catalog "$data" --concurrency "$c" --duration 20 --warmup 3 -k 10 | block
 done
 
 say "## RecommendForUser, k=10, 12,000 products, shoppers with 500 interactions each"
 say "32 synthetic shoppers, each with 500 interactions (70% views, 15% clicks, 10% add-to-cart, 5% purchases) around three favourite products, recorded through RecordInteractions first; then queried round-robin."
-"$bin" bench --server "$url" --rpc user --catalog "$data" --concurrency 1 --duration 20 --warmup 3 -k 10 --shoppers 32 --history 500 | block
+"$bench" bench --server "$url" --rpc user --catalog "$data" --concurrency 1 --duration 20 --warmup 3 -k 10 --shoppers 32 --history 500 | block
 stop_server
 
 say "## Start-up and memory with 12,000 products"
@@ -91,5 +92,5 @@ say "start-up to SERVING without a dump (index rebuilt from the store): ${secs} 
 stop_server
 
 say "## Retrieval quality (lookbook eval)"
-"$bin" eval "$data" | block
+"$bench" eval "$data" | block
 echo "wrote $out"

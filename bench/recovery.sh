@@ -27,6 +27,7 @@ out=${1:?usage: bench/recovery.sh OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 bin=${LOOKBOOK_BIN:-./target/release/lookbook}
+bench=${LOOKBOOK_BENCH_BIN:-./target/release/lookbook-bench}
 data="${LOOKBOOK_FASHION_DATA:-$(cd .. && pwd)/shared/data/fashion-sample}"
 scales=${RECOVERY_SCALES:-100000 1000000}
 writes=${RECOVERY_WRITES:-2000}
@@ -47,7 +48,7 @@ serve() {
     port=$(free_port)
     url=http://127.0.0.1:$port
     t0=$(date +%s.%N)
-    env "$@" LOOKBOOK__STORAGE__DATA_DIR="$dir" LOOKBOOK__SERVER__LISTEN=127.0.0.1:$port \
+    env "$@" LOOKBOOK__STORAGE__DATA_DIR="$dir" LOOKBOOK__SERVER__LISTEN=127.0.0.1:$port LOOKBOOK__HTTP__LISTEN=127.0.0.1:0 \
         LOOKBOOK__SERVER__SHUTDOWN_GRACE=600s \
         LOOKBOOK__TELEMETRY__LOG_FORMAT=json LOOKBOOK__TELEMETRY__LOG_FILTER=info \
         $bin serve > "$log" 2>&1 &
@@ -100,7 +101,7 @@ prepare() {
         mkdir -p "$dir"
         serve "$dir/store" "$work/$n-prepare.log"
         $bin import "$data" --server "$url" --limit 300 > /dev/null
-        $bin synth --server "$url" --catalog "$data" --total "$n"
+        $bench synth --server "$url" --catalog "$data" --total "$n"
         stop
         touch "$dir/prepared"
     fi
@@ -122,7 +123,7 @@ for n in $scales; do
     # No checkpoint may be taken between the writes and the kill.
     serve "$dir" "$work/$n-writes.log" LOOKBOOK__INDEX__MAINTENANCE_INTERVAL=24h
     total=$(( $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["products"])' "$clean_loaded") + writes ))
-    $bin synth --server "$url" --catalog "$data" --total "$total" --seed "$RANDOM" > /dev/null
+    $bench synth --server "$url" --catalog "$data" --total "$total" --seed "$RANDOM" > /dev/null
     crash
     serve "$dir" "$work/$n-crash.log"
     after=$took

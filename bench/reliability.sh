@@ -79,12 +79,12 @@ if (( ! collate_only )); then
     done
     # Built once up front, so that no suite's time includes compiling.
     step "build: ${present[*]}"
-    if "$cargo" test --release --locked --no-run "${present[@]}" > "$out/logs/build.log" 2>&1; then
+    if "$cargo" test --release --locked --features tooling --no-run "${present[@]}" > "$out/logs/build.log" 2>&1; then
         for s in "${suites[@]}"; do
             [[ -f tests/$s.rs ]] || continue
             # One test at a time inside a binary too: several suites measure
             # memory and time, which tests running beside them would skew.
-            run "$s" "$cargo" test --release --locked --test "$s" -- --nocapture --test-threads 1
+            run "$s" "$cargo" test --release --locked --features tooling --test "$s" -- --nocapture --test-threads 1
         done
     else
         step "build FAILED: $out/logs/build.log"

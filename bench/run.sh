@@ -31,6 +31,7 @@ photos=256
 work=.cache/bench
 results=$work/results
 bin=./target/release/lookbook
+bench=./target/release/lookbook-bench
 py=.cache/bench-venv/bin/python
 int8=models/efficientnet_lite2_int8.toml
 # ef_search values swept for every HNSW library (M 16, ef_construction 200 for all).
@@ -59,7 +60,7 @@ models_setup=$!
 bash bench/peers/setup.sh > "$work/setup-peers.log" 2>&1 &
 peers_setup=$!
 pids+=("$models_setup" "$peers_setup")
-cargo build --release --locked --quiet --bins --benches
+cargo build --release --locked --quiet --features tooling --bins --benches
 wait "$models_setup" || { cat "$work/setup-models.log" >&2; exit 1; }
 wait "$peers_setup" || { cat "$work/setup-peers.log" >&2; exit 1; }
 pids=() # both finished: nothing left for `cleanup` to stop
@@ -69,17 +70,17 @@ step "model FLOPs"
 "$py" bench/peers/model_flops.py --model models/efficientnet_lite2.onnx --out "$results/flops.json"
 
 step "encoder: lookbook vs Python onnxruntime+Pillow, fp32 and int8"
-"$bin" bench-encode "$data" --limit "$photos" --batch 1,4,16 --json "$results/encode-lookbook-fp32.json"
+"$bench" bench-encode "$data" --limit "$photos" --batch 1,4,16 --json "$results/encode-lookbook-fp32.json"
 "$py" bench/peers/encode.py --manifest models/efficientnet_lite2.toml --images "$data/images" \
     --limit "$photos" --batch 1,16 --out "$results/encode-python-fp32.json"
-LOOKBOOK__MODEL__MANIFEST=$int8 "$bin" bench-encode "$data" --limit "$photos" --batch 1,16 \
+LOOKBOOK__MODEL__MANIFEST=$int8 "$bench" bench-encode "$data" --limit "$photos" --batch 1,16 \
     --json "$results/encode-lookbook-int8.json"
 "$py" bench/peers/encode.py --manifest "$int8" --images "$data/images" \
     --limit "$photos" --batch 1,16 --out "$results/encode-python-int8.json"
 
 step "retrieval quality (precision@10, same articleType): fp32, then int8"
-"$bin" eval "$data" --export "$work/sample" --json "$results/eval-fp32.json"
-LOOKBOOK__MODEL__MANIFEST=$int8 "$bin" eval "$data" --json "$results/eval-int8.json"
+"$bench" eval "$data" --export "$work/sample" --json "$results/eval-fp32.json"
+LOOKBOOK__MODEL__MANIFEST=$int8 "$bench" eval "$data" --json "$results/eval-int8.json"
 
 step "index datasets: sample, 12k, $scales"
 "$py" bench/peers/make_vectors.py --real "$work/sample.f32" --ids "$work/sample.ids" \
@@ -87,7 +88,7 @@ step "index datasets: sample, 12k, $scales"
 
 for scale in sample ${scales//,/ }; do
     step "index sweep at $scale: lookbook, hnswlib, faiss, scikit-learn"
-    "$bin" bench-index "$work/$scale" --m 16 --ef-construction 200 \
+    "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
         --ef-search "$efs" --threads 1,2 \
         --json "$results/index-$scale-lookbook.json"
     for lib in hnswlib faiss; do
@@ -111,7 +112,7 @@ serve() {
     url=http://127.0.0.1:$port
     local t0
     t0=$(date +%s.%N)
-    env "$@" LOOKBOOK__STORAGE__DATA_DIR="$work/server" LOOKBOOK__SERVER__LISTEN="127.0.0.1:$port" \
+    env "$@" LOOKBOOK__STORAGE__DATA_DIR="$work/server" LOOKBOOK__SERVER__LISTEN="127.0.0.1:$port" LOOKBOOK__HTTP__LISTEN=127.0.0.1:0 \
         LOOKBOOK__TELEMETRY__LOG_FILTER=warn "$bin" serve > "$work/$name.log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
@@ -138,7 +139,7 @@ EOF
 load() { # rpc concurrency out [extra args]
     local rpc=$1 c=$2 out=$3
     shift 3
-    "$bin" bench --server "$url" --rpc "$rpc" --catalog "$data" --concurrency "$c" \
+    "$bench" bench --server "$url" --rpc "$rpc" --catalog "$data" --concurrency "$c" \
         --duration "$seconds" --warmup 2 "$@" --json "$results/$out.json"
 }
 
@@ -146,7 +147,7 @@ rm -rf "$work/server"
 step "server (empty): start-up, then ingest with photos and with embeddings to 12,000 products"
 serve empty
 "$bin" import "$data" --server "$url" --json "$results/ingest-images.json" > /dev/null
-"$bin" load-vectors "$work/12k" --server "$url" --skip "$(wc -l < "$work/sample.ids")" \
+"$bench" load-vectors "$work/12k" --server "$url" --skip "$(wc -l < "$work/sample.ids")" \
     --json "$results/ingest-vectors.json"
 rss_now "$results/rss-12k.json"
 stop
@@ -155,7 +156,7 @@ step "server (12K, from its dump): start-up, RecommendSimilar load, Embed load w
 serve dump12k
 for c in 1 32; do load similar "$c" "similar-lookbook-c$c" --connections "$(( c < 4 ? 1 : 4 ))"; done
 for c in 1 4 16; do load embed "$c" "embed-batching-c$c"; done
-"$bin" freshness "$work/12k" --server "$url" --count 200 --json "$results/freshness.json"
+"$bench" freshness "$work/12k" --server "$url" --count 200 --json "$results/freshness.json"
 stop
 
 step "server without dynamic batching, then with batches of up to 16: Embed load"

@@ -1,10 +1,13 @@
 //! Service wiring: bind, load, serve, drain.
 //!
-//! The port is bound first and health answers NOT_SERVING while the model
-//! and index load, so orchestrators can tell "starting" from "dead"; the
-//! recommender turns SERVING only once both are loaded. On shutdown the
-//! server stops taking calls, drains in-flight ones (bounded by the grace
-//! period), and writes the index dump so the next start skips the rebuild.
+//! The ports are bound first; health answers NOT_SERVING (and `/readyz`
+//! 503, `/livez` 200) while the model and index load, so orchestrators can
+//! tell "starting" from "dead"; the recommender turns SERVING only once
+//! both are loaded. On shutdown readiness flips at once, calls are still
+//! served for `drain_delay` (while load balancers take the pod out), then
+//! the listeners close, in-flight calls drain (bounded by the grace
+//! period), and the index dump is written so the next start skips the
+//! rebuild.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -12,7 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, Ready, TransportSettings, convert::RequestLimits},
+    api::{
+        self, Authenticator, Listeners, Ready, TransportSettings,
+        convert::RequestLimits,
+        tls::{TlsError, TlsMaterial},
+    },
     catalog::{Catalog, CatalogError, StartupReport},
     config::Config,
     encoder::{Encoder, EncoderError},
@@ -27,6 +34,10 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot load the model: {0}")]
     Encoder(#[from] EncoderError),
     #[error("cannot open the catalogue: {0}")]
@@ -43,61 +54,104 @@ pub enum AppError {
 /// the real port before start-up work begins.
 #[derive(Debug)]
 pub struct Bound {
-    listener: TcpListener,
+    listeners: Listeners,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    tls: Option<TlsMaterial>,
     config: Config,
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
 impl Bound {
+    /// Binds both ports and reads the TLS files, so that every mistake in
+    /// them fails here, before minutes of loading.
     pub async fn bind(config: Config) -> Result<Self, AppError> {
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| AppError::Bind { addr, source })?;
+        let tls = TlsMaterial::load(&config.tls)?;
+        let (grpc, addr) = bind(config.server.listen).await?;
+        let (http, http_addr) = match config.http.addr()? {
+            Some(addr) => {
+                let (listener, bound) = bind(addr).await?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
         Ok(Self {
-            listener,
+            listeners: Listeners { grpc, http },
             addr,
+            http_addr,
+            tls,
             config,
         })
     }
 
+    /// The gRPC port.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP port, unless HTTP is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Serves until `shutdown` fires, then drains and dumps the index.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let Self {
-            listener,
+            listeners,
             addr,
+            http_addr,
+            tls,
             config,
         } = self;
+        let auth = Authenticator::new(config.tokens.clone());
+        let secured = (tls.as_ref().map(TlsMaterial::mutual), auth.enabled());
+        // Fired after `drain_delay` (or at once during start-up): the
+        // listeners close and in-flight calls drain.
+        let close = CancellationToken::new();
         let (readiness, server) = api::start(
-            listener,
+            listeners,
             TransportSettings {
                 max_message_bytes: config.server.max_message_bytes,
                 shutdown_grace: work_grace(config.server.shutdown_grace),
                 max_in_flight: config.server.max_in_flight,
+                reflection: config.server.reflection,
+                tls,
+                auth,
+                access_log: config.telemetry.access_log,
             },
-            shutdown.clone(),
+            close.clone(),
         )
         .await?;
-        tracing::info!(%addr, "listening (NOT_SERVING until the model and index are loaded)");
+        tracing::info!(
+            %addr,
+            http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            tls = match secured.0 { None => "off", Some(false) => "on", Some(true) => "mutual" },
+            tokens = if secured.1 { "required" } else { "off" },
+            reflection = config.server.reflection,
+            "listening (NOT_SERVING until the model and index are loaded)"
+        );
 
         let loaded = tokio::select! {
             loaded = load(&config) => loaded,
             () = shutdown.cancelled() => {
                 tracing::info!("shutdown requested during start-up");
+                close.cancel();
                 return finish(server).await;
             }
         };
         let (catalog, report) = match loaded {
             Ok(v) => v,
             Err(error) => {
-                shutdown.cancel();
+                close.cancel();
                 // The start-up error is the one worth reporting.
                 let _ = finish(server).await;
                 return Err(error);
@@ -120,12 +174,15 @@ impl Bound {
                 Arc::clone(&catalog),
                 config.personalize.clone(),
             ) => opened,
-            () = shutdown.cancelled() => return finish(server).await,
+            () = shutdown.cancelled() => {
+                close.cancel();
+                return finish(server).await;
+            }
         };
         let (personalizer, shoppers) = match opened {
             Ok(v) => v,
             Err(error) => {
-                shutdown.cancel();
+                close.cancel();
                 let _ = finish(server).await;
                 return Err(error.into());
             }
@@ -166,11 +223,19 @@ impl Bound {
         tracing::info!(%addr, "SERVING");
 
         shutdown.cancelled().await;
+        readiness.not_serving().await;
+        if !config.server.drain_delay.is_zero() {
+            tracing::info!(
+                delay = ?config.server.drain_delay,
+                "not ready; still serving while load balancers catch up"
+            );
+            tokio::time::sleep(config.server.drain_delay).await;
+        }
         // Everything from here on fits in the grace period, so that the
         // process is gone before Kubernetes' own countdown kills it.
         let deadline = tokio::time::Instant::now() + work_grace(config.server.shutdown_grace);
-        readiness.not_serving().await;
         tracing::info!("draining in-flight calls");
+        close.cancel();
         let served = finish(server).await;
         // A rebuild of a large index takes minutes; it is abandoned (the
         // current generation stays complete and is what gets dumped).

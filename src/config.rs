@@ -6,10 +6,22 @@
 //! `LOOKBOOK__SERVER__LISTEN=0.0.0.0:50051`). This is the only module that
 //! reads the process environment, so every knob is visible in one type and
 //! can be validated before anything binds a port or loads a model.
+//!
+//! Bearer tokens are the one exception to "everything is a config key":
+//! they come from files named in `[auth]` (a Kubernetes Secret mounted as
+//! files) or from `LOOKBOOK_READ_TOKEN` / `LOOKBOOK_WRITE_TOKEN`, never from
+//! the TOML file itself, which is baked into images and ConfigMaps that
+//! many people can read. `[auth]` has no key that could hold a token, and
+//! unknown keys are rejected.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{encoder::EncoderConfig, index::IndexParams, personalize::PersonalizeConfig};
 
@@ -17,6 +29,14 @@ use crate::{encoder::EncoderConfig, index::IndexParams, personalize::Personalize
 const ENV_PREFIX: &str = "LOOKBOOK";
 /// Read when present and no `--config` was given.
 const DEFAULT_FILE: &str = "lookbook.toml";
+/// Environment variables holding bearer tokens (whitespace-separated when
+/// several are valid at once, e.g. during a rotation).
+pub const READ_TOKEN_ENV: &str = "LOOKBOOK_READ_TOKEN";
+pub const WRITE_TOKEN_ENV: &str = "LOOKBOOK_WRITE_TOKEN";
+/// Shortest accepted token. Even 16 hex characters of a random token carry
+/// 64 bits; anything shorter is a typo or guessable (`openssl rand -hex 32`
+/// gives 64 characters).
+pub const MIN_TOKEN_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,30 +46,56 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The whole service configuration. Every field has a default, so an empty
 /// file (or none) gives a working local set-up from the repository root.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub http: HttpConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub model: ModelConfig,
     pub index: IndexConfig,
     pub limits: LimitsConfig,
     pub personalize: PersonalizeConfig,
     pub telemetry: TelemetryConfig,
+    /// Read from the files and variables `[auth]` names by [`Config::load`];
+    /// never part of the file.
+    #[serde(skip)]
+    pub tokens: Tokens,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// gRPC address.
     pub listen: SocketAddr,
+    /// Serve gRPC server reflection (`grpcurl` without a proto file). It
+    /// tells anyone who can connect the whole API, so production turns it
+    /// off.
+    pub reflection: bool,
+    /// After SIGTERM: how long readiness reports "not ready" while calls
+    /// are still served, so that load balancers stop sending new calls
+    /// before the listeners close. Kubernetes removes a terminating pod
+    /// from Service endpoints asynchronously; without this pause, calls
+    /// routed in that window would be refused.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// Largest accepted gRPC message. Real catalogue photos run to several
     /// MiB, so the default is well above tonic's 4 MiB.
     pub max_message_bytes: usize,
-    /// How long a graceful shutdown waits for in-flight calls to finish.
+    /// After `drain_delay`: how long in-flight calls may take to finish and
+    /// the index dump to be written before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Bound on concurrently executing CPU-bound searches; further callers
@@ -69,14 +115,145 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The HTTP port: everything that is not gRPC (`/metrics`, `/livez`,
+/// `/readyz`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address, or "" to serve no HTTP at all.
+    pub listen: String,
+}
+
+impl HttpConfig {
+    /// The address to bind, `None` when HTTP is off. Validated at load.
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen
+            .parse()
+            .map(Some)
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                field: "http.listen",
+                reason: format!("{listen:?}: {e}"),
+            })
+    }
+}
+
+/// TLS for both ports (rustls). Both files set: TLS on; neither: plaintext.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it
+    /// signed (mutual TLS), on both ports.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// Where bearer tokens come from. With no token configured at all the
+/// service is open (local development); with a write token, every write
+/// needs it; with a read token too, every call but health needs one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File with read tokens, one per line (`#` comments and blank lines
+    /// ignored); also `LOOKBOOK_READ_TOKEN`.
+    pub read_tokens_file: Option<PathBuf>,
+    /// File with write tokens (which also allow reads); also
+    /// `LOOKBOOK_WRITE_TOKEN`.
+    pub write_tokens_file: Option<PathBuf>,
+}
+
+/// SHA-256 digests of the accepted tokens. Only digests are kept: they
+/// compare in constant time whatever the token's length, and a heap dump
+/// or a `Debug` print shows no secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub read: Vec<[u8; 32]>,
+    pub write: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("read", &self.read.len())
+            .field("write", &self.write.len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    pub fn digest(token: &[u8]) -> [u8; 32] {
+        Sha256::digest(token).into()
+    }
+
+    /// Tokens in `text`: whitespace-separated, `#` starts a comment line.
+    fn parse(text: &str, field: &'static str) -> Result<Vec<[u8; 32]>, ConfigError> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            for token in line.split_whitespace() {
+                if token.len() < MIN_TOKEN_BYTES {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        reason: format!("a token is shorter than {MIN_TOKEN_BYTES} bytes"),
+                    });
+                }
+                out.push(Self::digest(token.as_bytes()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(
+        file: Option<&Path>,
+        env: Option<String>,
+        field: &'static str,
+    ) -> Result<Vec<[u8; 32]>, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                what: field,
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let tokens = Self::parse(&text, field)?;
+            if tokens.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{} holds no token", path.display()),
+                });
+            }
+            out.extend(tokens);
+        }
+        if let Some(text) = env {
+            out.extend(Self::parse(&text, field)?);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Holds the redb database and the index dump.
     pub data_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Model manifest (`models/<name>.toml`); switching models is changing this.
@@ -106,7 +283,7 @@ pub struct ModelConfig {
     pub batch_max_delay: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
     /// HNSW `M`: links per node.
@@ -131,7 +308,7 @@ pub struct IndexConfig {
     pub checkpoint_changes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest `k` a recommendation call may ask for.
@@ -149,31 +326,49 @@ pub struct LimitsConfig {
     pub max_examples: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `tracing_subscriber` filter directive, e.g. `info,lookbook=debug`.
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// One line per call (method, peer, status, latency, request id) at
+    /// info, target `lookbook::access`.
+    pub access_log: bool,
+    /// OpenTelemetry traces over OTLP/gRPC to this collector (e.g.
+    /// `http://otel-collector:4317`); "" exports nothing.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub otlp_service_name: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            reflection: true,
+            drain_delay: Duration::ZERO,
             max_message_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(20),
             search_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             max_pending_searches: 128,
             max_pending_writes: 128,
             max_in_flight: 512,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
         }
     }
 }
@@ -237,8 +432,23 @@ impl Default for TelemetryConfig {
         Self {
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
+            access_log: true,
+            otlp_endpoint: String::new(),
+            otlp_service_name: "lookbook".to_owned(),
         }
     }
+}
+
+/// Environment variable with the bearer token client commands send.
+pub const CLIENT_TOKEN_ENV: &str = "LOOKBOOK_TOKEN";
+
+/// The token client commands send, from `LOOKBOOK_TOKEN` only: a flag
+/// would leak it into process listings and shell history.
+pub fn client_token() -> Option<String> {
+    std::env::var(CLIENT_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// Command-line values that override every other layer.
@@ -280,6 +490,25 @@ impl Config {
             cfg.storage.data_dir.clone_from(dir);
         }
         cfg.validate()?;
+        cfg.tokens = Tokens {
+            read: Tokens::read(
+                cfg.auth.read_tokens_file.as_deref(),
+                std::env::var(READ_TOKEN_ENV).ok(),
+                "auth.read_tokens_file",
+            )?,
+            write: Tokens::read(
+                cfg.auth.write_tokens_file.as_deref(),
+                std::env::var(WRITE_TOKEN_ENV).ok(),
+                "auth.write_tokens_file",
+            )?,
+        };
+        if !cfg.tokens.read.is_empty() && cfg.tokens.write.is_empty() {
+            // Reads locked while writes are open is never what was meant.
+            return Err(ConfigError::Invalid {
+                field: "auth",
+                reason: "read tokens are configured but no write token".to_owned(),
+            });
+        }
         Ok(cfg)
     }
 
@@ -306,6 +535,29 @@ impl Config {
             ));
         }
         positive("server.search_concurrency", self.server.search_concurrency)?;
+        self.http.addr()?;
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), Some(_)) | (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "tls",
+                    "cert_file and key_file must be set together",
+                ));
+            }
+        }
+        if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "mutual TLS needs cert_file and key_file",
+            ));
+        }
+        let otlp = self.telemetry.otlp_endpoint.trim();
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
         positive("server.max_in_flight", self.server.max_in_flight)?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
@@ -447,6 +699,198 @@ mod tests {
         std::fs::write(&path, "[server]\nno_such_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    /// Keys whose default depends on the machine (its cores); the README
+    /// shows this machine's value and says so.
+    const MACHINE_DEPENDENT: [&str; 2] = ["server.search_concurrency", "model.intra_threads"];
+
+    /// `section.key` -> value of every leaf of a TOML table.
+    fn leaves(
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut std::collections::BTreeMap<String, toml::Value>,
+    ) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => leaves(&path, inner, out),
+                other => {
+                    out.insert(path, other.clone());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_key_with_its_default() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("<!-- config-reference -->")
+            .expect("the README marks its config reference");
+        let end = readme
+            .find("<!-- /config-reference -->")
+            .expect("and its end");
+        let block = &readme[start..end];
+        let toml_text = block
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(body, _)| body)
+            .expect("a toml code block");
+        // Optional keys (no default) are shown commented out, in their section.
+        let mut optional = Vec::new();
+        let mut section = String::new();
+        for line in toml_text.lines() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.split(']').next().unwrap_or_default().to_owned();
+            } else if let Some(commented) = line.strip_prefix("# ")
+                && let Some((key, _)) = commented.split_once(" = ")
+            {
+                optional.push(format!("{section}.{}", key.trim()));
+            }
+        }
+        let documented: toml::Table = toml::from_str(toml_text).expect("the reference parses");
+        let mut shown = std::collections::BTreeMap::new();
+        leaves("", &documented, &mut shown);
+
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        let mut actual = std::collections::BTreeMap::new();
+        leaves("", &defaults, &mut actual);
+        // Every key with a default is shown with that default.
+        for (key, value) in &actual {
+            let Some(readme_value) = shown.get(key) else {
+                panic!("README config reference lacks {key} (default {value})");
+            };
+            if MACHINE_DEPENDENT.contains(&key.as_str()) {
+                continue;
+            }
+            // Durations are compared as durations ("14d" is "14days").
+            let as_duration = |v: &toml::Value| {
+                v.as_str()
+                    .and_then(|s| humantime_serde::re::humantime::parse_duration(s).ok())
+            };
+            match (as_duration(readme_value), as_duration(value)) {
+                (Some(shown), Some(default)) => {
+                    assert_eq!(shown, default, "README shows another default for {key}");
+                }
+                _ => assert_eq!(
+                    readme_value, value,
+                    "README shows another default for {key}"
+                ),
+            }
+        }
+        for key in shown.keys() {
+            assert!(
+                actual.contains_key(key),
+                "README documents {key}, which is no key"
+            );
+        }
+        // Every optional key is shown commented, and parses when set.
+        let all_set = Config {
+            tls: TlsConfig {
+                cert_file: Some("c".into()),
+                key_file: Some("k".into()),
+                client_ca_file: Some("a".into()),
+            },
+            auth: AuthConfig {
+                read_tokens_file: Some("r".into()),
+                write_tokens_file: Some("w".into()),
+            },
+            ..Config::default()
+        };
+        let mut with_optional = std::collections::BTreeMap::new();
+        leaves(
+            "",
+            &toml::Table::try_from(all_set).expect("serialises"),
+            &mut with_optional,
+        );
+        let mut expected_optional: Vec<String> = with_optional
+            .keys()
+            .filter(|k| !actual.contains_key(*k))
+            .cloned()
+            .collect();
+        expected_optional.sort();
+        optional.sort();
+        assert_eq!(optional, expected_optional, "optional keys in the README");
+        // And the reference itself loads as a valid configuration.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reference.toml");
+        std::fs::write(&path, toml_text).expect("write");
+        Config::load(Some(&path), &Overrides::default()).expect("the reference is valid");
+    }
+
+    #[test]
+    fn tokens_come_from_files_and_the_environment_never_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = dir.path().join("read");
+        std::fs::write(
+            &read,
+            "# comment\nfirst-token-0123456789\n\nsecond-token-0123456789\n",
+        )
+        .unwrap();
+        let tokens =
+            Tokens::read(Some(&read), Some("env-token-0123456789".to_owned()), "t").unwrap();
+        assert_eq!(tokens.len(), 3);
+        assert!(tokens.contains(&Tokens::digest(b"second-token-0123456789")));
+        assert!(tokens.contains(&Tokens::digest(b"env-token-0123456789")));
+        std::fs::write(&read, "short\n").unwrap();
+        assert!(Tokens::read(Some(&read), None, "t").is_err(), "too short");
+        std::fs::write(&read, "# nothing\n").unwrap();
+        assert!(
+            Tokens::read(Some(&read), None, "t").is_err(),
+            "an empty token file"
+        );
+        assert!(Tokens::read(Some(&dir.path().join("absent")), None, "t").is_err());
+        // No key of the file can hold a token.
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[auth]\nwrite_token = \"inline-token-0123456789\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("write_token"), "{err}");
+        // Read tokens without a write token would leave writes open.
+        std::fs::write(&read, "only-read-token-0123456789\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[auth]\nread_tokens_file = {:?}\n",
+                read.display().to_string()
+            ),
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("no write token"), "{err}");
+        assert!(
+            !format!(
+                "{:?}",
+                Tokens {
+                    read: tokens,
+                    write: Vec::new()
+                }
+            )
+            .contains("token-0123")
+        );
+    }
+
+    #[test]
+    fn tls_and_http_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[tls]\ncert_file = \"/x.crt\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+        std::fs::write(&path, "[http]\nlisten = \"nowhere\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("http.listen"), "{err}");
+        std::fs::write(&path, "[http]\nlisten = \"\"\n").unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.http.addr().unwrap(), None);
+        std::fs::write(&path, "[telemetry]\notlp_endpoint = \"collector:4317\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("otlp_endpoint"), "{err}");
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! recommendations.
 //!
 //! Map of the crate, edge to core:
-//! - [`api`]: the only module that sees tonic/prost: generated
-//!   `lookbook.v1` types, the service, request validation (`TryFrom` into
-//!   domain types), the single error -> `Status` mapping, a typed client.
-//! - [`app`]: wiring: bind, load, serve with health/reflection, drain.
-//! - [`cli`]: the `lookbook` command line (`serve`, `import`, `similar`,
-//!   `bench`, `synth`, `eval`, `eval-personal`, and the `make bench` tools).
+//! - [`api`]: the only module that sees tonic/prost/HTTP: generated
+//!   `lookbook.v1` types, the gRPC service and the HTTP port (health,
+//!   metrics), the layers every call passes (request id and access log,
+//!   tokens, overload), TLS, request validation (`TryFrom` into domain
+//!   types), the single error -> `Status` mapping, a typed client.
+//! - [`app`]: wiring: bind, load, serve, drain.
+//! - [`cli`]: the `lookbook` command line: `serve`, `check` and the
+//!   operator's client commands.
 //! - [`recommend`]: query planning: similar products (Qdrant-style
 //!   positives/negatives) and per-shopper recommendations; shares, caps,
 //!   MMR and reasons.
@@ -19,13 +21,13 @@
 //!   background rebuild and crash-safe dumps.
 //! - [`store`]: durable products in redb.
 //! - [`domain`]: validated types shared by the core.
-//! - [`loadgen`]: the `bench`/`synth` load tools behind the README figures.
-//! - [`perf`]: the measurements `make bench` compares with the Python peers
-//!   (encoder split, index sweeps, ingest, freshness).
 //! - [`gate`]: bounded admission (a semaphore with a bounded queue) used
 //!   by every wait on a request path.
-//! - [`config`], [`telemetry`], [`dataset`] (Kaggle-style folders), [`eval`]
-//!   (retrieval metrics), [`eval_personal`] (simulated shoppers).
+//! - [`config`] (the only reader of the environment), [`telemetry`] (logs,
+//!   Prometheus metrics, OTLP traces), [`dataset`] (Kaggle-style folders).
+//! - `tooling` (feature `tooling`, binary `lookbook-bench`): load
+//!   generators, `make bench`'s measurements and the evaluations; apart
+//!   from what serves.
 
 pub mod api;
 pub mod app;
@@ -35,13 +37,11 @@ pub mod config;
 pub mod dataset;
 pub mod domain;
 pub mod encoder;
-pub mod eval;
-pub mod eval_personal;
 pub mod gate;
 pub mod index;
-pub mod loadgen;
-pub mod perf;
 pub mod personalize;
 pub mod recommend;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "tooling")]
+pub mod tooling;

@@ -1,5 +1,6 @@
 //! `lookbook` binary: parse the command line, run it, report errors.
 //! Everything else lives in the library so tests drive the same code.
+//! `src/bin/lookbook-bench.rs` is the same for the tooling binary.
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use lookbook::eval_personal::{self, METHODS, Spec};
+use lookbook::tooling::eval_personal::{self, METHODS, Spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_interest_beats_single_centroid_and_trending() {

@@ -14,7 +14,7 @@ use common::*;
 use lookbook::{
     api::proto::{self, recommend_similar_request::Query},
     dataset::{self, ARTICLE_TYPE},
-    eval,
+    tooling::eval,
 };
 
 fn read(path: &std::path::Path) -> bytes::Bytes {

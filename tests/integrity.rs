@@ -177,6 +177,7 @@ async fn a_damaged_row_is_left_out_reported_and_healed_and_a_damaged_file_stops_
     let check = lookbook(&["check", "--data-dir", &data]);
     assert_eq!(check.status.code(), Some(1), "{check:?}");
     let mut serve = Command::new(env!("CARGO_BIN_EXE_lookbook"))
+        .env("LOOKBOOK__HTTP__LISTEN", "127.0.0.1:0")
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
         .current_dir(repo_root())
         .env("LOOKBOOK__TELEMETRY__LOG_FILTER", "warn")

@@ -274,6 +274,7 @@ fn panicked(stderr: &str) -> bool {
 /// Starts the real binary on `data` and waits until it serves or exits.
 async fn start(data: &Path) -> Start {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lookbook"))
+        .env("LOOKBOOK__HTTP__LISTEN", "127.0.0.1:0")
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .current_dir(repo_root())
@@ -317,6 +318,7 @@ async fn start(data: &Path) -> Start {
                 server: ServerProcess {
                     child,
                     url: url.clone(),
+                    http: None,
                 },
                 stderr: lines,
                 reader,

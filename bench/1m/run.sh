@@ -19,6 +19,7 @@ cd "$(dirname "$0")/../.."
 work=.cache/bench; res=bench/1m; mkdir -p $res
 py=.cache/bench-venv/bin/python
 bin=./target/release/lookbook
+bench=./target/release/lookbook-bench
 data="${LOOKBOOK_FASHION_DATA:-$(cd .. && pwd)/shared/data/fashion-sample}"
 parts="${*:-index server}"
 efs=10,16,24,32,64,128,256,512,1024,2048,4096
@@ -29,7 +30,7 @@ echo "gen $(date +%T)"
 
 if [[ " $parts " == *" index "* ]]; then
     echo "lookbook $(date +%T)"
-    /usr/bin/time -v $bin bench-index $work/1m --m 16 --ef-construction 200 \
+    /usr/bin/time -v $bench bench-index $work/1m --m 16 --ef-construction 200 \
         --ef-search $efs --threads 1,2 --json $res/index-1m-lookbook.json > $work/1m-lookbook.log 2>&1
     echo "hnswlib $(date +%T)"
     /usr/bin/time -v $py bench/peers/index_peers.py --data $work/1m --lib hnswlib --m 16 \
@@ -75,7 +76,7 @@ if [[ " $parts " == *" server "* ]]; then
         url=http://127.0.0.1:$port
         t0=$(date +%s.%N)
         LOOKBOOK__STORAGE__DATA_DIR=$dir LOOKBOOK__SERVER__LISTEN=127.0.0.1:$port \
-            LOOKBOOK__TELEMETRY__LOG_FILTER=info $bin serve > $work/1m-server-$1.log 2>&1 &
+            LOOKBOOK__HTTP__LISTEN=127.0.0.1:0 LOOKBOOK__TELEMETRY__LOG_FILTER=info $bin serve > $work/1m-server-$1.log 2>&1 &
         server_pid=$!
         $bin wait-ready --server "$url" --timeout 1800
         rss "$1" "$2" "$t0" "$(date +%s.%N)"
@@ -115,13 +116,13 @@ EOF
     serve empty 0
     empty_rss=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["rss_bytes"])' "$sres-empty.json")
     n=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["n"])' "$sdata/meta.json")
-    $bin load-vectors "$sdata" --server "$url" --json "$sres-ingest.json"
+    $bench load-vectors "$sdata" --server "$url" --json "$sres-ingest.json"
     rss loaded "$n"
     stop loaded
     echo "server: from the dump $(date +%T)"
     serve from-dump "$n"
     for c in 1 32; do
-        $bin bench --server "$url" --rpc similar --catalog "$data" --concurrency $c \
+        $bench bench --server "$url" --rpc similar --catalog "$data" --concurrency $c \
             --connections $(( c < 4 ? 1 : 4 )) --duration 8 --warmup 2 --json "$sres-similar-c$c.json"
     done
     stop from-dump

@@ -3,11 +3,15 @@
 //! It speaks in domain-ish types (ids, scores, attribute maps) so that the
 //! command-line code never touches prost or tonic.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use bytes::Bytes;
 use futures::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 use super::proto::{self, recommender_client::RecommenderClient};
 use crate::personalize::Action;
@@ -26,6 +30,98 @@ pub enum ClientError {
     },
     #[error("server answered {code:?}: {message}")]
     Rpc { code: String, message: String },
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token is not a valid header value")]
+    Token,
+}
+
+/// How to reach a server: message limit, TLS and token.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Raised so that real photos fit.
+    pub max_message_bytes: usize,
+    /// PEM CA that signed the server's certificate (`https://` URLs);
+    /// without it the system roots are not consulted, so it is required
+    /// for TLS.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer ...` to every call when a token is set.
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to `url`, with TLS when `options` name a CA.
+async fn connect_channel(url: &str, options: &ClientOptions) -> Result<Channel, ClientError> {
+    let address = |source| ClientError::Address {
+        url: url.to_owned(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(address)?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(ca) = &options.ca_cert {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_file(ca, "CA certificate")?));
+        if let (Some(cert), Some(key)) = (&options.client_cert, &options.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read_file(cert, "client certificate")?,
+                read_file(key, "client key")?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(address)?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// The server's overall status on the standard gRPC health service
+/// ("SERVING", "NOT_SERVING", ...); health needs no token.
+pub async fn health(url: &str, options: &ClientOptions) -> Result<String, ClientError> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = connect_channel(url, options).await?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(r.get_ref().status().as_str_name().to_owned())
+}
+
+fn read_file(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::File {
+        what,
+        path: path.clone(),
+        source,
+    })
 }
 
 impl From<tonic::Status> for ClientError {
@@ -81,6 +177,8 @@ pub struct ServerStats {
     pub model: String,
     pub dim: u32,
     pub deleted_pending: u64,
+    pub index_from_dump: bool,
+    pub index_rebuilds: u64,
 }
 
 /// What to look for.
@@ -93,31 +191,65 @@ pub enum SimilarTo {
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: RecommenderClient<Channel>,
+    inner: RecommenderClient<InterceptedService<Channel, BearerToken>>,
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`). Message limits
-    /// are raised to `max_message_bytes` so real photos fit.
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`), in plaintext and
+    /// without a token. Message limits are raised to `max_message_bytes`
+    /// so real photos fit.
     pub async fn connect(url: &str, max_message_bytes: usize) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|source| ClientError::Address {
-                url: url.to_owned(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(10));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+        Self::connect_with(
+            url,
+            &ClientOptions {
+                max_message_bytes,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with TLS and a token as `options` say.
+    pub async fn connect_with(url: &str, options: &ClientOptions) -> Result<Self, ClientError> {
+        let token = match &options.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ClientError::Token)?,
+            ),
+            None => None,
+        };
+        let channel = connect_channel(url, options).await?;
         Ok(Self {
-            inner: RecommenderClient::new(channel)
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
+            inner: RecommenderClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(options.max_message_bytes)
+                .max_encoding_message_size(options.max_message_bytes),
         })
+    }
+
+    /// Deletes a product; `false` if it was not in the catalogue.
+    pub async fn delete(&mut self, id: &str) -> Result<bool, ClientError> {
+        let r = self
+            .inner
+            .delete_product(proto::DeleteProductRequest {
+                product_id: id.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.deleted)
+    }
+
+    /// Erases a shopper; returns whether anything was known about them and
+    /// how many interactions were erased.
+    pub async fn forget(&mut self, user: &str) -> Result<(bool, u64), ClientError> {
+        let r = self
+            .inner
+            .forget_user(proto::ForgetUserRequest {
+                user_id: user.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok((r.forgotten, r.interactions_erased))
     }
 
     /// Streams `items` through `AddProducts` (one call, durable batches).
@@ -218,6 +350,8 @@ impl Client {
             model: s.model,
             dim: s.dim,
             deleted_pending: s.deleted_pending,
+            index_from_dump: s.index_from_dump,
+            index_rebuilds: s.index_rebuilds,
         })
     }
 

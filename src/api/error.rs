@@ -33,6 +33,9 @@ struct Public {
     code: Code,
     message: String,
     internal: bool,
+    /// The bound that refused the call, when it was shed (for
+    /// `lookbook_shed_total`).
+    shed: Option<&'static str>,
 }
 
 impl Public {
@@ -41,6 +44,15 @@ impl Public {
             code,
             message: message.to_string(),
             internal: false,
+            shed: None,
+        }
+    }
+
+    /// RESOURCE_EXHAUSTED because the queue or bound `bound` was full.
+    fn shed(bound: &'static str, message: impl ToString) -> Self {
+        Self {
+            shed: Some(bound),
+            ..Self::caller(Code::ResourceExhausted, message)
         }
     }
 
@@ -49,6 +61,7 @@ impl Public {
             code: Code::Internal,
             message: "internal error".to_owned(),
             internal: true,
+            shed: None,
         }
     }
 }
@@ -59,7 +72,7 @@ fn encoder(e: &EncoderError) -> Public {
         | EncoderError::UndecodableImage { .. }
         | EncoderError::ImageTooLarge { .. }
         | EncoderError::TooManyImages { .. } => Public::caller(Code::InvalidArgument, e),
-        EncoderError::Overloaded => Public::caller(Code::ResourceExhausted, e),
+        EncoderError::Overloaded => Public::shed("encoder_queue", e),
         EncoderError::ShuttingDown => Public::caller(Code::Unavailable, e),
         EncoderError::Ort { .. }
         | EncoderError::Runtime(_)
@@ -101,7 +114,7 @@ fn catalog(e: &CatalogError) -> Public {
         CatalogError::Store(e) => store(e),
         CatalogError::Index(e) => index(e),
         CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
-        CatalogError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
+        CatalogError::Busy(_) => Public::shed("write_queue", e),
         CatalogError::BadModelOutput(_)
         | CatalogError::StoreDamaged { .. }
         | CatalogError::DataDir { .. }
@@ -113,7 +126,7 @@ fn catalog(e: &CatalogError) -> Public {
 fn personalize(e: &PersonalizeError) -> Public {
     match e {
         PersonalizeError::UnknownProduct(_) => Public::caller(Code::NotFound, e),
-        PersonalizeError::Overloaded => Public::caller(Code::ResourceExhausted, e),
+        PersonalizeError::Overloaded => Public::shed("interaction_queue", e),
         PersonalizeError::WriterStopped => Public::caller(Code::Unavailable, e),
         PersonalizeError::Store(inner) => store(inner),
         PersonalizeError::Spawn(_) | PersonalizeError::Task(_) => Public::internal(),
@@ -129,7 +142,7 @@ impl ApiError {
                 RecommendError::Catalog(e) => catalog(e),
                 RecommendError::DegenerateQuery => Public::caller(Code::InvalidArgument, e),
                 RecommendError::Task(_) => Public::internal(),
-                RecommendError::Busy(_) => Public::caller(Code::ResourceExhausted, e),
+                RecommendError::Busy(_) => Public::shed("search_queue", e),
                 RecommendError::Personalize(e) => personalize(e),
             },
             Self::Personalize(e) => personalize(e),
@@ -157,7 +170,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let public = e.public();
+        if let Some(bound) = public.shed {
+            metrics::counter!("lookbook_shed_total", "bound" => bound).increment(1);
+        }
         if public.internal {
+            // Logged once, here, with its whole chain, inside the call's
+            // span (so with its request id); the caller sees only INTERNAL.
             tracing::error!(error = %chain(&e), "request failed");
         } else {
             tracing::debug!(code = ?public.code, error = %e, "request rejected");

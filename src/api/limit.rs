@@ -80,6 +80,7 @@ where
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             tracing::debug!(path, max = self.max, "shed: too many calls in flight");
+            metrics::counter!("lookbook_shed_total", "bound" => "in_flight").increment(1);
             let status = Status::resource_exhausted(format!(
                 "overloaded: {} calls in flight; retry later",
                 self.max

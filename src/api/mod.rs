@@ -1,22 +1,35 @@
-//! The gRPC edge: generated `lookbook.v1` types, the service
-//! implementation, proto <-> domain conversions, error -> `Status` mapping,
-//! and a typed client for the CLI. Nothing outside this module sees prost
-//! or tonic types.
+//! The service's edge: generated `lookbook.v1` types, the gRPC service,
+//! the HTTP port (health, metrics), proto <-> domain conversions, error ->
+//! `Status` mapping, the layers every call goes through (observation,
+//! tokens, overload), TLS, and a typed client for the CLI. Nothing outside
+//! this module sees prost, tonic or HTTP types.
 
+mod auth;
 pub mod client;
 pub mod convert;
 mod error;
 mod limit;
+mod observe;
 mod service;
+pub mod tls;
+mod web;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::OnceCell};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+pub use auth::{Access, Authenticator, Denied, access_of};
 pub use error::ApiError;
+pub use observe::REQUEST_ID;
 pub use service::Ready;
 
 /// Generated protobuf and gRPC code for `lookbook.v1`.
@@ -41,16 +54,49 @@ pub const SERVICE_NAME: &str = "lookbook.v1.Recommender";
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot read the built-in API descriptor: {0}")]
+    Descriptor(#[from] prost::DecodeError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the HTTP server task failed: {0}")]
+    Http(#[from] tokio::task::JoinError),
 }
 
-/// Handle to the gRPC server's readiness: flip it to SERVING once the model
-/// and index are loaded, back to NOT_SERVING when draining.
+/// The loaded state, set once start-up has finished.
+pub(crate) type ReadyCell = Arc<OnceCell<Ready>>;
+
+/// Where the server is in its life, for `/readyz` and `lookbook_ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PhaseValue {
+    Loading = 0,
+    Serving = 1,
+    Draining = 2,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phase(Arc<AtomicU8>);
+
+impl Phase {
+    fn set(&self, value: PhaseValue) {
+        self.0.store(value as u8, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> PhaseValue {
+        match self.0.load(Ordering::Acquire) {
+            0 => PhaseValue::Loading,
+            1 => PhaseValue::Serving,
+            _ => PhaseValue::Draining,
+        }
+    }
+}
+
+/// Handle to the server's readiness, on both ports: flip it to SERVING
+/// once the model and index are loaded, to NOT_SERVING when draining.
 #[derive(Clone)]
 pub struct Readiness {
     reporter: HealthReporter,
-    ready: Arc<OnceCell<Ready>>,
+    ready: ReadyCell,
+    phase: Phase,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -68,11 +114,14 @@ impl Readiness {
         if self.ready.set(ready).is_err() {
             return false;
         }
+        self.phase.set(PhaseValue::Serving);
         self.set(ServingStatus::Serving).await;
         true
     }
 
+    /// From here on until exit: health NOT_SERVING, `/readyz` 503.
     pub async fn not_serving(&self) {
+        self.phase.set(PhaseValue::Draining);
         self.set(ServingStatus::NotServing).await;
     }
 
@@ -85,7 +134,7 @@ impl Readiness {
 }
 
 /// Settings of the transport itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TransportSettings {
     pub max_message_bytes: usize,
     /// Longest a graceful shutdown waits for in-flight calls.
@@ -93,63 +142,143 @@ pub struct TransportSettings {
     /// Recommender calls in flight on the whole server before the next is
     /// refused with RESOURCE_EXHAUSTED (see `limit`).
     pub max_in_flight: usize,
+    /// Serve gRPC reflection.
+    pub reflection: bool,
+    /// TLS on both ports, or plaintext.
+    pub tls: Option<tls::TlsMaterial>,
+    pub auth: Authenticator,
+    /// An access log line per call.
+    pub access_log: bool,
 }
 
-/// Starts serving on `listener` right away (health NOT_SERVING, the
-/// recommender UNAVAILABLE) and returns the readiness handle plus the
-/// server task. The task ends after `shutdown` fires and in-flight calls
-/// have drained, or the grace period ran out.
+/// The bound listeners: gRPC, and HTTP unless it is turned off.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Every `package.Service/Method` the gRPC port serves, from the built-in
+/// descriptors (ours, health's, reflection's), as metric label values.
+fn served_methods(reflection: bool) -> Result<Vec<&'static str>, prost::DecodeError> {
+    use prost::Message as _;
+    let mut sets = vec![
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    if reflection {
+        sets.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+    }
+    let mut methods = Vec::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(set)?;
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    // Leaked once per server start: a few dozen short
+                    // strings that label metrics for the process's life.
+                    methods.push(&*Box::leak(
+                        format!("{}.{}/{}", file.package(), service.name(), method.name())
+                            .into_boxed_str(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(methods)
+}
+
+/// Starts serving on both listeners right away (health NOT_SERVING,
+/// `/readyz` 503, the recommender UNAVAILABLE) and returns the readiness
+/// handle plus the server task. The task ends after `close` fires and
+/// in-flight calls have drained, or the grace period ran out.
 pub async fn start(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: TransportSettings,
-    shutdown: CancellationToken,
+    close: CancellationToken,
 ) -> Result<(Readiness, tokio::task::JoinHandle<Result<(), ServeError>>), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let ready = Arc::new(OnceCell::new());
+    let ready: ReadyCell = Arc::new(OnceCell::new());
     let readiness = Readiness {
         reporter,
         ready: Arc::clone(&ready),
+        phase: Phase::default(),
     };
-    readiness.not_serving().await;
+    readiness.set(ServingStatus::NotServing).await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .with_service_name(SERVICE_NAME)
-        .build_v1()?;
-    let recommender =
-        proto::recommender_server::RecommenderServer::new(service::RecommenderService::new(ready))
-            .max_decoding_message_size(settings.max_message_bytes)
-            .max_encoding_message_size(settings.max_message_bytes);
+    let reflection = if settings.reflection {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .with_service_name(SERVICE_NAME)
+                .build_v1()?,
+        )
+    } else {
+        None
+    };
+    let recommender = proto::recommender_server::RecommenderServer::new(
+        service::RecommenderService::new(Arc::clone(&ready)),
+    )
+    .max_decoding_message_size(settings.max_message_bytes)
+    .max_encoding_message_size(settings.max_message_bytes);
 
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder.tls_config(tls.grpc())?;
+    }
+    // Outermost first: every call is observed (with the code its caller
+    // saw), then its token checked before it can take an in-flight slot.
     // Calls past their `grpc-timeout` are dropped by tonic itself (its
     // server wraps every call in the deadline), which cancels the handler's
     // future and with it any search it started (see `recommend`).
-    let router = tonic::transport::Server::builder()
+    let router = builder
+        .layer(observe::ObserveLayer::new(
+            served_methods(settings.reflection)?,
+            settings.access_log,
+        ))
+        .layer(auth::AuthLayer::new(settings.auth.clone()))
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted::<tonic::body::Body>,
         ))
         .layer(limit::InFlightLimitLayer::new(settings.max_in_flight))
         .add_service(health)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(recommender);
     // Without TCP_NODELAY small responses wait for the peer's delayed ACK
     // (measured: a flat ~40 ms added to every RecommendSimilar call).
     // Keepalive notices peers that vanished without closing.
-    let incoming = TcpIncoming::from(listener)
+    let incoming = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     let grace = settings.shutdown_grace;
+    let http = listeners.http.map(|listener| {
+        let router = web::router(web::HttpState {
+            phase: readiness.phase.clone(),
+            ready: Arc::clone(&ready),
+        });
+        tokio::spawn(web::serve(
+            listener,
+            settings.tls.as_ref().map(tls::TlsMaterial::http),
+            router,
+            close.clone(),
+            grace,
+        ))
+    });
     let task = tokio::spawn(async move {
-        let drained = shutdown.clone();
+        let drained = close.clone();
         let serve = router.serve_with_incoming_shutdown(incoming, drained.cancelled_owned());
         tokio::pin!(serve);
-        tokio::select! {
+        let grpc = tokio::select! {
             result = &mut serve => result.map_err(ServeError::from),
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            () = async { close.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight calls did not finish within the grace period; closing");
                 Ok(())
             }
+        };
+        if let Some(http) = http {
+            http.await?;
         }
+        grpc
     });
     Ok((readiness, task))
 }

@@ -627,12 +627,23 @@ impl Catalog {
                 tokio::select! {
                     done = rebuild => match done {
                         Ok(stats) => {
-                            if stats.outcome == RebuildOutcome::Swapped {
+                            let result = if stats.outcome == RebuildOutcome::Swapped {
                                 self.rebuilds.fetch_add(1, Ordering::AcqRel);
-                            }
+                                metrics::histogram!("lookbook_index_rebuild_duration_seconds")
+                                    .record(stats.elapsed.as_secs_f64());
+                                "swapped"
+                            } else {
+                                "aborted"
+                            };
+                            metrics::counter!("lookbook_index_rebuilds_total", "result" => result)
+                                .increment(1);
                             tracing::info!(?stats, "index rebuilt");
                         }
-                        Err(error) => tracing::error!(%error, "index rebuild task failed"),
+                        Err(error) => {
+                            metrics::counter!("lookbook_index_rebuilds_total", "result" => "failed")
+                                .increment(1);
+                            tracing::error!(%error, "index rebuild task failed");
+                        }
                     },
                     () = shutdown.cancelled() => {
                         // The rebuild stops at its next chunk; nobody waits for it.
@@ -684,6 +695,21 @@ impl Catalog {
     /// is written. Like a write, it finishes (and records what it wrote)
     /// even if the caller stops waiting.
     pub async fn dump_index(&self) -> Result<(), CatalogError> {
+        let started = Instant::now();
+        let result = self.write_checkpoint().await;
+        metrics::counter!(
+            "lookbook_index_checkpoints_total",
+            "result" => if result.is_ok() { "written" } else { "failed" }
+        )
+        .increment(1);
+        if result.is_ok() {
+            metrics::histogram!("lookbook_index_checkpoint_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn write_checkpoint(&self) -> Result<(), CatalogError> {
         // Live inserts leave some points that no search reaches, and a start
         // links every such point it loads (see `reconcile`). Linking them
         // here first leaves the next start, even after a crash, only what

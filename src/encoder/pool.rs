@@ -98,6 +98,12 @@ struct Counters {
     inference_nanos: AtomicU64,
 }
 
+/// Jobs queued and not yet taken by a worker. A gauge moved on both sides
+/// of the channel, because `sync_channel` does not tell its length.
+fn queue_depth() -> metrics::Gauge {
+    metrics::gauge!("lookbook_encoder_queue_depth")
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
@@ -162,7 +168,10 @@ impl Pool {
     /// Queues `job` unless the queue is full.
     pub(crate) fn try_submit(&self, job: Job) -> Result<(), EncoderError> {
         match self.sender()?.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                queue_depth().increment(1.0);
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 bump(&self.counters.rejected, 1);
                 Err(EncoderError::Overloaded)
@@ -175,7 +184,9 @@ impl Pool {
     pub(crate) fn submit_wait(&self, job: Job) -> Result<(), EncoderError> {
         self.sender()?
             .send(job)
-            .map_err(|_| EncoderError::ShuttingDown)
+            .map_err(|_| EncoderError::ShuttingDown)?;
+        queue_depth().increment(1.0);
+        Ok(())
     }
 
     fn sender(&self) -> Result<&SyncSender<Job>, EncoderError> {
@@ -243,7 +254,10 @@ impl Worker {
                 Some(job) => job,
                 // The guard is a temporary: it is released as soon as a job arrives.
                 None => match receiver.lock().recv() {
-                    Ok(job) => job,
+                    Ok(job) => {
+                        queue_depth().decrement(1.0);
+                        job
+                    }
                     Err(_) => break, // queue closed and drained: the pool is being dropped
                 },
             };
@@ -297,7 +311,10 @@ impl Worker {
         };
         while images < max_images {
             let next = match queue.try_recv() {
-                Ok(job) => job,
+                Ok(job) => {
+                    queue_depth().decrement(1.0);
+                    job
+                }
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -305,7 +322,10 @@ impl Worker {
                         break;
                     }
                     match queue.recv_timeout(left) {
-                        Ok(job) => job,
+                        Ok(job) => {
+                            queue_depth().decrement(1.0);
+                            job
+                        }
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
                 }
@@ -371,6 +391,8 @@ impl Worker {
                 let slot = &mut self.batch[filled * per_image..(filled + 1) * per_image];
                 match preprocess_timed(bytes, spec, self.ctx.limits, slot) {
                     Ok(t) => {
+                        metrics::histogram!("lookbook_encoder_decode_seconds")
+                            .record(t.decode.as_secs_f64());
                         times.decode += t.decode;
                         times.resize += t.resize;
                         times.normalise += t.normalise;
@@ -405,8 +427,11 @@ impl Worker {
             self.ctx.batching.max_images,
             &mut self.rows,
         )?;
-        bump_time(&self.counters.inference_nanos, started.elapsed());
+        let inference = started.elapsed();
+        bump_time(&self.counters.inference_nanos, inference);
         bump(&self.counters.model_runs, runs as u64);
+        metrics::histogram!("lookbook_encoder_inference_seconds").record(inference.as_secs_f64());
+        metrics::histogram!("lookbook_encoder_batch_images").record(filled as f64);
         let dim = self.ctx.dim;
         for (job_index, first, count) in spans {
             let rows = &self.rows[first * dim..(first + count) * dim];

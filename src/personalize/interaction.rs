@@ -36,6 +36,17 @@ impl Action {
         })
     }
 
+    /// A stable lower-case name, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::View => "view",
+            Self::Click => "click",
+            Self::AddToCart => "add_to_cart",
+            Self::Purchase => "purchase",
+            Self::Dislike => "dislike",
+        }
+    }
+
     /// For "because you ..." reasons.
     pub fn past_tense(self) -> &'static str {
         match self {

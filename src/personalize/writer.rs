@@ -86,6 +86,17 @@ fn commit(shared: &Shared, batch: Pending) {
         return;
     }
     let result = apply(shared, &batch).map_err(Arc::new);
+    if result.is_ok() {
+        for (items, _) in &batch {
+            for (interaction, _) in items {
+                metrics::counter!(
+                    "lookbook_interactions_recorded_total",
+                    "action" => interaction.action.as_str()
+                )
+                .increment(1);
+            }
+        }
+    }
     for (_, done) in batch {
         let reply = result.clone().map_err(PersonalizeError::Store);
         // The caller may have gone away (cancelled); the write stands.

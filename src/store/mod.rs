@@ -101,6 +101,16 @@ impl Default for StoreOptions {
     }
 }
 
+/// Commits `txn` durably, timing it for `lookbook_store_commit_duration_seconds`
+/// (labelled by operation: the fsync dominates and differs by what is written).
+fn commit(txn: WriteTransaction, op: &'static str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let result = txn.commit().map_err(db(op));
+    metrics::histogram!("lookbook_store_commit_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
 impl Store {
     /// Opens the database at `path`, creating the parent directories and the file if needed.
     ///
@@ -166,7 +176,7 @@ impl Store {
         txn.open_table(INTERACTIONS).map_err(db(OP))?;
         txn.open_table(PROFILES).map_err(db(OP))?;
         txn.open_table(TRENDS).map_err(db(OP))?;
-        txn.commit().map_err(db(OP))
+        commit(txn, OP)
     }
 
     fn begin_write(&self, op: &'static str) -> Result<WriteTransaction, StoreError> {
@@ -229,7 +239,7 @@ impl Store {
             meta::init_catalog_model(&mut meta, &first.model, first.embedding.len())?;
             meta::bump_version(&mut meta)?
         };
-        txn.commit().map_err(db(op))?;
+        commit(txn, op)?;
         tracing::debug!(products = ps.len(), version, "products written");
         Ok(())
     }
@@ -249,7 +259,7 @@ impl Store {
         };
         match version {
             Some(version) => {
-                txn.commit().map_err(db(OP))?;
+                commit(txn, OP)?;
                 tracing::debug!(id, version, "product deleted");
                 Ok(true)
             }
@@ -308,7 +318,7 @@ impl Store {
             let mut table = txn.open_table(META).map_err(db(OP))?;
             meta::set_catalog_model(&mut table, name, dim)?;
         }
-        txn.commit().map_err(db(OP))
+        commit(txn, OP)
     }
 
     /// Calls `f` with every product in id order (byte-wise, as `str` sorts), from one consistent
@@ -390,7 +400,7 @@ impl Store {
                     .map_err(db(OP))?;
             }
         }
-        txn.commit().map_err(db(OP))
+        commit(txn, OP)
     }
 
     /// Durably erases a user's history and profile; returns how many
@@ -411,7 +421,7 @@ impl Store {
             let had_profile = profiles.remove(user).map_err(db(OP))?.is_some();
             (erased, had_profile)
         };
-        txn.commit().map_err(db(OP))?;
+        commit(txn, OP)?;
         Ok((erased, had_profile || erased > 0))
     }
 

@@ -66,25 +66,34 @@ pub fn test_config(data_dir: &Path) -> Config {
     cfg.model.manifest = repo_root().join("models/efficientnet_lite2.toml");
     cfg.model.onnxruntime_library = repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1");
     cfg.telemetry.log_filter = "warn,lookbook=info".to_owned();
+    // One line per call would bury the tests' own output.
+    cfg.telemetry.access_log = false;
+    // Every test server gets its own HTTP port, like its gRPC port.
+    cfg.http.listen = "127.0.0.1:0".to_owned();
     cfg
 }
 
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP port (health, metrics), unless the config turned it off.
+    pub http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), lookbook::app::AppError>>,
 }
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        lookbook::telemetry::init(&config.telemetry);
+        // Dropped at once: no test exports traces through this guard.
+        drop(lookbook::telemetry::init(&config.telemetry).expect("telemetry set-up"));
         let bound = Bound::bind(config).await.expect("bind 127.0.0.1:0");
         let addr = bound.local_addr();
+        let http_addr = bound.http_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
         let server = Self {
             addr,
+            http_addr,
             shutdown,
             task,
         };
@@ -125,6 +134,57 @@ pub async fn connect(url: &str) -> Client {
         .max_encoding_message_size(CLIENT_LIMIT)
 }
 
+/// `GET path` over plain HTTP/1.1; (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP port");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send the request");
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .expect("read the response");
+    parse_http(&raw)
+}
+
+/// Status and body of a raw HTTP/1.1 response (`Content-Length` or
+/// chunked bodies are both read to the end by the caller first).
+pub fn parse_http(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
 /// Polls grpc.health.v1 until the server reports SERVING (bounded).
 pub async fn wait_serving(url: &str) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -158,6 +218,8 @@ pub async fn wait_serving(url: &str) {
 pub struct ServerProcess {
     pub child: Child,
     pub url: String,
+    /// The HTTP port (health, metrics).
+    pub http: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -168,6 +230,7 @@ impl ServerProcess {
     /// With extra `LOOKBOOK__...` configuration in its environment.
     pub async fn spawn_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookbook"))
+            .env("LOOKBOOK__HTTP__LISTEN", "127.0.0.1:0")
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .current_dir(repo_root())
@@ -179,16 +242,18 @@ impl ServerProcess {
             .spawn()
             .expect("spawn lookbook serve");
         let stderr = child.stderr.take().expect("stderr is piped");
-        // The first log line naming the bound address tells us the port.
-        let addr = tokio::task::spawn_blocking(move || {
+        // The first log line naming the bound addresses tells us the ports.
+        let (addr, http) = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stderr).lines();
+            let field = |line: &str, name: &str| -> Option<SocketAddr> {
+                let key = format!("\"{name}\":\"");
+                let start = line.find(&key)? + key.len();
+                let end = start + line[start..].find('"')?;
+                line[start..end].parse::<SocketAddr>().ok()
+            };
             let found = lines.by_ref().map_while(Result::ok).find_map(|line| {
                 line.contains("listening")
-                    .then(|| {
-                        let start = line.find("\"addr\":\"")? + 8;
-                        let end = start + line[start..].find('"')?;
-                        line[start..end].parse::<SocketAddr>().ok()
-                    })
+                    .then(|| field(&line, "addr").map(|addr| (addr, field(&line, "http"))))
                     .flatten()
             });
             // Keep draining so the child never blocks on a full pipe.
@@ -200,7 +265,7 @@ impl ServerProcess {
         .expect("server printed its listening address");
         let url = format!("http://{addr}");
         wait_serving(&url).await;
-        Self { child, url }
+        Self { child, url, http }
     }
 
     pub fn pid(&self) -> u32 {
