@@ -66,7 +66,7 @@ for c in 1 2; do
 done
 
 say "## Grow to 12,000 products"
-say "Real embeddings of the sample plus synthetic products: each a random real product's embedding plus Gaussian noise of norm 0.35, re-normalised (\`lookbook synth\`)."
+say "Real embeddings of the sample plus synthetic products: each a random real product's embedding plus Gaussian noise of norm 0.35, re-normalised (\`lookbook-bench synth\`)."
 "$bench" synth --server "$url" --catalog "$data" --total 12000 | block
 
 say "## RecommendSimilar by product id, k=10, 12,000 products"
@@ -91,6 +91,6 @@ start_server "$dir"
 say "start-up to SERVING without a dump (index rebuilt from the store): ${secs} s"
 stop_server
 
-say "## Retrieval quality (lookbook eval)"
+say "## Retrieval quality (lookbook-bench eval)"
 "$bench" eval "$data" | block
 echo "wrote $out"

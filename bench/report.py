@@ -446,7 +446,7 @@ def section_batching(fr: Fragments, params: dict) -> Section:
     s.notes.append("With batching = the shipped default (batch_max_images = 4, batch_max_delay = 0); "
                    "without = the same server with LOOKBOOK__MODEL__BATCH_MAX_IMAGES=1; "
                    "batch_max_images 16 = LOOKBOOK__MODEL__BATCH_MAX_IMAGES=16.")
-    s.notes.append("Model throughput rows: `lookbook bench-encode` on the same photos, one call of the given "
+    s.notes.append("Model throughput rows: `lookbook-bench bench-encode` on the same photos, one call of the given "
                    "batch size at a time (what one coalesced model run of that size achieves per image).")
     return s
 
@@ -663,7 +663,7 @@ def section_e2e(fr: Fragments, params: dict) -> Section:
                   p99_goal=Goal("ours", "<=", 10.0, "<= 10 ms") if c == 32 else None)
         params.setdefault("load", {})[f"similar-lookbook-c{c}"] = load_params(o, c)
         params["load"][f"similar-python-c{c}"] = load_params(p, c)
-    s.notes.append("The load generator (`lookbook bench`) runs on the same machine and shares its cores with the "
+    s.notes.append("The load generator (`lookbook-bench bench`) runs on the same machine and shares its cores with the "
                    "server, so these are lower bounds for a server with the machine to itself.")
     return s
 

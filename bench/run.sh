@@ -7,7 +7,7 @@
 #
 # Steps: set-up (release build, models incl. the INT8 variant, the peers'
 # venv) -> encoder (ours vs Python onnxruntime+Pillow, fp32 and int8) ->
-# retrieval quality of both models (`lookbook eval`, which also exports the
+# retrieval quality of both models (`lookbook-bench eval`, which also exports the
 # sample embeddings) -> index datasets (real embeddings + clustered synthetic
 # ones) -> index sweeps (ours vs hnswlib, faiss, scikit-learn brute force) ->
 # a real server: ingest, freshness, memory, start-up, RecommendSimilar and
