@@ -121,6 +121,7 @@ where
             peer = peer.as_deref().unwrap_or("-"),
             request_id = %request_id,
             code = field::Empty,
+            latency_ms = field::Empty,
         );
         let in_flight = metrics::gauge!("lookbook_grpc_requests_in_flight");
         in_flight.increment(1.0);
@@ -194,6 +195,7 @@ impl Call {
         )
         .record(latency.as_secs_f64());
         self.span.record("code", code_name);
+        self.span.record("latency_ms", latency.as_secs_f64() * 1e3);
         if self.access_log {
             tracing::info!(
                 target: "lookbook::access",
