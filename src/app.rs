@@ -144,6 +144,7 @@ impl Bound {
             loaded = load(&config) => loaded,
             () = shutdown.cancelled() => {
                 tracing::info!("shutdown requested during start-up");
+                readiness.not_serving().await;
                 close.cancel();
                 return finish(server).await;
             }
@@ -175,6 +176,7 @@ impl Bound {
                 config.personalize.clone(),
             ) => opened,
             () = shutdown.cancelled() => {
+                readiness.not_serving().await;
                 close.cancel();
                 return finish(server).await;
             }
