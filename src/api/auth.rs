@@ -80,7 +80,8 @@ pub enum Denied {
 }
 
 /// The configured tokens and the decision; shared by the gRPC layer and
-/// (later) the HTTP handlers so both ports enforce the same rules.
+/// any HTTP handler that serves catalogue data, so both ports enforce the
+/// same rules.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     tokens: Arc<Tokens>,

@@ -1,6 +1,5 @@
 //! The HTTP port (`http.listen`): everything that is not gRPC, as Qdrant
-//! does it: `/livez`, `/readyz` and `/metrics` (the JSON API lands here
-//! too).
+//! does it: `/livez`, `/readyz` and `/metrics`, on the same TLS as gRPC.
 //!
 //! - `/livez` answers 200 from the first second to the last: the process
 //!   is up and its runtime schedules work. It does not wait for the model
