@@ -158,34 +158,44 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
-/// Every `package.Service/Method` the gRPC port serves, from the built-in
-/// descriptors (ours, health's, reflection's), as metric label values.
-fn served_methods(reflection: bool) -> Result<Vec<&'static str>, prost::DecodeError> {
+/// Every `package.Service/Method` the gRPC port can serve, from the
+/// built-in descriptors (ours, health's, reflection's), as metric label
+/// values. Decoded once per process; reflection's methods are included
+/// even when it is off (calls to them are then UNIMPLEMENTED, still a
+/// bounded label).
+fn served_methods() -> Result<&'static [&'static str], prost::DecodeError> {
     use prost::Message as _;
-    let mut sets = vec![
-        proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ];
-    if reflection {
-        sets.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+    static METHODS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    if let Some(methods) = METHODS.get() {
+        return Ok(methods);
     }
     let mut methods = Vec::new();
-    for set in sets {
+    for set in [
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ] {
         let set = prost_types::FileDescriptorSet::decode(set)?;
         for file in &set.file {
             for service in &file.service {
                 for method in &service.method {
-                    // Leaked once per server start: a few dozen short
-                    // strings that label metrics for the process's life.
-                    methods.push(&*Box::leak(
-                        format!("{}.{}/{}", file.package(), service.name(), method.name())
-                            .into_boxed_str(),
+                    methods.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
                     ));
                 }
             }
         }
     }
-    Ok(methods)
+    // Leaked once: a few dozen short strings that label metrics for the
+    // process's life.
+    let methods = methods
+        .into_iter()
+        .map(|m| &*Box::leak(m.into_boxed_str()))
+        .collect();
+    Ok(METHODS.get_or_init(|| methods))
 }
 
 /// Starts serving on both listeners right away (health NOT_SERVING,
@@ -233,7 +243,7 @@ pub async fn start(
     // future and with it any search it started (see `recommend`).
     let router = builder
         .layer(observe::ObserveLayer::new(
-            served_methods(settings.reflection)?,
+            served_methods()?.iter().copied(),
             settings.access_log,
         ))
         .layer(auth::AuthLayer::new(settings.auth.clone()))

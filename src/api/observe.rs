@@ -108,8 +108,10 @@ where
             .copied()
             .unwrap_or(UNKNOWN_METHOD);
         let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            request.headers_mut().insert(REQUEST_ID, value);
+        // Printable ASCII by construction, so this always parses.
+        let request_id_header = HeaderValue::from_str(&request_id).ok();
+        if let Some(value) = &request_id_header {
+            request.headers_mut().insert(REQUEST_ID, value.clone());
         }
         let peer = peer(&request);
         let span = tracing::info_span!(
@@ -146,7 +148,7 @@ where
                         return Err(error);
                     }
                 };
-                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                if let Some(value) = request_id_header {
                     response.headers_mut().insert(REQUEST_ID, value);
                 }
                 let header_code = grpc_status(response.headers());
