@@ -6,7 +6,7 @@ CARGO        ?= cargo
 FASHION_DATA ?= $(abspath ../shared/data/fashion-sample)
 export LOOKBOOK_FASHION_DATA ?= $(FASHION_DATA)
 
-.PHONY: setup models test-models run test reliability lint fmt bench eval eval-personal clean
+.PHONY: setup models test-models test-deps run test reliability lint fmt bench eval eval-personal clean proto-baseline
 
 ## set-up: ONNX Runtime library + default model (idempotent), then the release binary
 # The benches are built in the same cargo invocation so that dependency
@@ -23,12 +23,19 @@ models:
 test-models:
 	bash models/setup.sh --with-test-models
 
+## test-deps: what the client-example and browser tests need: a venv with
+## grpcio (examples/python), Debian's Chromium and the npm packages
+## (playwright-core, buf). Idempotent.
+test-deps:
+	bash examples/setup-clients.sh
+	bash tests/browser/setup.sh
+
 ## run: set-up if needed, then serve with the embedded store and default model
 run: setup
 	./target/release/lookbook serve
 
 ## test: set-up if needed, then the whole test suite (unit, integration on real photos)
-test: setup test-models
+test: setup test-models test-deps
 	$(CARGO) test --release --locked --features tooling -- --nocapture
 
 ## reliability: the reliability suites at full size, one test binary at a time -> bench/RELIABILITY.md
@@ -47,6 +54,7 @@ image-check: setup
 	bash deploy/rootfs-check.sh
 
 lint:
+	bash proto/check.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --features tooling --all-targets -- -D warnings
 
@@ -66,5 +74,14 @@ eval: setup
 eval-personal: setup
 	./target/release/lookbook-bench eval-personal $(LOOKBOOK_FASHION_DATA) | tee bench/EVAL-PERSONAL.md
 
+## screenshot: docs/page.png, the page with a synthetic catalogue (no sample photos)
+.PHONY: screenshot
+screenshot: setup test-deps
+	bash docs/screenshot/make.sh target/release/lookbook
+
+## proto-baseline: after an additive API change, record it as the new baseline of `buf breaking`
+proto-baseline:
+	bash proto/check.sh --write-baseline
+
 clean:
-	rm -rf target .cache models/*.onnx
+	rm -rf target .cache node_modules models/*.onnx

@@ -31,6 +31,7 @@ fn product(i: usize) -> StoredProduct {
         attributes: BTreeMap::from([("articleType".to_owned(), format!("t{}", i % 100))]),
         embedding,
         model: "bench".to_owned(),
+        has_thumbnail: false,
     }
 }
 

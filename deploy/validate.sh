@@ -86,9 +86,9 @@ import yaml
 
 out, targets = sys.argv[1], sys.argv[2:]
 EXPECT = {
-    "base": {"reflection": False, "tls": False},
-    "dev": {"reflection": True, "tls": False},
-    "prod": {"reflection": False, "tls": True},
+    "base": {"reflection": False, "tls": False, "ui": True},
+    "dev": {"reflection": True, "tls": False, "ui": True},
+    "prod": {"reflection": False, "tls": True, "ui": False},
 }
 GRACE_MARGIN_S = 10  # seconds the pod must have after drain_delay + shutdown_grace
 problems = []
@@ -226,6 +226,8 @@ def check(t):
     # Reflection, TLS, tokens.
     if server.get("reflection") is not expect["reflection"]:
         err(f"server.reflection = {server.get('reflection')!r}, want {expect['reflection']}")
+    if http.get("ui", True) is not expect["ui"]:
+        err(f"http.ui = {http.get('ui', True)!r}, want {expect['ui']} (the page is off in production)")
     tls, auth = cfg.get("tls", {}), cfg.get("auth", {})
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::{Rgb, RgbImage};
-use lookbook::api::proto::{self, recommender_client::RecommenderClient};
+use lookbook::api::proto::{self, recommender_service_client::RecommenderServiceClient};
 
 fn status_mib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -92,7 +92,7 @@ async fn main() {
     .expect("the server logged its address");
     let url = format!("http://{addr}");
     let mut client = loop {
-        if let Ok(c) = RecommenderClient::connect(url.clone()).await {
+        if let Ok(c) = RecommenderServiceClient::connect(url.clone()).await {
             break c.max_encoding_message_size(64 << 20);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -105,7 +105,7 @@ async fn main() {
     let before = status_mib(pid, "VmRSS:");
 
     let started = Instant::now();
-    let requests = (0..photos).map(move |i| proto::AddProductRequest {
+    let requests = (0..photos).map(move |i| proto::AddProductsRequest {
         product_id: format!("p{i}"),
         image: images[i % images.len()].clone(),
         embedding: None,

@@ -127,6 +127,7 @@ impl Bound {
                 tls,
                 auth,
                 access_log: config.telemetry.access_log,
+                ui: config.http.ui,
             },
             close.clone(),
         )
@@ -204,6 +205,7 @@ impl Bound {
             max_attribute_bytes: config.limits.max_attribute_bytes,
             max_user_id_bytes: config.limits.max_user_id_bytes,
             max_examples: config.limits.max_examples,
+            metric: catalog.metric(),
         };
         let maintenance = tokio::spawn(Arc::clone(&catalog).maintain(
             config.index.maintenance_interval,

@@ -23,7 +23,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{encoder::EncoderConfig, index::IndexParams, personalize::PersonalizeConfig};
+use crate::{
+    domain::Metric, encoder::EncoderConfig, index::IndexParams, personalize::PersonalizeConfig,
+};
 
 /// Environment prefix; `__` separates nesting levels.
 const ENV_PREFIX: &str = "LOOKBOOK";
@@ -116,12 +118,14 @@ pub struct ServerConfig {
 }
 
 /// The HTTP port: everything that is not gRPC (`/metrics`, `/livez`,
-/// `/readyz`).
+/// `/readyz`, the HTTP/JSON API under `/v1`, the page at `/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address, or "" to serve no HTTP at all.
     pub listen: String,
+    /// Serve the page at `/` (the JSON API is served either way).
+    pub ui: bool,
 }
 
 impl HttpConfig {
@@ -306,6 +310,10 @@ pub struct IndexConfig {
     /// is written once writes pause for a `maintenance_interval`). A start
     /// after a crash re-inserts at most about this many products.
     pub checkpoint_changes: u64,
+    /// How vectors are compared: `cosine` (the default; vectors are stored
+    /// unit length), `dot`, `euclidean` or `manhattan` (vectors stored as
+    /// given). A property of the data: choose it before the first import.
+    pub metric: Metric,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,6 +377,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".to_owned(),
+            ui: true,
         }
     }
 }
@@ -410,6 +419,7 @@ impl Default for IndexConfig {
             exact_threshold: p.exact_threshold,
             maintenance_interval: Duration::from_secs(5),
             checkpoint_changes: 10_000,
+            metric: p.metric,
         }
     }
 }
@@ -637,6 +647,7 @@ impl Config {
             rebuild_dead_ratio: self.index.rebuild_dead_ratio,
             rebuild_min_dead: self.index.rebuild_min_dead,
             exact_threshold: self.index.exact_threshold,
+            metric: self.index.metric,
             ..IndexParams::default()
         }
     }
@@ -695,6 +706,13 @@ mod tests {
         std::fs::write(&path, "[personalize]\nhalf_life = \"7d\"\n").unwrap();
         let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(cfg.personalize.half_life, Duration::from_secs(7 * 86_400));
+
+        std::fs::write(&path, "[index]\nmetric = \"euclidean\"\n").unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.index_params().metric, Metric::Euclidean);
+        std::fs::write(&path, "[index]\nmetric = \"l2\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("l2"), "{err}");
 
         std::fs::write(&path, "[server]\nno_such_key = 1\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();

@@ -7,8 +7,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
+    str::FromStr,
     sync::Arc,
 };
+
+use serde::{Deserialize, Serialize};
 
 /// Product attributes (articleType, gender, baseColour, ...). Ordered so
 /// that responses and stored values are deterministic.
@@ -108,8 +111,95 @@ id_type!(UserId);
 /// what normalising once gave.
 const UNIT_TOLERANCE: f64 = 1.0 / (1_u64 << 23) as f64;
 
-/// An L2-normalised, finite embedding. Cosine similarity between two of
-/// these is their dot product.
+/// How a catalogue's vectors are compared: a property of the data, chosen
+/// per data directory (`index.metric`). Every score is a similarity, higher
+/// is better, whatever the metric:
+///
+/// | metric | score of `a` against `b` | range |
+/// | --- | --- | --- |
+/// | `cosine` (default) | `a . b`, the cosine: vectors are stored unit length | [-1, 1] (clamped) |
+/// | `dot` | `a . b` of the vectors as given | any real |
+/// | `euclidean` | `-sqrt(sum (a_i - b_i)^2)`, minus the L2 distance | (-inf, 0] |
+/// | `manhattan` | `-sum abs(a_i - b_i)`, minus the L1 distance | (-inf, 0] |
+///
+/// Cosine is what the original design used and what the bundled encoder's
+/// (unit) embeddings are made for; `dot` and `euclidean` are for callers
+/// who bring their own non-normalised embeddings, where length means
+/// something; `manhattan` is the design's other comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    #[default]
+    Cosine,
+    Dot,
+    Euclidean,
+    Manhattan,
+}
+
+/// A metric name that is none of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown metric {0:?}: expected cosine, dot, euclidean or manhattan")]
+pub struct UnknownMetric(pub String);
+
+impl Metric {
+    pub const ALL: [Self; 4] = [Self::Cosine, Self::Dot, Self::Euclidean, Self::Manhattan];
+
+    /// The name used in configuration and dumps.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::Dot => "dot",
+            Self::Euclidean => "euclidean",
+            Self::Manhattan => "manhattan",
+        }
+    }
+
+    /// How similar `b` is to `a`; higher is better (see the table above).
+    /// Not clamped: the index clamps cosine scores, whose rounding can
+    /// pass 1 by an ulp or two.
+    ///
+    /// The match sits outside the kernels, which stay as tight as before;
+    /// for cosine and dot this is [`dot`] itself behind one predictable
+    /// branch.
+    #[inline]
+    pub fn similarity(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Self::Cosine | Self::Dot => dot(a, b),
+            // `0.0 - d` rather than `-d`: identical vectors score +0, not
+            // -0 (which callers would see printed as "-0").
+            Self::Euclidean => 0.0 - l2_squared(a, b).sqrt(),
+            Self::Manhattan => 0.0 - l1(a, b),
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = UnknownMetric;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMetric(s.to_owned()))
+    }
+}
+
+/// Largest L2 norm of a vector kept as given (every metric but cosine).
+/// Any dot product of two such vectors is at most 1e36 and any distance
+/// between them at most 2e18, so no score overflows f32 (max 3.4e38); an
+/// overflowed score would be infinite or NaN and break every ranking it
+/// joins. Real embeddings are many orders of magnitude shorter.
+pub const MAX_NORM: f64 = 1e18;
+
+/// A finite embedding, as the catalogue's [`Metric`] keeps it: unit length
+/// (L2-normalised) under cosine, so that cosine similarity is the dot
+/// product; as given under the other metrics (see [`Self::for_metric`]).
 #[derive(Clone, PartialEq)]
 pub struct Embedding(Arc<[f32]>);
 
@@ -121,29 +211,38 @@ pub enum InvalidEmbedding {
     NotFinite { index: usize },
     #[error("embedding is all zeros and has no direction")]
     Zero,
+    #[error("embedding has L2 norm {norm:e}, the limit is {MAX_NORM:e}")]
+    TooLong { norm: f64 },
+}
+
+/// The dimension and finiteness every embedding is checked for; returns
+/// the L2 norm, accumulated in f64 (a sum of 2048 squares in f32 loses
+/// enough precision to leave norms visibly off 1).
+fn checked_norm(values: &[f32], dim: usize) -> Result<f64, InvalidEmbedding> {
+    if values.len() != dim {
+        return Err(InvalidEmbedding::WrongDimension {
+            got: values.len(),
+            expected: dim,
+        });
+    }
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(InvalidEmbedding::NotFinite { index });
+    }
+    Ok(values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt())
 }
 
 impl Embedding {
     /// Validates and L2-normalises a caller-supplied vector; one that is
     /// already unit length (to f32 precision) is kept as it is, so this is
-    /// idempotent and a stored unit vector reads back bit for bit.
+    /// idempotent and a stored unit vector reads back bit for bit. What
+    /// cosine catalogues store; the encoder's outputs go through it under
+    /// every metric (a unit vector is a valid vector under all of them).
     pub fn normalize(values: &[f32], dim: usize) -> Result<Self, InvalidEmbedding> {
-        if values.len() != dim {
-            return Err(InvalidEmbedding::WrongDimension {
-                got: values.len(),
-                expected: dim,
-            });
-        }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(InvalidEmbedding::NotFinite { index });
-        }
-        // Accumulate in f64: a sum of 2048 squares in f32 loses enough
-        // precision to leave norms visibly off 1.
-        let norm = values
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        let norm = checked_norm(values, dim)?;
         if norm == 0.0 || !norm.is_finite() {
             return Err(InvalidEmbedding::Zero);
         }
@@ -161,8 +260,34 @@ impl Embedding {
         Ok(Self(unit))
     }
 
+    /// Validates a caller-supplied vector for a catalogue of `metric`:
+    /// - cosine: exactly [`Self::normalize`];
+    /// - dot: stored as given; refused if all zero (it has no direction and
+    ///   scores 0 against everything);
+    /// - euclidean, manhattan: stored as given; zero is a point like any other.
+    ///
+    /// Every metric checks the dimension and finiteness, and the ones that
+    /// keep vectors as given also the length ([`MAX_NORM`]).
+    pub fn for_metric(
+        values: &[f32],
+        dim: usize,
+        metric: Metric,
+    ) -> Result<Self, InvalidEmbedding> {
+        if metric == Metric::Cosine {
+            return Self::normalize(values, dim);
+        }
+        let norm = checked_norm(values, dim)?;
+        if metric == Metric::Dot && values.iter().all(|v| *v == 0.0) {
+            return Err(InvalidEmbedding::Zero);
+        }
+        if norm > MAX_NORM {
+            return Err(InvalidEmbedding::TooLong { norm });
+        }
+        Ok(Self(values.into()))
+    }
+
     /// For vectors read back from our own store or index, which were
-    /// normalised when they were written.
+    /// validated (and under cosine normalised) when they were written.
     pub fn from_trusted(values: Arc<[f32]>) -> Self {
         Self(values)
     }
@@ -186,16 +311,17 @@ impl fmt::Debug for Embedding {
     }
 }
 
-/// Independent accumulators in [`dot`]. A single running sum is a serial
-/// dependency chain that LLVM may not reorder (float addition is not
-/// associative); split sums vectorise. 16 lanes beat 8, and fill one
-/// AVX-512 register.
+/// Independent accumulators in [`dot`], [`l2_squared`] and [`l1`]. A
+/// single running sum is a serial dependency chain that LLVM may not
+/// reorder (float addition is not associative); split sums vectorise. 16
+/// lanes beat 8, and fill one AVX-512 register.
 const DOT_LANES: usize = 16;
 
 /// Dot product; the cosine similarity of two unit vectors.
 ///
 /// The hottest loop in the service: every HNSW step, exact scan, MMR pick
-/// and reason is made of it. The release build targets baseline x86-64
+/// and reason is made of it (of it or of its siblings below, by metric).
+/// The release build targets baseline x86-64
 /// (SSE2, 4 lanes), so `multiversion` also compiles it for AVX2 and
 /// AVX-512 and picks the best at run time. Measured with
 /// `cargo bench --bench index` on this machine (AVX2): a 1280-d dot took
@@ -220,6 +346,49 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut sum: f32 = acc.iter().sum();
     for (p, q) in rest_a.iter().zip(rest_b) {
         sum += p * q;
+    }
+    sum
+}
+
+/// Squared Euclidean (L2) distance; the `euclidean` metric's kernel (the
+/// square root is taken once, outside). Built like [`dot`], for the same
+/// reasons; lengths are the caller's guarantee, as there.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len(), "l2 of slices of different lengths");
+    let (chunks_a, rest_a) = a.as_chunks::<DOT_LANES>();
+    let (chunks_b, rest_b) = b.as_chunks::<DOT_LANES>();
+    let mut acc = [0.0_f32; DOT_LANES];
+    for (xa, xb) in chunks_a.iter().zip(chunks_b) {
+        for (s, (p, q)) in acc.iter_mut().zip(xa.iter().zip(xb)) {
+            let d = p - q;
+            *s += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (p, q) in rest_a.iter().zip(rest_b) {
+        let d = p - q;
+        sum += d * d;
+    }
+    sum
+}
+
+/// Manhattan (L1) distance; the `manhattan` metric's kernel. Built like
+/// [`dot`] (`abs` is a sign-bit mask, so it vectorises as well).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2", "aarch64+neon"))]
+pub fn l1(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len(), "l1 of slices of different lengths");
+    let (chunks_a, rest_a) = a.as_chunks::<DOT_LANES>();
+    let (chunks_b, rest_b) = b.as_chunks::<DOT_LANES>();
+    let mut acc = [0.0_f32; DOT_LANES];
+    for (xa, xb) in chunks_a.iter().zip(chunks_b) {
+        for (s, (p, q)) in acc.iter_mut().zip(xa.iter().zip(xb)) {
+            *s += (p - q).abs();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (p, q) in rest_a.iter().zip(rest_b) {
+        sum += (p - q).abs();
     }
     sum
 }
@@ -363,6 +532,106 @@ mod tests {
         );
     }
 
+    #[test]
+    fn metric_names_round_trip_and_unknown_ones_are_refused() {
+        for m in Metric::ALL {
+            assert_eq!(m.as_str().parse::<Metric>(), Ok(m));
+            assert_eq!(m.to_string(), m.as_str());
+            let toml = toml::to_string(&[("metric", m)].into_iter().collect::<BTreeMap<_, _>>())
+                .expect("serialises");
+            assert_eq!(toml.trim(), format!("metric = \"{}\"", m.as_str()));
+        }
+        assert_eq!(Metric::default(), Metric::Cosine);
+        let err = "L2".parse::<Metric>().expect_err("not a metric name");
+        assert_eq!(
+            err.to_string(),
+            "unknown metric \"L2\": expected cosine, dot, euclidean or manhattan"
+        );
+    }
+
+    #[test]
+    fn similarity_is_higher_for_closer_vectors_under_every_metric() {
+        let (a, b) = ([1.0_f32, 2.0, 2.0], [4.0_f32, 6.0, 2.0]);
+        assert_eq!(Metric::Dot.similarity(&a, &b), 20.0);
+        assert_eq!(Metric::Cosine.similarity(&a, &b), 20.0);
+        assert_eq!(Metric::Euclidean.similarity(&a, &b), -5.0);
+        assert_eq!(Metric::Manhattan.similarity(&a, &b), -7.0);
+        for m in [Metric::Euclidean, Metric::Manhattan] {
+            assert!(m.similarity(&a, &a).to_bits() == 0, "{m}: +0, not -0");
+            assert!(
+                m.similarity(&a, &[1.0, 2.0, 3.0]) > m.similarity(&a, &b),
+                "{m}"
+            );
+        }
+    }
+
+    fn naive_l2_squared(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum()
+    }
+
+    fn naive_l1(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+            .sum()
+    }
+
+    #[test]
+    fn distance_kernels_match_naive_for_all_remainder_lengths() {
+        for len in 0..40 {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let l2 = f64::from(l2_squared(&a, &b));
+            assert!(
+                (l2 - naive_l2_squared(&a, &b)).abs() < 1e-4,
+                "len {len}: {l2}"
+            );
+            let got = f64::from(l1(&a, &b));
+            assert!((got - naive_l1(&a, &b)).abs() < 1e-4, "len {len}: {got}");
+        }
+    }
+
+    #[test]
+    fn embeddings_are_validated_per_metric() {
+        // Cosine is `normalize`, bit for bit.
+        let raw = [3.0, 4.0, 0.0];
+        assert_eq!(
+            Embedding::for_metric(&raw, 3, Metric::Cosine),
+            Embedding::normalize(&raw, 3)
+        );
+        // The others keep the vector as given.
+        for m in [Metric::Dot, Metric::Euclidean, Metric::Manhattan] {
+            let e = Embedding::for_metric(&raw, 3, m).unwrap();
+            assert_eq!(bits(e.as_slice()), bits(&raw), "{m}");
+            assert_eq!(
+                Embedding::for_metric(&raw[..2], 3, m),
+                Err(InvalidEmbedding::WrongDimension {
+                    got: 2,
+                    expected: 3
+                })
+            );
+            assert_eq!(
+                Embedding::for_metric(&[1.0, f32::NEG_INFINITY, 0.0], 3, m),
+                Err(InvalidEmbedding::NotFinite { index: 1 })
+            );
+            assert!(matches!(
+                Embedding::for_metric(&[1e19, 1e19, 0.0], 3, m),
+                Err(InvalidEmbedding::TooLong { .. })
+            ));
+        }
+        // Zero has no direction for a dot product, but is a point in space.
+        assert_eq!(
+            Embedding::for_metric(&[0.0, -0.0, 0.0], 3, Metric::Dot),
+            Err(InvalidEmbedding::Zero)
+        );
+        for m in [Metric::Euclidean, Metric::Manhattan] {
+            assert!(Embedding::for_metric(&[0.0; 3], 3, m).is_ok(), "{m}");
+        }
+    }
+
     proptest! {
         #[test]
         fn normalized_embeddings_are_unit_or_rejected(values in prop::collection::vec(any::<f32>(), 1..64)) {
@@ -376,8 +645,28 @@ mod tests {
                 }
                 Err(InvalidEmbedding::NotFinite { index }) => prop_assert!(!values[index].is_finite()),
                 Err(InvalidEmbedding::Zero) => prop_assert!(values.iter().all(|v| *v == 0.0) || values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() == 0.0),
-                Err(e @ InvalidEmbedding::WrongDimension { .. }) => prop_assert!(false, "{e}"),
+                Err(e @ (InvalidEmbedding::WrongDimension { .. } | InvalidEmbedding::TooLong { .. })) => {
+                    prop_assert!(false, "{e}")
+                }
             }
+        }
+
+        /// The split-accumulator kernels agree with a plain f64 sum, up to
+        /// f32 rounding relative to the sum's size.
+        #[test]
+        fn distance_kernels_match_naive(
+            pairs in prop::collection::vec((-1e3f32..1e3, -1e3f32..1e3), 0..300),
+        ) {
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let want = naive_l2_squared(&a, &b);
+            let got = f64::from(l2_squared(&a, &b));
+            prop_assert!((got - want).abs() <= 1e-5 * want.max(1.0), "l2^2 {got} vs {want}");
+            let want = naive_l1(&a, &b);
+            let got = f64::from(l1(&a, &b));
+            prop_assert!((got - want).abs() <= 1e-5 * want.max(1.0), "l1 {got} vs {want}");
+            let distance = naive_l2_squared(&a, &b).sqrt();
+            let sim = f64::from(Metric::Euclidean.similarity(&a, &b));
+            prop_assert!((sim + distance).abs() <= 1e-5 * distance.max(1.0), "{sim} vs -{distance}");
         }
 
         #[test]

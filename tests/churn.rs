@@ -431,7 +431,7 @@ async fn check(c: &mut Client, cat: &Catalogue, looks: &Looks, rng: &mut Rng) ->
     }
 }
 
-async fn stats(c: &mut Client) -> proto::Stats {
+async fn stats(c: &mut Client) -> proto::GetStatsResponse {
     c.get_stats(proto::GetStatsRequest {})
         .await
         .expect("GetStats succeeds")
@@ -439,7 +439,7 @@ async fn stats(c: &mut Client) -> proto::Stats {
 }
 
 /// Whether the server's maintenance would start a rebuild now.
-fn rebuild_due(s: &proto::Stats) -> bool {
+fn rebuild_due(s: &proto::GetStatsResponse) -> bool {
     let dead = s.deleted_pending;
     let points = s.catalog_size + dead;
     dead >= REBUILD_MIN_DEAD && dead as f64 >= REBUILD_DEAD_RATIO * points as f64
@@ -468,7 +468,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(120);
 /// rebuild count unchanged while RSS was watched until it settled (see
 /// [`SETTLE_QUIET`]); returns the lowest sample, which is where RSS is
 /// heading, and the stats.
-async fn settled(c: &mut Client, pid: u32) -> (u64, proto::Stats) {
+async fn settled(c: &mut Client, pid: u32) -> (u64, proto::GetStatsResponse) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let s = stats(c).await;
@@ -504,7 +504,9 @@ async fn add_all(c: &mut Client, items: &[Item], chunk: usize) {
     for part in items.chunks(chunk) {
         let requests: Vec<proto::AddProductRequest> = part.iter().map(Item::request).collect();
         let r = c
-            .add_products(tokio_stream::iter(requests))
+            .add_products(tokio_stream::iter(
+                requests.into_iter().map(proto::AddProductsRequest::from),
+            ))
             .await
             .expect("AddProducts succeeds")
             .into_inner();

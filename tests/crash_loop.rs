@@ -399,7 +399,11 @@ async fn writer(
                 .iter()
                 .map(|(id, content)| add_request(id, Vec::new(), content))
                 .collect();
-            let r = c.add_products(tokio_stream::iter(requests)).await;
+            let r = c
+                .add_products(tokio_stream::iter(
+                    requests.into_iter().map(proto::AddProductsRequest::from),
+                ))
+                .await;
             match outcome(r, &shared) {
                 Outcome::Acked(r) => {
                     let new = items
@@ -562,11 +566,15 @@ async fn verify(
         let found = match c
             .get_product(proto::GetProductRequest {
                 product_id: id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await
         {
             Ok(p) => {
-                let p = p.into_inner();
+                let p = p
+                    .into_inner()
+                    .product
+                    .expect("GetProduct answers with the product");
                 Some(Content {
                     embedding: p.embedding.map(|e| e.values).unwrap_or_default(),
                     attributes: p.attributes.into_iter().collect(),
@@ -699,7 +707,7 @@ async fn rank_with_wider_search(c: &mut Client, id: &str, embedding: &[f32]) -> 
     }
 }
 
-async fn stats(c: &mut Client) -> proto::Stats {
+async fn stats(c: &mut Client) -> proto::GetStatsResponse {
     c.get_stats(proto::GetStatsRequest {})
         .await
         .expect("GetStats succeeds")
@@ -740,10 +748,17 @@ async fn diagnose(
     async fn embedding_of(c: &mut Client, id: &str) -> Option<Vec<f32>> {
         c.get_product(proto::GetProductRequest {
             product_id: id.to_owned(),
+            view: proto::ProductView::Full.into(),
         })
         .await
         .ok()
-        .and_then(|p| p.into_inner().embedding.map(|e| e.values))
+        .and_then(|p| {
+            p.into_inner()
+                .product
+                .expect("GetProduct answers with the product")
+                .embedding
+                .map(|e| e.values)
+        })
     }
     let mut c = connect(&server.url).await;
     let mut served = Vec::new();
@@ -844,8 +859,8 @@ async fn acknowledged_writes_survive_a_kill_9_loop_on_the_hnsw_path() {
     let r = c
         .add_products(tokio_stream::iter(
             base.iter()
-                .map(|(id, content)| add_request(id, Vec::new(), content))
-                .collect::<Vec<_>>(),
+                .map(|(id, content)| add_request(id, Vec::new(), content).into())
+                .collect::<Vec<proto::AddProductsRequest>>(),
         ))
         .await
         .expect("load the base products")

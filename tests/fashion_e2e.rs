@@ -86,7 +86,9 @@ async fn fashion_sample_end_to_end() {
     let started = std::time::Instant::now();
     let items: Vec<proto::AddProductRequest> = entries.iter().map(photo_request).collect();
     let r = c
-        .add_products(futures::stream::iter(items))
+        .add_products(futures::stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -120,10 +122,13 @@ async fn fashion_sample_end_to_end() {
         let p = c
             .get_product(proto::GetProductRequest {
                 product_id: e.id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product");
         assert_eq!(
             p.attributes.get(ARTICLE_TYPE),
             e.attributes.get(ARTICLE_TYPE)
@@ -411,10 +416,13 @@ async fn fashion_sample_end_to_end() {
         let p = c
             .get_product(proto::GetProductRequest {
                 product_id: id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product");
         assert_eq!(
             &p.embedding.unwrap().values,
             v.as_ref(),

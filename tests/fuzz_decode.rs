@@ -242,6 +242,7 @@ const LIMITS: RequestLimits = RequestLimits {
     max_attribute_bytes: 16,
     max_user_id_bytes: 12,
     max_examples: 4,
+    metric: lookbook::domain::Metric::Cosine,
 };
 
 fn string(rng: &mut Rng, max: usize) -> String {

@@ -418,10 +418,13 @@ async fn hostile_images_get_invalid_argument_or_a_correct_embedding() {
                 let stored = c
                     .get_product(proto::GetProductRequest {
                         product_id: name.clone(),
+                        view: proto::ProductView::Full.into(),
                     })
                     .await
                     .unwrap_or_else(|s| panic!("{name}: added but not found: {s:?}"))
-                    .into_inner();
+                    .into_inner()
+                    .product
+                    .expect("GetProduct answers with the product");
                 let stored = stored
                     .embedding
                     .expect("a stored product has its embedding");

@@ -140,6 +140,7 @@ async fn a_damaged_row_is_left_out_reported_and_healed_and_a_damaged_file_stops_
         let missing = c
             .get_product(proto::GetProductRequest {
                 product_id: "p7".into(),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .expect_err("the damaged product is not served");
@@ -239,7 +240,11 @@ async fn record(c: &mut Client, user: &str, items: &[(&str, proto::Action, i64)]
         })
         .collect();
     let r = c
-        .record_interactions(futures::stream::iter(requests))
+        .record_interactions(futures::stream::iter(
+            requests
+                .into_iter()
+                .map(proto::RecordInteractionsRequest::from),
+        ))
         .await
         .unwrap_or_else(|s| panic!("record for {user}: {s}"))
         .into_inner();

@@ -14,7 +14,7 @@ use std::{
 
 use common::*;
 use lookbook::{
-    api::proto::{self, recommender_client::RecommenderClient},
+    api::proto::{self, recommender_service_client::RecommenderServiceClient},
     config::{Config, Overrides},
 };
 use tonic::{
@@ -73,7 +73,7 @@ async fn scrape_until(
     }
 }
 
-const RECOMMEND_SIMILAR: &str = "lookbook.v1.Recommender/RecommendSimilar";
+const RECOMMEND_SIMILAR: &str = "lookbook.v1.RecommenderService/RecommendSimilar";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_health_and_request_ids_follow_real_traffic() {
@@ -172,7 +172,7 @@ async fn metrics_health_and_request_ids_follow_real_traffic() {
 
     // With one call allowed in flight, an open AddProducts stream makes
     // the next call RESOURCE_EXHAUSTED.
-    let (hold, stream) = tokio::sync::mpsc::channel::<proto::AddProductRequest>(1);
+    let (hold, stream) = tokio::sync::mpsc::channel::<proto::AddProductsRequest>(1);
     let mut streaming = server.client().await;
     let open = tokio::spawn(async move {
         streaming
@@ -227,7 +227,7 @@ async fn metrics_health_and_request_ids_follow_real_traffic() {
         moved(
             "lookbook_grpc_requests_total",
             &[
-                ("method", "lookbook.v1.Recommender/GetStats"),
+                ("method", "lookbook.v1.RecommenderService/GetStats"),
                 ("code", "RESOURCE_EXHAUSTED")
             ]
         ) >= 1.0
@@ -421,7 +421,7 @@ async fn tls_and_mutual_tls_on_both_ports() {
     let channel = tls_channel(server.addr, &pki, true)
         .await
         .expect("mutual TLS");
-    let mut client = RecommenderClient::new(channel.clone());
+    let mut client = RecommenderServiceClient::new(channel.clone());
     client
         .get_stats(proto::GetStatsRequest {})
         .await
@@ -446,7 +446,7 @@ async fn tls_and_mutual_tls_on_both_ports() {
     // Without a client certificate, or in plaintext, nothing gets through.
     let refused = match tls_channel(server.addr, &pki, false).await {
         Err(_) => true,
-        Ok(channel) => RecommenderClient::new(channel)
+        Ok(channel) => RecommenderServiceClient::new(channel)
             .get_stats(proto::GetStatsRequest {})
             .await
             .is_err(),
@@ -463,7 +463,7 @@ async fn tls_and_mutual_tls_on_both_ports() {
         .await
     {
         Err(_) => true,
-        Ok(channel) => RecommenderClient::new(channel)
+        Ok(channel) => RecommenderServiceClient::new(channel)
             .get_stats(proto::GetStatsRequest {})
             .await
             .is_err(),
@@ -542,7 +542,7 @@ const WRITE_TOKEN: &str = "write-0123456789abcdef0123456789abcdef";
 
 /// What a call with `token` on `rpc` got: "OK" or the status code.
 async fn call(channel: &Channel, token: Option<&str>, rpc: &str) -> Code {
-    let mut client = RecommenderClient::new(channel.clone());
+    let mut client = RecommenderServiceClient::new(channel.clone());
     macro_rules! with_token {
         ($message:expr) => {{
             let mut request = tonic::Request::new($message);

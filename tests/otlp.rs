@@ -103,7 +103,7 @@ async fn spans_of_calls_reach_an_otlp_collector() {
                 .windows(needle.len())
                 .any(|w| w == needle.as_bytes())
         };
-        if contains("lookbook.v1.Recommender/GetStats") {
+        if contains("lookbook.v1.RecommenderService/GetStats") {
             assert!(
                 contains("lookbook-under-test"),
                 "the service name is exported"

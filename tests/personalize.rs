@@ -129,7 +129,9 @@ async fn shoppers_on_real_photos() {
     let mut c = server.client().await;
     let items: Vec<proto::AddProductRequest> = chosen.iter().map(|e| photo_request(e)).collect();
     let r = c
-        .add_products(futures::stream::iter(items))
+        .add_products(futures::stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -144,10 +146,13 @@ async fn shoppers_on_real_photos() {
         let p = c
             .get_product(proto::GetProductRequest {
                 product_id: e.id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product");
         vectors.insert(e.id.clone(), p.embedding.unwrap().values);
     }
     let of = |kind: &str, colours: &[&str]| -> Vec<String> {
@@ -468,7 +473,9 @@ async fn add_cluster_products(c: &mut Client) {
         })
         .collect();
     let r = c
-        .add_products(futures::stream::iter(items))
+        .add_products(futures::stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .expect("import the synthetic clusters")
         .into_inner();
@@ -496,13 +503,17 @@ async fn interactions_are_durable_forgettable_and_validated() {
     batch.push(interaction("alice", "no-such-product", proto::Action::View));
     batch.push(interaction("alice", "c1-9", proto::Action::Purchase));
     let r = c
-        .record_interactions(futures::stream::iter(batch))
+        .record_interactions(futures::stream::iter(
+            batch
+                .into_iter()
+                .map(proto::RecordInteractionsRequest::from),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((r.recorded, r.failed), (7, 1), "{:?}", r.errors);
     assert!(
-        r.errors[0].starts_with("item 6 (user \"alice\")"),
+        r.errors[0].index == 6 && r.errors[0].user_id == "alice" && !r.errors[0].message.is_empty(),
         "{:?}",
         r.errors
     );
@@ -737,7 +748,11 @@ async fn record_one_each(c: &Client, from: u64, to: u64) {
             let items = (lo..hi)
                 .map(|n| interaction(&format!("shopper-{n}"), &product_of(n), proto::Action::View));
             let r = c
-                .record_interactions(futures::stream::iter(items))
+                .record_interactions(futures::stream::iter(
+                    items
+                        .into_iter()
+                        .map(proto::RecordInteractionsRequest::from),
+                ))
                 .await
                 .unwrap_or_else(|s| panic!("record shoppers {lo}..{hi}: {s}"))
                 .into_inner();
@@ -760,7 +775,11 @@ async fn record_rich_shopper(c: &mut Client, n: u64) {
     ]
     .map(|(p, a)| interaction(&user, &p, a));
     let r = c
-        .record_interactions(futures::stream::iter(items))
+        .record_interactions(futures::stream::iter(
+            items
+                .into_iter()
+                .map(proto::RecordInteractionsRequest::from),
+        ))
         .await
         .unwrap_or_else(|s| panic!("record {user}: {s}"))
         .into_inner();

@@ -29,7 +29,9 @@ async fn load(c: &mut Client, items: impl Iterator<Item = (String, u64)>) {
         .collect();
     let n = requests.len() as u64;
     let r = c
-        .add_products(tokio_stream::iter(requests))
+        .add_products(tokio_stream::iter(
+            requests.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .expect("bulk load succeeds")
         .into_inner();
@@ -37,7 +39,7 @@ async fn load(c: &mut Client, items: impl Iterator<Item = (String, u64)>) {
     assert_eq!(r.added + r.replaced, n);
 }
 
-async fn stats(c: &mut Client) -> proto::Stats {
+async fn stats(c: &mut Client) -> proto::GetStatsResponse {
     c.get_stats(proto::GetStatsRequest {})
         .await
         .expect("GetStats succeeds")
@@ -72,10 +74,16 @@ async fn snapshot(c: &mut Client, ids: &[String]) -> HashMap<String, Option<Vec<
         let got = c
             .get_product(proto::GetProductRequest {
                 product_id: id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await;
         let embedding = match got {
-            Ok(p) => p.into_inner().embedding.map(|e| e.values),
+            Ok(p) => p
+                .into_inner()
+                .product
+                .expect("GetProduct answers with the product")
+                .embedding
+                .map(|e| e.values),
             Err(s) if s.code() == Code::NotFound => None,
             Err(s) => panic!("GetProduct {id}: {s}"),
         };
@@ -158,7 +166,9 @@ async fn cancelled_writes_keep_the_index_in_step_with_the_store() {
                         let filler = format!("b{}", rng.below(2_000));
                         embedding_request(&filler, synthetic_vector(seed + 50 + n, DIM), &[])
                     }));
-                    let mut r = Request::new(tokio_stream::iter(items));
+                    let mut r = Request::new(tokio_stream::iter(
+                        items.into_iter().map(proto::AddProductsRequest::from),
+                    ));
                     r.set_timeout(Duration::from_millis(5 + rng.below(40)));
                     let code = c.add_products(r).await.map_or_else(
                         |s| {
@@ -338,7 +348,7 @@ async fn floods_are_shed_with_resource_exhausted_and_health_stays_serving() {
         for _ in 0..20 {
             let s = h
                 .check(HealthCheckRequest {
-                    service: "lookbook.v1.Recommender".into(),
+                    service: "lookbook.v1.RecommenderService".into(),
                 })
                 .await
                 .expect("health answers during the flood")

@@ -29,7 +29,7 @@ fn hnsw_config(dir: &std::path::Path) -> lookbook::config::Config {
     cfg
 }
 
-async fn stats(client: &mut Client) -> proto::Stats {
+async fn stats(client: &mut Client) -> proto::GetStatsResponse {
     client
         .get_stats(proto::GetStatsRequest {})
         .await
@@ -65,7 +65,7 @@ async fn health_reflection_and_stats() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for service in ["", "lookbook.v1.Recommender"] {
+    for service in ["", "lookbook.v1.RecommenderService"] {
         let status = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
@@ -98,7 +98,7 @@ async fn health_reflection_and_stats() {
     assert!(
         list.service
             .iter()
-            .any(|s| s.name == "lookbook.v1.Recommender")
+            .any(|s| s.name == "lookbook.v1.RecommenderService")
     );
 
     let mut client = server.client().await;
@@ -197,7 +197,7 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
         code_of(c.embed(embed_req(huge.clone())).await).await,
         Code::ResourceExhausted
     );
-    let stream = futures::stream::iter([image_req(huge)]);
+    let stream = futures::stream::iter([proto::AddProductsRequest::from(image_req(huge))]);
     assert_eq!(
         code_of(c.add_products(stream).await).await,
         Code::ResourceExhausted
@@ -291,7 +291,8 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     assert_eq!(
         code_of(
             c.get_product(proto::GetProductRequest {
-                product_id: "nope".into()
+                product_id: "nope".into(),
+                view: proto::ProductView::Full.into(),
             })
             .await
         )
@@ -312,7 +313,8 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
     assert_eq!(
         code_of(
             c.get_product(proto::GetProductRequest {
-                product_id: "new".into()
+                product_id: "new".into(),
+                view: proto::ProductView::Full.into(),
             })
             .await
         )
@@ -338,16 +340,19 @@ async fn bad_input_gets_the_exact_status_and_changes_nothing() {
         embedding_request("known", synthetic_vector(13, DIM), &[]),
     ];
     let r = c
-        .add_products(futures::stream::iter(items))
+        .add_products(futures::stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((r.added, r.replaced, r.failed), (2, 1, 3), "{r:?}");
     assert_eq!(r.errors.len(), 3);
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("item 2") && e.contains("bulk-bad-image")),
+        r.errors.iter().any(|e| e.index == 2
+            && e.product_id == "bulk-bad-image"
+            && e.code == Code::InvalidArgument as i32
+            && !e.message.is_empty()),
         "{:?}",
         r.errors
     );
@@ -496,7 +501,9 @@ async fn filters_return_k_when_k_match_even_when_rare() {
         ));
     }
     let r = c
-        .add_products(futures::stream::iter(items))
+        .add_products(futures::stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -608,10 +615,13 @@ async fn restart_keeps_every_product_and_survives_a_corrupt_or_missing_dump() {
         before.push(
             c.get_product(proto::GetProductRequest {
                 product_id: format!("r{i}"),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .unwrap()
-            .into_inner(),
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product"),
         );
     }
     server.stop().await;
@@ -698,7 +708,7 @@ async fn a_checkpoint_of_another_store_is_reconciled_or_rebuilt() {
         s.index_reconciled_at_start, 20,
         "r0..r9 re-inserted with the store's vectors, r30..r39 removed"
     );
-    let top = |r: tonic::Response<proto::RecommendResponse>| {
+    let top = |r: tonic::Response<proto::RecommendSimilarResponse>| {
         r.into_inner().items.first().map(|i| i.product_id.clone())
     };
     for i in 0..30u64 {
@@ -725,7 +735,9 @@ async fn a_checkpoint_of_another_store_is_reconciled_or_rebuilt() {
             .map(|i| embedding_request(&format!("m{i}"), synthetic_vector(offset + i, DIM), &[]))
             .collect();
         let r = c
-            .add_products(futures::stream::iter(items))
+            .add_products(futures::stream::iter(
+                items.into_iter().map(proto::AddProductsRequest::from),
+            ))
             .await
             .expect("bulk add succeeds")
             .into_inner();
@@ -803,10 +815,13 @@ async fn verify_restart(dir: &std::path::Path, before: &[proto::Product], from_d
         let now = c
             .get_product(proto::GetProductRequest {
                 product_id: p.product_id.clone(),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .expect("RPC succeeds")
-            .into_inner();
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product");
         assert_eq!(&now, p, "product {} changed across restart", p.product_id);
     }
     let r = c
@@ -873,10 +888,13 @@ async fn acknowledged_products_survive_kill_9() {
         let p = c
             .get_product(proto::GetProductRequest {
                 product_id: format!("k{i}"),
+                view: proto::ProductView::Full.into(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .product
+            .expect("GetProduct answers with the product");
         let got = p.embedding.unwrap().values;
         let want = synthetic_vector(i, DIM);
         assert!(

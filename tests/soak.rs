@@ -284,7 +284,9 @@ async fn writer(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instan
                     .call(
                         "AddProducts",
                         None,
-                        c.add_products(req(tokio_stream::iter(items))),
+                        c.add_products(req(tokio_stream::iter(
+                            items.into_iter().map(proto::AddProductsRequest::from),
+                        ))),
                     )
                     .await
                 {
@@ -376,16 +378,22 @@ async fn reader(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Instan
                 let id = stable_id(n);
                 let get = proto::GetProductRequest {
                     product_id: id.clone(),
+                    view: proto::ProductView::Full.into(),
                 };
-                if let Some(p) = log.call("GetProduct", None, c.get_product(req(get))).await
-                    && (p.product_id != id || p.embedding.is_none_or(|e| e.values.len() != DIM))
+                if let Some(r) = log.call("GetProduct", None, c.get_product(req(get))).await
+                    && r.product.is_none_or(|p| {
+                        p.product_id != id || p.embedding.is_none_or(|e| e.values.len() != DIM)
+                    })
                 {
                     log.wrong("GetProduct", format!("{id}: wrong product or embedding"));
                 }
             }
             25..35 => {
                 if let Some(id) = shared.some_deleted(&mut rng) {
-                    let get = proto::GetProductRequest { product_id: id };
+                    let get = proto::GetProductRequest {
+                        product_id: id,
+                        view: proto::ProductView::Full.into(),
+                    };
                     log.call("GetProduct", Some(Code::NotFound), c.get_product(req(get)))
                         .await;
                 }
@@ -505,7 +513,11 @@ async fn shopper(mut c: Client, log: Arc<Log>, shared: Arc<Shared>, until: Insta
                     .call(
                         "RecordInteractions",
                         None,
-                        c.record_interactions(req(tokio_stream::iter(items))),
+                        c.record_interactions(req(tokio_stream::iter(
+                            items
+                                .into_iter()
+                                .map(proto::RecordInteractionsRequest::from),
+                        ))),
                     )
                     .await
                     && (r.recorded != 5 || r.failed != 0)
@@ -614,7 +626,7 @@ async fn health(url: String, log: Arc<Log>, until: Instant) {
             &mut long_lived
         };
         let check = HealthCheckRequest {
-            service: "lookbook.v1.Recommender".into(),
+            service: "lookbook.v1.RecommenderService".into(),
         };
         if let Some(r) = log.call("Health", None, client.check(req(check))).await
             && r.status != 1
@@ -741,7 +753,9 @@ async fn soak_mixed_load_has_no_unexpected_errors_and_flat_resources() {
         .chain((0..VOLATILE as u64).map(|n| product(&format!("v{n}"), 10_000_000 + n)))
         .collect();
     let r = c
-        .add_products(tokio_stream::iter(items))
+        .add_products(tokio_stream::iter(
+            items.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .expect("initial AddProducts")
         .into_inner();

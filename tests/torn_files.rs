@@ -112,7 +112,9 @@ async fn build_data_dir(data: &Path, products: &Catalogue) {
         })
         .collect();
     let r = c
-        .add_products(tokio_stream::iter(requests))
+        .add_products(tokio_stream::iter(
+            requests.into_iter().map(proto::AddProductsRequest::from),
+        ))
         .await
         .expect("load the catalogue")
         .into_inner();
@@ -354,13 +356,13 @@ async fn serving(url: &str) -> bool {
     };
     HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: "lookbook.v1.Recommender".into(),
+            service: "lookbook.v1.RecommenderService".into(),
         })
         .await
         .is_ok_and(|r| r.into_inner().status == 1)
 }
 
-async fn stats(c: &mut Client) -> proto::Stats {
+async fn stats(c: &mut Client) -> proto::GetStatsResponse {
     c.get_stats(proto::GetStatsRequest {})
         .await
         .expect("GetStats succeeds")
@@ -385,10 +387,14 @@ async fn check_products(url: &str, products: &Catalogue) -> (Vec<String>, Vec<St
                 let got = match c
                     .get_product(proto::GetProductRequest {
                         product_id: id.clone(),
+                        view: proto::ProductView::Full.into(),
                     })
                     .await
                 {
-                    Ok(p) => p.into_inner(),
+                    Ok(p) => p
+                        .into_inner()
+                        .product
+                        .expect("GetProduct answers with the product"),
                     Err(s) if s.code() == Code::NotFound => {
                         missing.push(id);
                         continue;

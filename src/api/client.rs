@@ -13,7 +13,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use super::proto::{self, recommender_client::RecommenderClient};
+use super::proto::{self, recommender_service_client::RecommenderServiceClient};
 use crate::personalize::Action;
 
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,19 @@ impl From<proto::AddProductsResponse> for ImportSummary {
             added: r.added,
             replaced: r.replaced,
             failed: r.failed,
-            errors: r.errors,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "item {} (id {:?}): {} ({})",
+                        e.index,
+                        e.product_id,
+                        e.message,
+                        tonic::Code::from(e.code).description()
+                    )
+                })
+                .collect(),
             catalog_size: r.catalog_size,
         }
     }
@@ -191,7 +203,7 @@ pub enum SimilarTo {
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: RecommenderClient<InterceptedService<Channel, BearerToken>>,
+    inner: RecommenderServiceClient<InterceptedService<Channel, BearerToken>>,
 }
 
 impl Client {
@@ -221,7 +233,7 @@ impl Client {
         };
         let channel = connect_channel(url, options).await?;
         Ok(Self {
-            inner: RecommenderClient::with_interceptor(channel, BearerToken(token))
+            inner: RecommenderServiceClient::with_interceptor(channel, BearerToken(token))
                 .max_decoding_message_size(options.max_message_bytes)
                 .max_encoding_message_size(options.max_message_bytes),
         })
@@ -258,7 +270,7 @@ impl Client {
         items: impl Stream<Item = ImportItem> + Send + 'static,
     ) -> Result<ImportSummary, ClientError> {
         use futures::StreamExt;
-        let requests = items.map(|item| proto::AddProductRequest {
+        let requests = items.map(|item| proto::AddProductsRequest {
             product_id: item.id,
             image: item.image,
             embedding: None,
@@ -301,7 +313,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(hits(r))
+        Ok(hits(r.items))
     }
 
     /// RecommendForUser without filter or context.
@@ -315,7 +327,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(hits(r))
+        Ok(hits(r.items))
     }
 
     /// Streams (user, product, action) through `RecordInteractions`, stamped
@@ -325,18 +337,24 @@ impl Client {
         items: impl Stream<Item = (String, String, Action)> + Send + 'static,
     ) -> Result<(u64, u64, Vec<String>), ClientError> {
         use futures::StreamExt;
-        let requests = items.map(
-            |(user_id, product_id, action)| proto::RecordInteractionRequest {
-                interaction: Some(proto::Interaction {
-                    user_id,
-                    product_id,
-                    action: action_to_proto(action) as i32,
-                    timestamp_ms: 0,
-                }),
-            },
-        );
+        let requests =
+            items.map(
+                |(user_id, product_id, action)| proto::RecordInteractionsRequest {
+                    interaction: Some(proto::Interaction {
+                        user_id,
+                        product_id,
+                        action: action_to_proto(action) as i32,
+                        timestamp_ms: 0,
+                    }),
+                },
+            );
         let r = self.inner.record_interactions(requests).await?.into_inner();
-        Ok((r.recorded, r.failed, r.errors))
+        let errors = r
+            .errors
+            .into_iter()
+            .map(|e| format!("item {} (user {:?}): {}", e.index, e.user_id, e.message))
+            .collect();
+        Ok((r.recorded, r.failed, errors))
     }
 
     pub async fn stats(&mut self) -> Result<ServerStats, ClientError> {
@@ -374,11 +392,12 @@ impl Client {
             .inner
             .get_product(proto::GetProductRequest {
                 product_id: id.to_owned(),
+                view: proto::ProductView::Full.into(),
             })
             .await
         {
             Ok(r) => {
-                let p = r.into_inner();
+                let p = r.into_inner().product.unwrap_or_default();
                 Ok(Some((
                     p.attributes.into_iter().collect(),
                     p.embedding.map(|e| e.values).unwrap_or_default(),
@@ -395,7 +414,7 @@ impl Client {
         items: impl Stream<Item = (String, Vec<f32>, BTreeMap<String, String>)> + Send + 'static,
     ) -> Result<ImportSummary, ClientError> {
         use futures::StreamExt;
-        let requests = items.map(|(id, values, attributes)| proto::AddProductRequest {
+        let requests = items.map(|(id, values, attributes)| proto::AddProductsRequest {
             product_id: id,
             image: Bytes::new(),
             embedding: Some(proto::Embedding { values }),
@@ -405,8 +424,8 @@ impl Client {
     }
 }
 
-fn hits(r: proto::RecommendResponse) -> Vec<Hit> {
-    r.items
+fn hits(items: Vec<proto::Recommendation>) -> Vec<Hit> {
+    items
         .into_iter()
         .map(|i| Hit {
             id: i.product_id,

@@ -10,14 +10,23 @@ use bytes::Bytes;
 
 use super::proto;
 use crate::{
-    catalog::{NewProduct, ProductContent},
+    catalog::{AttributeUpdate, NewProduct, ProductContent},
     domain::{
         AttributeFilter, Attributes, Embedding, Filter, InvalidEmbedding, InvalidFilter, InvalidId,
-        ProductId, UserId,
+        Metric, ProductId, UserId,
     },
     personalize::{Action, Interaction},
     recommend::{Diversity, SimilarQuery, SimilarTarget, Strategy, UserQuery, select::Cap},
 };
+
+/// Most ids in one GetProducts call.
+pub const MAX_BATCH_IDS: usize = 1000;
+/// ListProducts page size when the caller sets none, and the most it gets.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// ListAttributes values per key when the caller sets none, and the most.
+pub const DEFAULT_FACET_VALUES: usize = 100;
+pub const MAX_FACET_VALUES: usize = 1000;
 
 /// How far ahead of the server's clock an interaction may be stamped:
 /// generous for clock skew, strict enough to catch seconds-for-millis bugs.
@@ -34,6 +43,9 @@ pub struct RequestLimits {
     pub max_user_id_bytes: usize,
     /// Most ids in `positive_ids` + `negative_ids`, or in `context_product_ids`.
     pub max_examples: usize,
+    /// The catalogue's metric: caller embeddings are L2-normalised under
+    /// cosine only, and kept as sent under the others.
+    pub metric: Metric,
 }
 
 /// Why a request was rejected before any work was done. Each message says
@@ -101,6 +113,268 @@ pub enum InvalidRequest {
         "interaction.timestamp_ms {got} is more than a day ahead of the server's clock ({now})"
     )]
     FutureTimestamp { got: i64, now: i64 },
+    #[error("product_ids: at most {max} ids, got {count}")]
+    TooManyIds { count: usize, max: usize },
+    #[error("product_ids is empty")]
+    NoIds,
+    #[error("remove_attributes: {key:?} is also in set_attributes")]
+    SetAndRemove { key: String },
+    #[error("set at least one of `set_attributes` or `remove_attributes`")]
+    EmptyUpdate,
+    #[error(
+        "page_token is not one this server issued for this filter; start again without a page_token"
+    )]
+    PageToken,
+}
+
+/// What a read returns of each product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Basic,
+    Full,
+}
+
+/// A validated GetProducts request: distinct ids in request order.
+#[derive(Debug, Clone)]
+pub struct ProductsQuery {
+    pub ids: Vec<ProductId>,
+    pub view: View,
+}
+
+/// A validated ListProducts request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Continue after this id (from the page token).
+    pub after: Option<ProductId>,
+    pub filter: Filter,
+    pub page_size: usize,
+    pub view: View,
+}
+
+/// A validated UpdateProduct request.
+#[derive(Debug, Clone)]
+pub struct ProductUpdate {
+    pub id: ProductId,
+    pub update: AttributeUpdate,
+}
+
+pub fn view(raw: i32) -> Result<View, InvalidRequest> {
+    match proto::ProductView::try_from(raw) {
+        Ok(proto::ProductView::Unspecified | proto::ProductView::Basic) => Ok(View::Basic),
+        Ok(proto::ProductView::Full) => Ok(View::Full),
+        Err(_) => Err(InvalidRequest::UnknownEnum {
+            field: "view",
+            value: raw,
+        }),
+    }
+}
+
+/// Page tokens bind the id to continue after to the filter they were
+/// issued for: a token reused with another filter would silently skip or
+/// repeat products, so it is refused instead. Hex of
+/// `"lb1" | 8 bytes of SHA-256 over the filter | the id`: opaque to callers,
+/// free of characters that need escaping in a URL.
+const TOKEN_MAGIC: &[u8] = b"lb1";
+const FINGERPRINT_BYTES: usize = 8;
+
+fn filter_fingerprint(filter: &Filter) -> [u8; FINGERPRINT_BYTES] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (tag, clauses) in [(b'm', &filter.must), (b'n', &filter.must_not)] {
+        for clause in clauses {
+            h.update([tag]);
+            for part in std::iter::once(&clause.key).chain(&clause.values) {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+    }
+    let digest = h.finalize();
+    let mut out = [0; FINGERPRINT_BYTES];
+    out.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
+    out
+}
+
+/// The token that continues a listing with `filter` after `last`.
+pub fn page_token(filter: &Filter, last: &ProductId) -> String {
+    let mut raw = Vec::with_capacity(TOKEN_MAGIC.len() + FINGERPRINT_BYTES + last.as_str().len());
+    raw.extend_from_slice(TOKEN_MAGIC);
+    raw.extend_from_slice(&filter_fingerprint(filter));
+    raw.extend_from_slice(last.as_str().as_bytes());
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_page_token(
+    token: &str,
+    filter: &Filter,
+    limits: &RequestLimits,
+) -> Result<ProductId, InvalidRequest> {
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or(InvalidRequest::PageToken)?;
+    let rest = bytes
+        .strip_prefix(TOKEN_MAGIC)
+        .ok_or(InvalidRequest::PageToken)?;
+    let (fingerprint, id) = rest
+        .split_at_checked(FINGERPRINT_BYTES)
+        .ok_or(InvalidRequest::PageToken)?;
+    if fingerprint != filter_fingerprint(filter) {
+        return Err(InvalidRequest::PageToken);
+    }
+    let id = std::str::from_utf8(id).map_err(|_| InvalidRequest::PageToken)?;
+    ProductId::parse(id, limits.max_product_id_bytes).map_err(|_| InvalidRequest::PageToken)
+}
+
+impl TryFrom<(proto::ListProductsRequest, &RequestLimits)> for ListQuery {
+    type Error = InvalidRequest;
+
+    fn try_from(
+        (raw, limits): (proto::ListProductsRequest, &RequestLimits),
+    ) -> Result<Self, Self::Error> {
+        let filter = optional_filter(raw.filter)?;
+        let after = if raw.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_page_token(&raw.page_token, &filter, limits)?)
+        };
+        // AIP-158: 0 means the default, and above the maximum is coerced
+        // down rather than refused.
+        let page_size = match raw.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        Ok(Self {
+            after,
+            filter,
+            page_size,
+            view: view(raw.view)?,
+        })
+    }
+}
+
+impl TryFrom<(proto::GetProductsRequest, &RequestLimits)> for ProductsQuery {
+    type Error = InvalidRequest;
+
+    fn try_from(
+        (raw, limits): (proto::GetProductsRequest, &RequestLimits),
+    ) -> Result<Self, Self::Error> {
+        if raw.product_ids.is_empty() {
+            return Err(InvalidRequest::NoIds);
+        }
+        if raw.product_ids.len() > MAX_BATCH_IDS {
+            return Err(InvalidRequest::TooManyIds {
+                count: raw.product_ids.len(),
+                max: MAX_BATCH_IDS,
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut ids = Vec::with_capacity(raw.product_ids.len());
+        for raw_id in &raw.product_ids {
+            let id = product_id(raw_id, "product_ids", limits)?;
+            if seen.insert(id.clone()) {
+                ids.push(id);
+            }
+        }
+        Ok(Self {
+            ids,
+            view: view(raw.view)?,
+        })
+    }
+}
+
+impl TryFrom<(proto::UpdateProductRequest, &RequestLimits)> for ProductUpdate {
+    type Error = InvalidRequest;
+
+    fn try_from(
+        (raw, limits): (proto::UpdateProductRequest, &RequestLimits),
+    ) -> Result<Self, Self::Error> {
+        let id = product_id(&raw.product_id, "product_id", limits)?;
+        if raw.set_attributes.is_empty() && raw.remove_attributes.is_empty() {
+            return Err(InvalidRequest::EmptyUpdate);
+        }
+        let set = attributes(raw.set_attributes, limits)?;
+        if raw.remove_attributes.len() > limits.max_attributes {
+            return Err(InvalidRequest::TooManyAttributes {
+                count: raw.remove_attributes.len(),
+                max: limits.max_attributes,
+            });
+        }
+        for key in &raw.remove_attributes {
+            if key.is_empty() || key.len() > limits.max_attribute_bytes {
+                return Err(InvalidRequest::Attribute {
+                    key: key.chars().take(64).collect(),
+                    max: limits.max_attribute_bytes,
+                });
+            }
+            if set.contains_key(key) {
+                return Err(InvalidRequest::SetAndRemove {
+                    key: key.chars().take(64).collect(),
+                });
+            }
+        }
+        Ok(Self {
+            id,
+            update: AttributeUpdate {
+                set,
+                remove: raw.remove_attributes,
+            },
+        })
+    }
+}
+
+/// Most values per key a ListAttributes call returns.
+pub fn facet_values(raw: u32) -> usize {
+    match raw as usize {
+        0 => DEFAULT_FACET_VALUES,
+        n => n.min(MAX_FACET_VALUES),
+    }
+}
+
+impl From<proto::AddProductsRequest> for proto::AddProductRequest {
+    fn from(raw: proto::AddProductsRequest) -> Self {
+        Self {
+            product_id: raw.product_id,
+            image: raw.image,
+            embedding: raw.embedding,
+            attributes: raw.attributes,
+        }
+    }
+}
+
+/// A stream item is an AddProduct request by another name (buf's lint
+/// wants a request message per RPC); both directions, for callers that
+/// build one kind and send the other.
+impl From<proto::AddProductRequest> for proto::AddProductsRequest {
+    fn from(raw: proto::AddProductRequest) -> Self {
+        Self {
+            product_id: raw.product_id,
+            image: raw.image,
+            embedding: raw.embedding,
+            attributes: raw.attributes,
+        }
+    }
+}
+
+impl From<proto::RecordInteractionRequest> for proto::RecordInteractionsRequest {
+    fn from(raw: proto::RecordInteractionRequest) -> Self {
+        Self {
+            interaction: raw.interaction,
+        }
+    }
+}
+
+impl From<proto::RecordInteractionsRequest> for proto::RecordInteractionRequest {
+    fn from(raw: proto::RecordInteractionsRequest) -> Self {
+        Self {
+            interaction: raw.interaction,
+        }
+    }
 }
 
 fn product_id(
@@ -170,7 +444,10 @@ impl TryFrom<Option<proto::Diversity>> for Diversity {
 
 fn strategy(raw: i32) -> Result<Strategy, InvalidRequest> {
     match proto::Strategy::try_from(raw) {
-        Ok(proto::Strategy::AverageVector) => Ok(Strategy::AverageVector),
+        // Unset is the documented default.
+        Ok(proto::Strategy::Unspecified | proto::Strategy::AverageVector) => {
+            Ok(Strategy::AverageVector)
+        }
         Ok(proto::Strategy::BestScore) => Ok(Strategy::BestScore),
         Err(_) => Err(InvalidRequest::UnknownEnum {
             field: "strategy",
@@ -257,7 +534,7 @@ fn embedding(
     field: &'static str,
     limits: &RequestLimits,
 ) -> Result<Embedding, InvalidRequest> {
-    Embedding::normalize(&raw.values, limits.dim)
+    Embedding::for_metric(&raw.values, limits.dim, limits.metric)
         .map_err(|source| InvalidRequest::Embedding { field, source })
 }
 
@@ -442,6 +719,7 @@ mod tests {
         max_attribute_bytes: 32,
         max_user_id_bytes: 8,
         max_examples: 3,
+        metric: Metric::Cosine,
     };
 
     fn add(id: &str, image: &[u8], emb: Option<Vec<f32>>) -> proto::AddProductRequest {

@@ -113,7 +113,9 @@ fn catalog(e: &CatalogError) -> Public {
         CatalogError::Encoder(e) => encoder(e),
         CatalogError::Store(e) => store(e),
         CatalogError::Index(e) => index(e),
-        CatalogError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
+        CatalogError::ModelMismatch { .. } | CatalogError::MetricMismatch { .. } => {
+            Public::caller(Code::FailedPrecondition, e)
+        }
         CatalogError::Busy(_) => Public::shed("write_queue", e),
         CatalogError::BadModelOutput(_)
         | CatalogError::StoreDamaged { .. }
@@ -147,12 +149,6 @@ impl ApiError {
             },
             Self::Personalize(e) => personalize(e),
         }
-    }
-
-    /// The message a caller may see (used for per-item bulk errors);
-    /// internal causes are logged here and summarised.
-    pub fn public_message(self) -> String {
-        Status::from(self).message().to_owned()
     }
 }
 

@@ -35,6 +35,14 @@ impl InFlightLimitLayer {
             max,
         }
     }
+
+    /// A slot for a call that does not pass through the gRPC stack (the
+    /// HTTP/JSON API shares the bound), or the bound when none is free.
+    pub fn try_enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| self.max)
+    }
 }
 
 impl<S> tower::Layer<S> for InFlightLimitLayer {
@@ -137,7 +145,7 @@ mod tests {
         let first = tokio::spawn(
             service
                 .clone()
-                .oneshot(request("/lookbook.v1.Recommender/RecommendSimilar")),
+                .oneshot(request("/lookbook.v1.RecommenderService/RecommendSimilar")),
         );
         // Let the first call take the only permit.
         while service.permits.available_permits() > 0 {
@@ -147,7 +155,7 @@ mod tests {
             .ready()
             .await
             .expect("always ready")
-            .call(request("/lookbook.v1.Recommender/Embed"))
+            .call(request("/lookbook.v1.RecommenderService/Embed"))
             .await
             .expect("infallible");
         assert_eq!(

@@ -10,6 +10,8 @@ pub mod convert;
 mod error;
 mod limit;
 mod observe;
+mod openapi;
+mod rest;
 mod service;
 pub mod tls;
 mod web;
@@ -41,6 +43,8 @@ pub mod proto {
         reason = "generated code"
     )]
     tonic::include_proto!("lookbook.v1");
+    // proto3 JSON (serde) impls of every message, for the HTTP/JSON API.
+    include!(concat!(env!("OUT_DIR"), "/lookbook.v1.serde.rs"));
 
     /// Encoded descriptors for server reflection.
     pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
@@ -48,7 +52,7 @@ pub mod proto {
 }
 
 /// Fully qualified name of the service, as health checks ask for it.
-pub const SERVICE_NAME: &str = "lookbook.v1.Recommender";
+pub const SERVICE_NAME: &str = "lookbook.v1.RecommenderService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -149,6 +153,8 @@ pub struct TransportSettings {
     pub auth: Authenticator,
     /// An access log line per call.
     pub access_log: bool,
+    /// Serve the page at `/` on the HTTP port.
+    pub ui: bool,
 }
 
 /// The bound listeners: gRPC, and HTTP unless it is turned off.
@@ -226,11 +232,14 @@ pub async fn start(
     } else {
         None
     };
-    let recommender = proto::recommender_server::RecommenderServer::new(
-        service::RecommenderService::new(Arc::clone(&ready)),
-    )
-    .max_decoding_message_size(settings.max_message_bytes)
-    .max_encoding_message_size(settings.max_message_bytes);
+    let service = service::RecommenderService::new(Arc::clone(&ready));
+    // One bound for both ports: HTTP/JSON calls take slots of the same
+    // semaphore as gRPC calls.
+    let in_flight = limit::InFlightLimitLayer::new(settings.max_in_flight);
+    let recommender =
+        proto::recommender_service_server::RecommenderServiceServer::new(service.clone())
+            .max_decoding_message_size(settings.max_message_bytes)
+            .max_encoding_message_size(settings.max_message_bytes);
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &settings.tls {
@@ -250,7 +259,7 @@ pub async fn start(
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted::<tonic::body::Body>,
         ))
-        .layer(limit::InFlightLimitLayer::new(settings.max_in_flight))
+        .layer(in_flight.clone())
         .add_service(health)
         .add_optional_service(reflection)
         .add_service(recommender);
@@ -262,10 +271,20 @@ pub async fn start(
         .with_keepalive(Some(Duration::from_secs(60)));
     let grace = settings.shutdown_grace;
     let http = listeners.http.map(|listener| {
-        let router = web::router(web::HttpState {
-            phase: readiness.phase.clone(),
-            ready: Arc::clone(&ready),
-        });
+        let api = rest::RestState {
+            service,
+            auth: settings.auth.clone(),
+            limit: in_flight,
+            max_body: settings.max_message_bytes.saturating_mul(4) / 3 + 64 * 1024,
+        };
+        let router = web::router(
+            web::HttpState {
+                phase: readiness.phase.clone(),
+                ready: Arc::clone(&ready),
+            },
+            api,
+            settings.ui,
+        );
         tokio::spawn(web::serve(
             listener,
             settings.tls.as_ref().map(tls::TlsMaterial::http),

@@ -1,5 +1,7 @@
-//! The `lookbook.v1.Recommender` gRPC service: convert, delegate to the
-//! core, convert back. No business logic lives here.
+//! The `lookbook.v1.RecommenderService` gRPC service: convert, delegate to the
+//! core, convert back. No business logic lives here. The HTTP/JSON API
+//! (`rest`) calls these same methods, so both protocols share validation,
+//! limits and error mapping.
 
 use std::sync::Arc;
 
@@ -8,13 +10,16 @@ use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    convert::{EmbedImages, RequestLimits, requested_id, requested_user},
+    convert::{
+        EmbedImages, ListQuery, ProductUpdate, ProductsQuery, RequestLimits, View, facet_values,
+        page_token, requested_id, requested_user, view,
+    },
     error::ApiError,
-    proto::{self, recommender_server::Recommender as RecommenderRpc},
+    proto::{self, recommender_service_server::RecommenderService as RecommenderRpc},
 };
 use crate::{
-    catalog::{NewProduct, ProductContent, ProductView},
-    domain::Embedding,
+    catalog::{Catalog, NewProduct, ProductContent, ProductView},
+    domain::{Embedding, Metric},
     personalize::{Interaction, now_ms},
     recommend::{Recommendation, Recommender, SimilarQuery, UserQuery},
 };
@@ -63,14 +68,31 @@ impl RecommenderService {
     }
 }
 
+impl RecommenderService {
+    /// A product's thumbnail (JPEG) for the HTTP API, which has no gRPC
+    /// counterpart: NOT_FOUND if the product does not exist or has none.
+    pub(crate) async fn thumbnail(&self, product_id: &str) -> Result<Vec<u8>, Status> {
+        let ready = self.ready()?;
+        let id = requested_id(product_id, &ready.limits).map_err(ApiError::from)?;
+        ready
+            .recommender
+            .catalog()
+            .thumbnail(&id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| Status::not_found(format!("product {id} has no thumbnail")))
+    }
+}
+
 fn embedding_to_proto(e: &Embedding) -> proto::Embedding {
     proto::Embedding {
         values: e.as_slice().to_vec(),
     }
 }
 
-fn recommendation_to_proto(r: Recommendation) -> proto::Recommendation {
+fn recommendation_to_proto(r: Recommendation, catalog: &Catalog) -> proto::Recommendation {
     proto::Recommendation {
+        has_thumbnail: catalog.has_thumbnail(r.id.as_str()),
         product_id: r.id.to_string(),
         score: r.score,
         attributes: r
@@ -82,10 +104,11 @@ fn recommendation_to_proto(r: Recommendation) -> proto::Recommendation {
     }
 }
 
-fn recommendations(items: Vec<Recommendation>) -> proto::RecommendResponse {
-    proto::RecommendResponse {
-        items: items.into_iter().map(recommendation_to_proto).collect(),
-    }
+fn recommendations(items: Vec<Recommendation>, catalog: &Catalog) -> Vec<proto::Recommendation> {
+    items
+        .into_iter()
+        .map(|r| recommendation_to_proto(r, catalog))
+        .collect()
 }
 
 /// Maps tonic's OUT_OF_RANGE for an over-limit stream message to the
@@ -99,7 +122,7 @@ fn stream_status(status: Status) -> Status {
     }
 }
 
-fn product_to_proto(p: ProductView) -> proto::Product {
+fn product_to_proto(p: ProductView, view: View) -> proto::Product {
     proto::Product {
         product_id: p.id.to_string(),
         attributes: p
@@ -107,7 +130,25 @@ fn product_to_proto(p: ProductView) -> proto::Product {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        embedding: Some(embedding_to_proto(&p.embedding)),
+        embedding: match view {
+            View::Full => Some(embedding_to_proto(&p.embedding)),
+            View::Basic => None,
+        },
+        has_thumbnail: p.has_thumbnail,
+    }
+}
+
+/// A bulk item's failure as the caller sees it: the code and message the
+/// item would have got as a single call. Ids are cut to 64 characters so
+/// one bad item cannot make the response huge.
+fn item_error(position: usize, product: &str, user: &str, error: ApiError) -> proto::ItemError {
+    let status = Status::from(error);
+    proto::ItemError {
+        index: position as u64,
+        product_id: product.chars().take(64).collect(),
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        user_id: user.chars().take(64).collect(),
     }
 }
 
@@ -150,7 +191,7 @@ impl RecommenderRpc for RecommenderService {
 
     async fn add_products(
         &self,
-        request: Request<Streaming<proto::AddProductRequest>>,
+        request: Request<Streaming<proto::AddProductsRequest>>,
     ) -> Result<Response<proto::AddProductsResponse>, Status> {
         let ready = self.ready()?;
         let catalog = ready.recommender.catalog();
@@ -163,14 +204,14 @@ impl RecommenderRpc for RecommenderService {
         // A transport error ends the stream: what was committed stays
         // committed (each batch is durable) and the error goes back.
         while let Some(item) = stream.next().await {
-            let item = item.map_err(stream_status)?;
+            let item = proto::AddProductRequest::from(item.map_err(stream_status)?);
             let id = item.product_id.clone();
             match NewProduct::try_from((item, &ready.limits)) {
                 Ok(p) => {
                     photos += usize::from(matches!(p.content, ProductContent::Image(_)));
                     batch.push((position, p));
                 }
-                Err(e) => summary.fail(position, &id, &e.to_string()),
+                Err(e) => summary.fail(position, &id, ApiError::from(e)),
             }
             position += 1;
             if batch.len() >= IMPORT_BATCH || photos >= IMPORT_BATCH_PHOTOS {
@@ -185,17 +226,106 @@ impl RecommenderRpc for RecommenderService {
     async fn get_product(
         &self,
         request: Request<proto::GetProductRequest>,
-    ) -> Result<Response<proto::Product>, Status> {
+    ) -> Result<Response<proto::GetProductResponse>, Status> {
         let ready = self.ready()?;
-        let id =
-            requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
+        let request = request.get_ref();
+        let id = requested_id(&request.product_id, &ready.limits).map_err(ApiError::from)?;
+        let view = view(request.view).map_err(ApiError::from)?;
         let product = ready
             .recommender
             .catalog()
             .get(&id)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(product_to_proto(product)))
+        Ok(Response::new(proto::GetProductResponse {
+            product: Some(product_to_proto(product, view)),
+        }))
+    }
+
+    async fn get_products(
+        &self,
+        request: Request<proto::GetProductsRequest>,
+    ) -> Result<Response<proto::GetProductsResponse>, Status> {
+        let ready = self.ready()?;
+        let query = ProductsQuery::try_from((request.into_inner(), &ready.limits))
+            .map_err(ApiError::from)?;
+        let found = ready.recommender.catalog().get_many(&query.ids);
+        let mut response = proto::GetProductsResponse::default();
+        for (id, product) in query.ids.iter().zip(found) {
+            match product {
+                Some(p) => response.products.push(product_to_proto(p, query.view)),
+                None => response.missing_ids.push(id.to_string()),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<proto::ListProductsRequest>,
+    ) -> Result<Response<proto::ListProductsResponse>, Status> {
+        let ready = self.ready()?;
+        let query =
+            ListQuery::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
+        let page = ready
+            .recommender
+            .catalog()
+            .list(query.after, query.filter.clone(), query.page_size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListProductsResponse {
+            next_page_token: page
+                .next_after
+                .map(|last| page_token(&query.filter, &last))
+                .unwrap_or_default(),
+            products: page
+                .products
+                .into_iter()
+                .map(|p| product_to_proto(p, query.view))
+                .collect(),
+        }))
+    }
+
+    async fn list_attributes(
+        &self,
+        request: Request<proto::ListAttributesRequest>,
+    ) -> Result<Response<proto::ListAttributesResponse>, Status> {
+        let ready = self.ready()?;
+        let max_values = facet_values(request.get_ref().max_values);
+        let facets = ready.recommender.catalog().facets(max_values);
+        Ok(Response::new(proto::ListAttributesResponse {
+            attributes: facets
+                .into_iter()
+                .map(|f| proto::AttributeValues {
+                    key: f.key,
+                    values: f
+                        .values
+                        .into_iter()
+                        .map(|(value, count)| proto::AttributeValueCount { value, count })
+                        .collect(),
+                    distinct_values: f.distinct,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<proto::UpdateProductRequest>,
+    ) -> Result<Response<proto::UpdateProductResponse>, Status> {
+        let ready = self.ready()?;
+        let ProductUpdate { id, update } =
+            ProductUpdate::try_from((request.into_inner(), &ready.limits))
+                .map_err(ApiError::from)?;
+        let product = ready
+            .recommender
+            .catalog()
+            .update(&id, update)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::UpdateProductResponse {
+            product: Some(product_to_proto(product, View::Basic)),
+        }))
     }
 
     async fn delete_product(
@@ -220,7 +350,7 @@ impl RecommenderRpc for RecommenderService {
     async fn recommend_similar(
         &self,
         request: Request<proto::RecommendSimilarRequest>,
-    ) -> Result<Response<proto::RecommendResponse>, Status> {
+    ) -> Result<Response<proto::RecommendSimilarResponse>, Status> {
         let ready = self.ready()?;
         let query = SimilarQuery::try_from((request.into_inner(), &ready.limits))
             .map_err(ApiError::from)?;
@@ -229,7 +359,9 @@ impl RecommenderRpc for RecommenderService {
             .similar(query)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(recommendations(items)))
+        Ok(Response::new(proto::RecommendSimilarResponse {
+            items: recommendations(items, ready.recommender.catalog()),
+        }))
     }
 
     async fn record_interaction(
@@ -253,7 +385,7 @@ impl RecommenderRpc for RecommenderService {
 
     async fn record_interactions(
         &self,
-        request: Request<Streaming<proto::RecordInteractionRequest>>,
+        request: Request<Streaming<proto::RecordInteractionsRequest>>,
     ) -> Result<Response<proto::RecordInteractionsResponse>, Status> {
         let ready = self.ready()?;
         let personalizer = ready.recommender.personalizer();
@@ -264,15 +396,15 @@ impl RecommenderRpc for RecommenderService {
         // As for AddProducts: committed batches stay committed if the
         // stream breaks.
         while let Some(item) = stream.next().await {
-            let item = item.map_err(stream_status)?;
-            let user = item
+            let item = proto::RecordInteractionRequest::from(item.map_err(stream_status)?);
+            let (user, product) = item
                 .interaction
                 .as_ref()
-                .map(|i| i.user_id.clone())
+                .map(|i| (i.user_id.clone(), i.product_id.clone()))
                 .unwrap_or_default();
             match Interaction::try_from((item, &ready.limits, now_ms())) {
                 Ok(i) => batch.push((position, i)),
-                Err(e) => summary.fail(position, &user, &e.to_string()),
+                Err(e) => summary.fail(position, &user, &product, ApiError::from(e)),
             }
             position += 1;
             if batch.len() >= RECORD_BATCH {
@@ -280,6 +412,9 @@ impl RecommenderRpc for RecommenderService {
             }
         }
         summary.flush(personalizer, &mut batch).await?;
+        // Bad requests fail as they arrive, unknown products at their
+        // batch's commit: in stream order for the caller.
+        summary.errors.sort_by_key(|e| e.index);
         Ok(Response::new(proto::RecordInteractionsResponse {
             recorded: summary.recorded,
             failed: summary.failed,
@@ -290,7 +425,7 @@ impl RecommenderRpc for RecommenderService {
     async fn recommend_for_user(
         &self,
         request: Request<proto::RecommendForUserRequest>,
-    ) -> Result<Response<proto::RecommendResponse>, Status> {
+    ) -> Result<Response<proto::RecommendForUserResponse>, Status> {
         let ready = self.ready()?;
         let query =
             UserQuery::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
@@ -299,7 +434,9 @@ impl RecommenderRpc for RecommenderService {
             .for_user(query)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(recommendations(items)))
+        Ok(Response::new(proto::RecommendForUserResponse {
+            items: recommendations(items, ready.recommender.catalog()),
+        }))
     }
 
     async fn forget_user(
@@ -324,9 +461,17 @@ impl RecommenderRpc for RecommenderService {
     async fn get_stats(
         &self,
         _request: Request<proto::GetStatsRequest>,
-    ) -> Result<Response<proto::Stats>, Status> {
-        let stats = self.ready()?.recommender.catalog().stats();
-        Ok(Response::new(proto::Stats {
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        let catalog = self.ready()?.recommender.catalog();
+        let stats = catalog.stats();
+        Ok(Response::new(proto::GetStatsResponse {
+            metric: match catalog.metric() {
+                Metric::Cosine => proto::Metric::Cosine,
+                Metric::Dot => proto::Metric::Dot,
+                Metric::Euclidean => proto::Metric::Euclidean,
+                Metric::Manhattan => proto::Metric::Manhattan,
+            }
+            .into(),
             catalog_size: stats.catalog_size,
             model: stats.model,
             dim: stats.dim,
@@ -342,16 +487,14 @@ impl RecommenderRpc for RecommenderService {
 struct RecordSummary {
     recorded: u64,
     failed: u64,
-    errors: Vec<String>,
+    errors: Vec<proto::ItemError>,
 }
 
 impl RecordSummary {
-    fn fail(&mut self, position: usize, user: &str, reason: &str) {
+    fn fail(&mut self, position: usize, user: &str, product: &str, error: ApiError) {
         self.failed += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
-            let user: String = user.chars().take(64).collect();
-            self.errors
-                .push(format!("item {position} (user {user:?}): {reason}"));
+            self.errors.push(item_error(position, product, user, error));
         }
     }
 
@@ -367,12 +510,15 @@ impl RecordSummary {
         }
         let (positions, items): (Vec<usize>, Vec<Interaction>) =
             std::mem::take(batch).into_iter().unzip();
-        let users: Vec<String> = items.iter().map(|i| i.user.to_string()).collect();
+        let who: Vec<(String, String)> = items
+            .iter()
+            .map(|i| (i.user.to_string(), i.product.to_string()))
+            .collect();
         let results = personalizer.record(items).await.map_err(ApiError::from)?;
-        for ((position, user), result) in positions.iter().zip(&users).zip(results) {
+        for ((position, (user, product)), result) in positions.iter().zip(&who).zip(results) {
             match result {
                 Ok(()) => self.recorded += 1,
-                Err(e) => self.fail(*position, user, &ApiError::from(e).public_message()),
+                Err(e) => self.fail(*position, user, product, ApiError::from(e)),
             }
         }
         Ok(())
@@ -384,21 +530,22 @@ struct ImportSummary {
     added: u64,
     replaced: u64,
     failed: u64,
-    errors: Vec<String>,
+    errors: Vec<proto::ItemError>,
     catalog_size: u64,
 }
 
 impl ImportSummary {
-    fn fail(&mut self, position: usize, id: &str, reason: &str) {
+    fn fail(&mut self, position: usize, id: &str, error: ApiError) {
         self.failed += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
-            let id: String = id.chars().take(64).collect();
-            self.errors
-                .push(format!("item {position} (id {id:?}): {reason}"));
+            self.errors.push(item_error(position, id, "", error));
         }
     }
 
-    fn into_proto(self) -> proto::AddProductsResponse {
+    fn into_proto(mut self) -> proto::AddProductsResponse {
+        // Bad requests fail as they arrive, bad photos when their batch is
+        // embedded: in stream order for the caller.
+        self.errors.sort_by_key(|e| e.index);
         proto::AddProductsResponse {
             added: self.added,
             replaced: self.replaced,
@@ -427,10 +574,7 @@ async fn flush(
         match result {
             Ok(true) => summary.added += 1,
             Ok(false) => summary.replaced += 1,
-            Err(e) => {
-                let reason = ApiError::from(e).public_message();
-                summary.fail(*position, id, &reason);
-            }
+            Err(e) => summary.fail(*position, id, ApiError::from(e)),
         }
     }
     Ok(outcome.catalog_size)

@@ -13,7 +13,8 @@
 //!   stale.
 //!
 //! None of these needs a token: probes and scrapers carry none, and what
-//! they show is operational, not catalogue data. The server is hyper's,
+//! they show is operational, not catalogue data. The same port serves the
+//! HTTP/JSON API and the page (`rest`), which do check tokens. The server is hyper's,
 //! with a bound on open connections, a header-read timeout and, with TLS,
 //! a handshake timeout; it drains like the gRPC server.
 
@@ -51,12 +52,19 @@ pub(crate) struct HttpState {
     pub(crate) ready: ReadyCell,
 }
 
-pub(crate) fn router(state: HttpState) -> Router {
+/// Health and metrics, the JSON API (`rest`) and, with `ui`, the page.
+pub(crate) fn router(state: HttpState, api: super::rest::RestState, ui: bool) -> Router {
+    // The API reads bodies itself with its own bound (`RestState::max_body`);
+    // axum's default limit would cut multipart uploads at 2 MB first.
+    let body_limit = axum::extract::DefaultBodyLimit::max(api.max_body);
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(super::rest::router(api, ui))
+        .fallback(super::rest::not_found)
+        .layer(body_limit)
         .layer(middleware::from_fn(count))
 }
 

@@ -119,7 +119,11 @@ pub fn check(data_dir: &Path, params: IndexParams) -> Result<CheckReport, Catalo
     let store_version = store.version()?;
     let dim = model.as_ref().map_or(0, |(_, d)| *d as usize);
     let mut products = 0_u64;
-    let damaged = scan_usable(&store, &store_path, dim, &mut |_| products += 1)?;
+    // TODO(metric-property): judge the rows by the metric the store records
+    // once it records one; until then, by the configured one.
+    let damaged = scan_usable(&store, &store_path, dim, params.metric, &mut |_| {
+        products += 1;
+    })?;
     let mut shopper_rows = Vec::new();
     let unreadable = survive_store_panic(&store_path, || {
         Ok([

@@ -35,14 +35,14 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{Attributes, Embedding, InvalidEmbedding, ProductId},
-    encoder::{Encoder, EncoderError},
+    domain::{Attributes, Embedding, Filter, InvalidEmbedding, Metric, ProductId},
+    encoder::{Encoded, Encoder, EncoderError},
     gate::{Busy, Gate},
     index::{IndexError, IndexParams, RebuildOutcome, VectorIndex},
     store::{Store, StoreError, StoredProduct, Upsert},
 };
 
-pub use attributes::{AttributeTable, AttributeView};
+pub use attributes::{AttributeTable, AttributeView, Facet};
 pub use check::{CheckReport, DumpState, check};
 
 /// File name of the redb database inside the data directory.
@@ -81,6 +81,15 @@ pub enum CatalogError {
         stored_dim: u32,
         configured: String,
         configured_dim: u32,
+    },
+    #[error(
+        "the data directory was created with index.metric = {stored:?}, but the configured \
+         metric is {configured:?}; the metric is fixed when a data directory is created: \
+         configure {stored:?}, or import into a fresh data directory"
+    )]
+    MetricMismatch {
+        stored: String,
+        configured: &'static str,
     },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -136,7 +145,27 @@ pub struct ProductView {
     pub id: ProductId,
     pub attributes: Arc<Attributes>,
     pub embedding: Embedding,
+    pub has_thumbnail: bool,
 }
+
+/// A validated attribute update: keys in `set` are written, keys in
+/// `remove` deleted (never both).
+#[derive(Debug, Clone, Default)]
+pub struct AttributeUpdate {
+    pub set: Attributes,
+    pub remove: Vec<String>,
+}
+
+/// One page of [`Catalog::list`].
+#[derive(Debug)]
+pub struct ProductPage {
+    pub products: Vec<ProductView>,
+    /// The id to continue after, when more products follow.
+    pub next_after: Option<ProductId>,
+}
+
+/// A product with what it was made from, ready to commit.
+type Embedded = (ProductId, Attributes, Embedding, Option<Vec<u8>>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogStats {
@@ -225,6 +254,29 @@ impl Catalog {
                 })?;
                 let store_path = data_dir.join(STORE_FILE);
                 let store = survive_store_panic(&store_path, || Ok(Store::open(&store_path)?))?;
+                // The metric is a property of the data, like the model:
+                // scores, stored vectors (normalised or not) and the graph
+                // all depend on it. Stores from before it was recorded were
+                // cosine.
+                let configured_metric = params.metric;
+                match store.catalog_metric()? {
+                    Some(stored) if stored != configured_metric.as_str() => {
+                        return Err(CatalogError::MetricMismatch {
+                            stored,
+                            configured: configured_metric.as_str(),
+                        });
+                    }
+                    Some(_) => {}
+                    None if store.is_empty()? || configured_metric == Metric::Cosine => {
+                        store.set_catalog_metric(configured_metric.as_str())?;
+                    }
+                    None => {
+                        return Err(CatalogError::MetricMismatch {
+                            stored: Metric::Cosine.as_str().to_owned(),
+                            configured: configured_metric.as_str(),
+                        });
+                    }
+                }
                 match store.catalog_model()? {
                     Some((stored, stored_dim)) if stored != model || stored_dim != dim => {
                         return Err(CatalogError::ModelMismatch {
@@ -267,7 +319,7 @@ impl Catalog {
                 let mut too_many_changes = false;
                 let scan_started = Instant::now();
                 let damaged =
-                    scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
+                    scan_usable(&store, &store_path, dim_usize, params.metric, &mut |p: StoredProduct| {
                         let id: Arc<str> = Arc::from(p.id);
                         match &checkpoint {
                             None => items.push((Arc::clone(&id), Arc::<[f32]>::from(p.embedding))),
@@ -281,7 +333,7 @@ impl Catalog {
                                 }
                             }
                         }
-                        attributes.insert(id, p.attributes);
+                        attributes.insert_product(id, p.attributes, p.has_thumbnail);
                         products += 1;
                     })?;
                 tracing::info!(
@@ -304,7 +356,7 @@ impl Catalog {
                     // Freed before the vectors are read again, not beside them.
                     drop(checkpoint);
                     items.clear();
-                    scan_usable(&store, &store_path, dim_usize, &mut |p: StoredProduct| {
+                    scan_usable(&store, &store_path, dim_usize, params.metric, &mut |p: StoredProduct| {
                         items.push((Arc::from(p.id), Arc::<[f32]>::from(p.embedding)));
                     })?;
                     None
@@ -371,6 +423,11 @@ impl Catalog {
         self.dim
     }
 
+    /// How the catalogue's vectors are compared (the index's metric).
+    pub fn metric(&self) -> Metric {
+        self.index.metric()
+    }
+
     pub(crate) fn index(&self) -> &VectorIndex {
         &self.index
     }
@@ -407,14 +464,38 @@ impl Catalog {
             ))
     }
 
+    /// Embeds product photos and makes their thumbnails from the same
+    /// decoded pixels.
+    async fn embed_photos(
+        &self,
+        images: Vec<Bytes>,
+    ) -> Result<Vec<(Embedding, Option<Vec<u8>>)>, CatalogError> {
+        let encoded = self.encoder.embed_with_thumbnails(images).await?;
+        encoded
+            .into_iter()
+            .map(|Encoded { vector, thumbnail }| {
+                Embedding::normalize(&vector, self.dim as usize)
+                    .map(|e| (e, thumbnail))
+                    .map_err(CatalogError::BadModelOutput)
+            })
+            .collect()
+    }
+
     /// Upserts one product; returns once it is durable and searchable.
     pub async fn add(&self, product: NewProduct) -> Result<AddOutcome, CatalogError> {
-        let embedding = match product.content {
-            ProductContent::Embedding(e) => e,
-            ProductContent::Image(bytes) => self.embed_one(bytes).await?,
+        let (embedding, thumbnail) = match product.content {
+            ProductContent::Embedding(e) => (e, None),
+            ProductContent::Image(bytes) => {
+                self.embed_photos(vec![bytes])
+                    .await?
+                    .pop()
+                    .ok_or(CatalogError::Internal(
+                        "the encoder returned no embedding for an image",
+                    ))?
+            }
         };
         let mut outcome = self
-            .commit(vec![(product.id, product.attributes, embedding)])
+            .commit(vec![(product.id, product.attributes, embedding, thumbnail)])
             .await?;
         let created = outcome.results.pop().ok_or(CatalogError::Internal(
             "commit returned no result for its item",
@@ -431,11 +512,12 @@ impl Catalog {
     pub async fn add_batch(&self, products: Vec<NewProduct>) -> Result<BulkOutcome, CatalogError> {
         let mut results: Vec<Option<Result<bool, CatalogError>>> =
             (0..products.len()).map(|_| None).collect();
-        let mut embeddings: Vec<Option<Embedding>> = vec![None; products.len()];
+        let mut embeddings: Vec<Option<(Embedding, Option<Vec<u8>>)>> =
+            (0..products.len()).map(|_| None).collect();
         let mut pending: Vec<(usize, Bytes)> = Vec::new();
         for (i, p) in products.iter().enumerate() {
             match &p.content {
-                ProductContent::Embedding(e) => embeddings[i] = Some(e.clone()),
+                ProductContent::Embedding(e) => embeddings[i] = Some((e.clone(), None)),
                 ProductContent::Image(b) => pending.push((i, b.clone())),
             }
         }
@@ -444,7 +526,7 @@ impl Catalog {
         // rare in practice, so this costs nothing on the happy path.
         while !pending.is_empty() {
             let images = pending.iter().map(|(_, b)| b.clone()).collect();
-            match self.embed(images).await {
+            match self.embed_photos(images).await {
                 Ok(done) => {
                     for ((i, _), e) in pending.drain(..).zip(done) {
                         embeddings[i] = Some(e);
@@ -463,9 +545,9 @@ impl Catalog {
         let mut order = Vec::new();
         let mut items = Vec::new();
         for (i, (p, e)) in products.into_iter().zip(embeddings).enumerate() {
-            if let Some(e) = e {
+            if let Some((e, thumbnail)) = e {
                 order.push(i);
-                items.push((p.id, p.attributes, e));
+                items.push((p.id, p.attributes, e, thumbnail));
             }
         }
         let committed = self.commit(items).await?;
@@ -486,10 +568,7 @@ impl Catalog {
     }
 
     /// Durably stores, then publishes, a batch of embedded products.
-    async fn commit(
-        &self,
-        items: Vec<(ProductId, Attributes, Embedding)>,
-    ) -> Result<BulkOutcome, CatalogError> {
+    async fn commit(&self, items: Vec<Embedded>) -> Result<BulkOutcome, CatalogError> {
         if items.is_empty() {
             return Ok(BulkOutcome {
                 results: Vec::new(),
@@ -509,19 +588,22 @@ impl Catalog {
             let _writer = writer;
             let stored: Vec<StoredProduct> = items
                 .iter()
-                .map(|(id, attrs, e)| StoredProduct {
+                .map(|(id, attrs, e, thumbnail)| StoredProduct {
                     id: id.as_str().to_owned(),
                     attributes: attrs.clone(),
                     embedding: e.as_slice().to_vec(),
                     model: model.clone(),
+                    has_thumbnail: thumbnail.is_some(),
                 })
                 .collect();
-            let upserts = store.put_batch(&stored)?;
+            let thumbnails: Vec<Option<&[u8]>> =
+                items.iter().map(|(_, _, _, t)| t.as_deref()).collect();
+            let upserts = store.put_batch_with_thumbnails(&stored, &thumbnails)?;
             // Attributes before vectors: a point must never be searchable
             // without the attributes that filters are evaluated on.
             let mut vectors = Vec::with_capacity(items.len());
-            for (id, attrs, e) in items {
-                attributes.insert(Arc::clone(id.as_arc()), attrs);
+            for (id, attrs, e, thumbnail) in items {
+                attributes.insert_product(Arc::clone(id.as_arc()), attrs, thumbnail.is_some());
                 vectors.push((Arc::clone(id.as_arc()), Arc::clone(e.as_arc())));
             }
             let count = vectors.len() as u64;
@@ -539,7 +621,8 @@ impl Catalog {
         .await?
     }
 
-    /// The product's unit embedding, if it is in the catalogue.
+    /// The product's embedding (unit length under cosine), if it is in the
+    /// catalogue.
     pub fn vector(&self, id: &ProductId) -> Option<Arc<[f32]>> {
         self.index.get(id.as_str())
     }
@@ -562,7 +645,124 @@ impl Catalog {
             id: id.clone(),
             attributes,
             embedding: Embedding::from_trusted(embedding),
+            has_thumbnail: self.attributes.has_thumbnail(id.as_str()),
         })
+    }
+
+    /// Products by id, in the order asked, `None` for ids not in the
+    /// catalogue. Answered from memory.
+    pub fn get_many(&self, ids: &[ProductId]) -> Vec<Option<ProductView>> {
+        ids.iter()
+            .map(|id| {
+                let embedding = self.index.get(id.as_str())?;
+                let attributes = self.attributes.get(id.as_str())?;
+                Some(ProductView {
+                    id: id.clone(),
+                    attributes,
+                    embedding: Embedding::from_trusted(embedding),
+                    has_thumbnail: self.attributes.has_thumbnail(id.as_str()),
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` products admitted by `filter` with ids after `after`,
+    /// in id order (see [`AttributeTable::page`]). Answered from memory on
+    /// the blocking pool: a selective filter may scan much of the catalogue.
+    pub async fn list(
+        &self,
+        after: Option<ProductId>,
+        filter: Filter,
+        limit: usize,
+    ) -> Result<ProductPage, CatalogError> {
+        let attributes = Arc::clone(&self.attributes);
+        let index = Arc::clone(&self.index);
+        tokio::task::spawn_blocking(move || {
+            let (page, more) =
+                attributes.page(after.as_ref().map(ProductId::as_str), &filter, limit);
+            let mut products = Vec::with_capacity(page.len());
+            for (id, attributes, has_thumbnail) in page {
+                // Deleted between the page and this look: left out.
+                let Some(embedding) = index.get(&id) else {
+                    continue;
+                };
+                products.push(ProductView {
+                    id: ProductId::from_trusted(id),
+                    attributes,
+                    embedding: Embedding::from_trusted(embedding),
+                    has_thumbnail,
+                });
+            }
+            let next_after = if more {
+                products.last().map(|p| p.id.clone())
+            } else {
+                None
+            };
+            ProductPage {
+                products,
+                next_after,
+            }
+        })
+        .await
+        .map_err(CatalogError::from)
+    }
+
+    /// The catalogue's attribute keys with their most common values.
+    pub fn facets(&self, max_values: usize) -> Vec<Facet> {
+        self.attributes.facets(max_values)
+    }
+
+    /// Whether the product has a thumbnail (false for unknown ids).
+    pub fn has_thumbnail(&self, id: &str) -> bool {
+        self.attributes.has_thumbnail(id)
+    }
+
+    /// The product's thumbnail (JPEG), if it has one.
+    pub async fn thumbnail(&self, id: &ProductId) -> Result<Option<Vec<u8>>, CatalogError> {
+        if !self.attributes.has_thumbnail(id.as_str()) {
+            return Ok(None);
+        }
+        let store = Arc::clone(&self.store);
+        let id = id.clone();
+        Ok(tokio::task::spawn_blocking(move || store.thumbnail(id.as_str())).await??)
+    }
+
+    /// Sets and removes attributes of a product; durable, and seen by
+    /// filters, when it returns. The vector and thumbnail are untouched.
+    pub async fn update(
+        &self,
+        id: &ProductId,
+        update: AttributeUpdate,
+    ) -> Result<ProductView, CatalogError> {
+        let writer = self.writer.enter().await?;
+        let store = Arc::clone(&self.store);
+        let index = Arc::clone(&self.index);
+        let attributes = Arc::clone(&self.attributes);
+        let changes = Arc::clone(&self.changes);
+        let id = id.clone();
+        // As in `commit`: the task owns the permit and finishes regardless.
+        tokio::task::spawn_blocking(move || -> Result<ProductView, CatalogError> {
+            let _writer = writer;
+            let stored = store
+                .update_attributes(id.as_str(), &update.set, &update.remove)?
+                .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+            let embedding = index.get(id.as_str()).ok_or(CatalogError::Internal(
+                "a stored product is not in the index",
+            ))?;
+            attributes.insert_product(
+                Arc::clone(id.as_arc()),
+                stored.attributes.clone(),
+                stored.has_thumbnail,
+            );
+            changes.fetch_add(1, Ordering::Release);
+            Ok(ProductView {
+                id,
+                attributes: Arc::new(stored.attributes),
+                embedding: Embedding::from_trusted(embedding),
+                has_thumbnail: stored.has_thumbnail,
+            })
+        })
+        .await?
     }
 
     /// Deletes a product; `Ok(false)` if it did not exist.
@@ -812,23 +1012,18 @@ fn reconcile(
     Ok(touched)
 }
 
-/// Whether a stored vector can go into the index (the same rules the index
-/// applies on insert), so a bad row is left out by id instead of failing the
-/// whole start-up.
-pub fn usable_vector(v: &[f32], dim: usize) -> Result<(), String> {
+/// Whether a stored vector can go into an index of `metric` (the rules the
+/// index applies on insert: [`crate::index::vector_rule`]), so a bad row is
+/// left out by id instead of failing the whole start-up.
+pub fn usable_vector(v: &[f32], dim: usize, metric: Metric) -> Result<(), String> {
     if v.len() != dim {
         return Err(format!(
             "embedding has {} dimensions, the catalogue {dim}",
             v.len()
         ));
     }
-    let norm = crate::domain::dot(v, v).sqrt();
-    if !norm.is_finite() || (norm - 1.0).abs() > 1e-3 {
-        return Err(format!(
-            "embedding is not a finite unit vector (L2 norm {norm})"
-        ));
-    }
-    Ok(())
+    crate::index::vector_rule(metric, v)
+        .map_err(|(problem, norm)| format!("embedding is {problem} (L2 norm {norm})"))
 }
 
 /// Calls `f` with every stored product that start-up accepts (its row
@@ -838,6 +1033,7 @@ fn scan_usable(
     store: &Store,
     path: &std::path::Path,
     dim: usize,
+    metric: Metric,
     f: &mut dyn FnMut(StoredProduct),
 ) -> Result<Vec<StoreError>, CatalogError> {
     let mut damaged = Vec::new();
@@ -845,7 +1041,7 @@ fn scan_usable(
     survive_store_panic(path, || {
         Ok(store.scan_checked(
             &mut |p: StoredProduct| {
-                match usable_vector(&p.embedding, dim) {
+                match usable_vector(&p.embedding, dim, metric) {
                     Ok(()) => f(p),
                     Err(reason) => unusable.push(StoreError::Corrupt {
                         table: "products",

@@ -28,6 +28,7 @@ mod manifest;
 mod pool;
 mod preprocess;
 mod session;
+pub mod thumbnail;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub use manifest::{
 };
 pub use preprocess::{DecodeLimits, StageTimes, preprocess, preprocess_timed};
 
+pub use pool::Encoded;
 use pool::{Batching, Job, Pool, WorkerContext};
 use session::ModelSession;
 
@@ -323,11 +325,37 @@ impl Encoder {
     /// Fails fast with `Overloaded` when the queue is full. Dropping the future
     /// before a worker picks the job up cancels it.
     pub async fn embed(&self, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, EncoderError> {
+        Ok(self
+            .encode(images, false)
+            .await?
+            .into_iter()
+            .map(|e| e.vector)
+            .collect())
+    }
+
+    /// Like [`embed`](Self::embed), and makes a thumbnail of each image from
+    /// the same decoded pixels (see [`thumbnail`]).
+    pub async fn embed_with_thumbnails(
+        &self,
+        images: Vec<Bytes>,
+    ) -> Result<Vec<Encoded>, EncoderError> {
+        self.encode(images, true).await
+    }
+
+    async fn encode(
+        &self,
+        images: Vec<Bytes>,
+        thumbnails: bool,
+    ) -> Result<Vec<Encoded>, EncoderError> {
         if !self.check_request(images.iter().map(Bytes::len))? {
             return Ok(Vec::new());
         }
         let (reply, result) = oneshot::channel();
-        self.inner.pool.try_submit(Job::Embed { images, reply })?;
+        self.inner.pool.try_submit(Job::Embed {
+            images,
+            thumbnails,
+            reply,
+        })?;
         result.await.unwrap_or_else(|_| Err(worker_gone()))
     }
 
@@ -343,10 +371,15 @@ impl Encoder {
         }
         let images = images.iter().map(|i| Bytes::copy_from_slice(i)).collect();
         let (reply, result) = oneshot::channel();
-        self.inner.pool.submit_wait(Job::Embed { images, reply })?;
+        self.inner.pool.submit_wait(Job::Embed {
+            images,
+            thumbnails: false,
+            reply,
+        })?;
         result
             .blocking_recv()
             .unwrap_or_else(|_| Err(worker_gone()))
+            .map(|encoded| encoded.into_iter().map(|e| e.vector).collect())
     }
 
     /// Runs the raw model on a preprocessed `[N, 3, H, W]` tensor and returns its

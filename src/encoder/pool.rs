@@ -44,24 +44,37 @@ use tokio::sync::oneshot;
 use super::EncoderStats;
 use super::error::EncoderError;
 use super::manifest::InputSpec;
-use super::preprocess::{DecodeLimits, StageTimes, preprocess_timed};
+use super::preprocess::{DecodeLimits, StageTimes, decode_rgb, prepare_decoded, preprocess_timed};
 use super::session::ModelSession;
+use super::thumbnail;
 
 /// Where a worker sends a job's result.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EncoderError>>;
 
 /// A unit of work for one worker.
 pub(crate) enum Job {
-    /// Decode, preprocess and embed a batch of images.
+    /// Decode, preprocess and embed a batch of images, making a thumbnail
+    /// of each from the same decoded pixels when asked to.
     Embed {
         images: Vec<Bytes>,
-        reply: Reply<Vec<Vec<f32>>>,
+        thumbnails: bool,
+        reply: Reply<Vec<Encoded>>,
     },
     /// Run the model on a ready-made NCHW tensor.
     Tensor {
         input: Array4<f32>,
         reply: Reply<Array2<f32>>,
     },
+}
+
+/// One embedded image.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// L2-normalised model output.
+    pub vector: Vec<f32>,
+    /// JPEG thumbnail, when the job asked for one and it could be made (a
+    /// failure is logged; the image is still embedded).
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// How `Embed` jobs are coalesced into model batches.
@@ -227,10 +240,13 @@ impl Drop for Pool {
 /// One caller's `Embed` job inside a coalesced batch.
 struct EmbedJob {
     images: Vec<Bytes>,
-    reply: Reply<Vec<Vec<f32>>>,
+    thumbnails: bool,
+    reply: Reply<Vec<Encoded>>,
+    /// One per image once preprocessed, when `thumbnails` is set.
+    made: Vec<Option<Vec<u8>>>,
     /// Set once this job's answer is known; `None` after the model run means
     /// the batch as a whole failed.
-    outcome: Option<Result<Vec<Vec<f32>>, EncoderError>>,
+    outcome: Option<Result<Vec<Encoded>, EncoderError>>,
 }
 
 /// State owned by one worker thread.
@@ -262,9 +278,13 @@ impl Worker {
                 },
             };
             match job {
-                Job::Embed { images, reply } => {
+                Job::Embed {
+                    images,
+                    thumbnails,
+                    reply,
+                } => {
                     let mut group = Vec::new();
-                    self.admit(&mut group, images, reply);
+                    self.admit(&mut group, images, thumbnails, reply);
                     if !group.is_empty() {
                         self.gather(receiver, &mut group);
                         self.embed_group(group);
@@ -277,14 +297,22 @@ impl Worker {
     }
 
     /// Adds a job to `group` unless its caller has gone away.
-    fn admit(&self, group: &mut Vec<EmbedJob>, images: Vec<Bytes>, reply: Reply<Vec<Vec<f32>>>) {
+    fn admit(
+        &self,
+        group: &mut Vec<EmbedJob>,
+        images: Vec<Bytes>,
+        thumbnails: bool,
+        reply: Reply<Vec<Encoded>>,
+    ) {
         if reply.is_closed() {
             bump(&self.counters.cancelled, 1);
             return;
         }
         group.push(EmbedJob {
             images,
+            thumbnails,
             reply,
+            made: Vec::new(),
             outcome: None,
         });
     }
@@ -333,10 +361,11 @@ impl Worker {
             match next {
                 Job::Embed {
                     images: more,
+                    thumbnails,
                     reply,
                 } if images + more.len() <= max_images => {
                     images += more.len();
-                    self.admit(group, more, reply);
+                    self.admit(group, more, thumbnails, reply);
                 }
                 other => {
                     self.held = Some(other);
@@ -387,9 +416,15 @@ impl Worker {
         for (job_index, job) in group.iter_mut().enumerate() {
             let start = filled;
             let mut failure = None;
+            job.made.clear();
             for (index, bytes) in job.images.iter().enumerate() {
                 let slot = &mut self.batch[filled * per_image..(filled + 1) * per_image];
-                match preprocess_timed(bytes, spec, self.ctx.limits, slot) {
+                let prepared = if job.thumbnails {
+                    prepare_with_thumbnail(bytes, spec, self.ctx.limits, slot, &mut job.made)
+                } else {
+                    preprocess_timed(bytes, spec, self.ctx.limits, slot)
+                };
+                match prepared {
                     Ok(t) => {
                         metrics::histogram!("lookbook_encoder_decode_seconds")
                             .record(t.decode.as_secs_f64());
@@ -435,10 +470,17 @@ impl Worker {
         let dim = self.ctx.dim;
         for (job_index, first, count) in spans {
             let rows = &self.rows[first * dim..(first + count) * dim];
-            group[job_index].outcome = Some(
+            let job = &mut group[job_index];
+            let mut thumbnails = std::mem::take(&mut job.made).into_iter();
+            job.outcome = Some(
                 rows.chunks_exact(dim)
                     .enumerate()
-                    .map(|(index, row)| l2_normalised(row, index))
+                    .map(|(index, row)| {
+                        Ok(Encoded {
+                            vector: l2_normalised(row, index)?,
+                            thumbnail: thumbnails.next().flatten(),
+                        })
+                    })
                     .collect(),
             );
         }
@@ -489,6 +531,38 @@ impl Worker {
 }
 
 /// The error a caller gets when its job panicked; the panic is logged.
+/// Decodes once, prepares the model input from the decoded pixels and
+/// pushes a thumbnail of them to `made` (`None` if it could not be made:
+/// the product is still added, without one). The thumbnail's time counts as
+/// decoding in the stage times.
+fn prepare_with_thumbnail(
+    bytes: &[u8],
+    spec: &InputSpec,
+    limits: DecodeLimits,
+    slot: &mut [f32],
+    made: &mut Vec<Option<Vec<u8>>>,
+) -> Result<StageTimes, super::ImageError> {
+    let started = Instant::now();
+    let rgb = decode_rgb(bytes, limits)?;
+    let decode = started.elapsed();
+    let times = prepare_decoded(&rgb, spec, slot)?;
+    let thumbed = Instant::now();
+    let thumb = match thumbnail::make(&rgb) {
+        Ok(jpeg) => Some(jpeg),
+        Err(error) => {
+            tracing::warn!(%error, "no thumbnail for an image");
+            None
+        }
+    };
+    let thumb_time = thumbed.elapsed();
+    metrics::histogram!("lookbook_encoder_thumbnail_seconds").record(thumb_time.as_secs_f64());
+    made.push(thumb);
+    Ok(StageTimes {
+        decode: decode + thumb_time,
+        ..times
+    })
+}
+
 fn panicked(panic: &(dyn std::any::Any + Send)) -> EncoderError {
     let what = panic
         .downcast_ref::<&str>()

@@ -95,6 +95,23 @@ pub fn preprocess_timed(
     limits: DecodeLimits,
     out: &mut [f32],
 ) -> Result<StageTimes, ImageError> {
+    // The buffer is checked by `prepare_decoded`; a wrong one is a caller
+    // bug, found after a decode instead of before.
+    let started = Instant::now();
+    let rgb = decode_rgb(img_bytes, limits)?;
+    let decode = started.elapsed();
+    prepare_decoded(&rgb, spec, out).map(|t| StageTimes { decode, ..t })
+}
+
+/// The model input of an image already decoded by [`decode_rgb`] (the part
+/// of [`preprocess_timed`] after decoding), for callers that use the decoded
+/// image for something else too (thumbnails). `decode` is zero in the
+/// result.
+pub(crate) fn prepare_decoded(
+    rgb: &RgbImage,
+    spec: &InputSpec,
+    out: &mut [f32],
+) -> Result<StageTimes, ImageError> {
     let expected = spec.tensor_len();
     if out.len() != expected {
         return Err(ImageError::BufferSize {
@@ -102,8 +119,6 @@ pub fn preprocess_timed(
             actual: out.len(),
         });
     }
-    let started = Instant::now();
-    let rgb = decode_rgb(img_bytes, limits)?;
     let decoded = Instant::now();
     // The resized image is materialised before the crop, so it is bounded
     // too. Only extreme aspect ratios reach the bound: a 1 x 10000 strip
@@ -119,11 +134,11 @@ pub fn preprocess_timed(
         });
     }
     SCRATCH.with_borrow_mut(|scratch| {
-        resize_crop(&rgb, spec, scratch);
+        resize_crop(rgb, spec, scratch);
         let resized = Instant::now();
         normalise(&scratch.crop, spec, out);
         Ok(StageTimes {
-            decode: decoded - started,
+            decode: Duration::ZERO,
             resize: resized - decoded,
             normalise: resized.elapsed(),
         })

@@ -1,10 +1,11 @@
-//! The similarity the graph is built and searched with: the dot product of
-//! L2-normalised vectors, i.e. cosine similarity. Every vector is checked to
-//! be a finite unit vector on the way in, so no normalisation happens here.
+//! The similarity the graph is built and searched with: the index's
+//! [`Metric`] (cosine by default: the dot product of L2-normalised vectors).
+//! Every vector is checked on the way in (a finite unit vector under
+//! cosine; see `VectorIndex::check_vector`), so no normalisation happens here.
 
-/// The kernel lives in [`crate::domain`] (runtime-dispatched AVX2/AVX-512),
+/// The kernels live in [`crate::domain`] (runtime-dispatched AVX2/AVX-512),
 /// shared with the rest of the core.
-pub(crate) use crate::domain::dot;
+pub(crate) use crate::domain::{Metric, dot};
 
 #[cfg(test)]
 mod tests {

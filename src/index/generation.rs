@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::RwLock;
 use rayon::prelude::*;
 
-use super::distance::dot;
+use super::distance::Metric;
 use super::hnsw::{Graph, Near, Shape};
 use super::slots::{Slot, SlotTable};
 use super::topk::{Scored, TopK, finish};
@@ -207,8 +207,9 @@ impl Generation {
     }
 
     fn scored<'a>(&'a self, query: &[f32], id: usize, slot: &'a Slot) -> Option<Scored<'a>> {
+        let metric = self.graph.metric();
         Some(Scored {
-            score: dot(query, self.vector(id)?).clamp(-1.0, 1.0),
+            score: score(metric, metric.similarity(query, self.vector(id)?)),
             key: &slot.key,
             id,
         })
@@ -228,7 +229,7 @@ impl Generation {
                 let id = near.id as usize;
                 let slot = self.live_slot(id)?;
                 accept(&slot.key).then_some(Scored {
-                    score: near.sim.clamp(-1.0, 1.0),
+                    score: score(self.graph.metric(), near.sim),
                     key: &slot.key,
                     id,
                 })
@@ -333,5 +334,16 @@ pub(crate) fn shape_of(params: &IndexParams) -> Shape {
         m: params.max_nb_connection,
         ef_construction: params.ef_construction,
         layers: params.max_layer,
+        metric: params.metric,
+    }
+}
+
+/// A hit's score from its similarity: cosines are clamped to [-1, 1]
+/// (f32 rounding takes a unit vector's dot with itself an ulp or two past
+/// 1); the other metrics' similarities have no such bound to keep.
+fn score(metric: Metric, similarity: f32) -> f32 {
+    match metric {
+        Metric::Cosine => similarity.clamp(-1.0, 1.0),
+        Metric::Dot | Metric::Euclidean | Metric::Manhattan => similarity,
     }
 }

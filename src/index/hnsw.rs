@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use super::distance::dot;
+use super::distance::Metric;
 use super::slots::AppendTable;
 
 /// `entry` when the graph is empty.
@@ -60,8 +60,9 @@ const HOST_CANDIDATES: usize = 32;
 /// First bytes of a serialised graph; the digit is the layout version.
 const MAGIC: &[u8; 8] = b"LBHNSW01";
 
-/// A node and its similarity (dot product) to the current query. `Ord`:
-/// greater = more similar; ties by id so orders are total and deterministic.
+/// A node and its similarity (the graph's metric) to the current query.
+/// `Ord`: greater = more similar; ties by id so orders are total and
+/// deterministic.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Near {
     pub(crate) sim: f32,
@@ -99,6 +100,9 @@ pub(crate) struct Shape {
     pub(crate) ef_construction: usize,
     /// Number of layers; levels are `0..layers`.
     pub(crate) layers: usize,
+    /// How vectors are compared: links chosen under one metric are not a
+    /// graph for another.
+    pub(crate) metric: Metric,
 }
 
 struct Node {
@@ -210,6 +214,7 @@ impl Graph {
             m,
             ef_construction: shape.ef_construction.max(1),
             layers: shape.layers.clamp(1, usize::from(u8::MAX)),
+            metric: shape.metric,
         };
         Self {
             shape,
@@ -219,6 +224,10 @@ impl Graph {
             entry: AtomicU64::new(NO_ENTRY),
             entry_lock: Mutex::new(()),
         }
+    }
+
+    pub(crate) fn metric(&self) -> Metric {
+        self.shape.metric
     }
 
     /// Nodes published so far (ids `0..len`).
@@ -375,7 +384,7 @@ impl Graph {
     fn near(&self, query: &[f32], id: u32) -> Option<Near> {
         let vector = self.vector(id as usize)?;
         Some(Near {
-            sim: dot(query, vector),
+            sim: self.shape.metric.similarity(query, vector),
             id,
         })
     }
@@ -482,7 +491,10 @@ impl Graph {
             let Some(vector) = self.vector(candidate.id as usize) else {
                 continue;
             };
-            if kept.iter().all(|(_, k)| dot(vector, k) <= candidate.sim) {
+            if kept
+                .iter()
+                .all(|(_, k)| self.shape.metric.similarity(vector, k) <= candidate.sim)
+            {
                 kept.push((candidate, vector));
             }
         }
@@ -518,7 +530,7 @@ impl Graph {
         all.extend(existing.iter().filter_map(|&id| {
             let vector = self.vector(id as usize)?;
             Some(Near {
-                sim: dot(&node.vector, vector),
+                sim: self.shape.metric.similarity(&node.vector, vector),
                 id,
             })
         }));
@@ -554,7 +566,7 @@ impl Graph {
                 let id = s.load(Ordering::Relaxed);
                 let vector = self.vector(id as usize)?;
                 Some(Near {
-                    sim: dot(&node.vector, vector),
+                    sim: self.shape.metric.similarity(&node.vector, vector),
                     id,
                 })
             })
@@ -1040,6 +1052,7 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::dot;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
@@ -1054,6 +1067,7 @@ mod tests {
             m: 8,
             ef_construction: 64,
             layers: 16,
+            metric: Metric::Cosine,
         }
     }
 

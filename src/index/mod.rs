@@ -1,5 +1,5 @@
-//! In-memory approximate nearest-neighbour index over L2-normalised product
-//! embeddings, keyed by product id.
+//! In-memory approximate nearest-neighbour index over product embeddings
+//! (L2-normalised under the default cosine metric), keyed by product id.
 //!
 //! The graph itself (`hnsw`) is a concurrent HNSW graph over dense point ids
 //! (insert and search take `&self`); it knows nothing of keys, deletes or
@@ -23,8 +23,11 @@
 //!   are append-only and lock-free to read, and the generation is an
 //!   `ArcSwap` load. Only the key map is behind an `RwLock`, held for single
 //!   lookups/updates by `get`/`contains`/`search_among` and writers.
-//! * **Similarity.** The dot product of unit vectors (cosine); vectors are
-//!   checked to be finite unit vectors on the way in.
+//! * **Similarity.** The index's [`Metric`] (`IndexParams::metric`, a
+//!   property of the data): by default the dot product of unit vectors
+//!   (cosine). Vectors are checked on the way in: finite always, unit length
+//!   under cosine, not long enough to overflow a score otherwise. A dump
+//!   records the metric, and one of another metric is not loaded.
 //! * **Filters.** `search` guarantees `min(k, #accepted live)` results: an
 //!   HNSW pass post-filtered; if short, an exact scan of the accepted points
 //!   or (when cheaper) a wider HNSW pass; an exact scan if that still falls short.
@@ -62,6 +65,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use crate::domain::{MAX_NORM, Metric};
 use generation::Generation;
 
 /// The most layers a graph may have. With `M` = 16 a node reaches level `l`
@@ -82,8 +86,36 @@ fn oversampled(ef: usize, total: usize, part: usize) -> usize {
         .clamp(ef, total.max(ef))
 }
 
-/// Relative tolerance on the L2 norm of inserted vectors.
+/// Relative tolerance on the L2 norm of inserted vectors under cosine.
 const NORM_TOLERANCE: f32 = 1e-3;
+
+/// The rule every indexed vector of the right dimension follows under
+/// `metric` (the catalogue applies it to stored rows as well): finite;
+/// under cosine unit length (within [`NORM_TOLERANCE`]); under the others
+/// at most [`MAX_NORM`] long, so that no score overflows. On failure, what
+/// is wrong and the vector's L2 norm.
+pub fn vector_rule(metric: Metric, vector: &[f32]) -> Result<(), (&'static str, f32)> {
+    let norm = distance::dot(vector, vector).sqrt();
+    if vector.iter().any(|x| !x.is_finite()) {
+        return Err(("not finite", norm));
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "1e18 is well inside f32's range"
+    )]
+    let max_norm = MAX_NORM as f32;
+    // Finite components square to a sum without NaN: too long a vector has
+    // an infinite `norm`, which both tests below refuse.
+    match metric {
+        Metric::Cosine if (norm - 1.0).abs() > NORM_TOLERANCE => {
+            Err(("not a unit vector, as the cosine metric needs", norm))
+        }
+        Metric::Dot | Metric::Euclidean | Metric::Manhattan if norm > max_norm => {
+            Err(("too long for its scores to stay finite", norm))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Below this batch size `upsert_batch` inserts one by one on the caller's
 /// thread, which saves handing a few inserts to the pool. (The size dates
@@ -132,6 +164,10 @@ pub struct IndexParams {
     pub rebuild_min_dead: usize,
     /// With at most this many live (or accepted) points, search scans exactly.
     pub exact_threshold: usize,
+    /// How vectors are compared (and checked on the way in). A property of
+    /// the data: the graph is built with it, so a dump of another metric is
+    /// not loaded.
+    pub metric: Metric,
 }
 
 impl Default for IndexParams {
@@ -144,6 +180,7 @@ impl Default for IndexParams {
             rebuild_dead_ratio: 0.2,
             rebuild_min_dead: 100,
             exact_threshold: 2048,
+            metric: Metric::Cosine,
         }
     }
 }
@@ -202,7 +239,8 @@ impl IndexParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
     pub key: Arc<str>,
-    /// Cosine similarity (dot product of unit vectors), clamped to [-1, 1].
+    /// `metric.similarity(query, vector)`, higher is better (see
+    /// [`Metric`]); under cosine clamped to [-1, 1].
     pub score: f32,
 }
 
@@ -238,8 +276,13 @@ pub enum IndexError {
         expected: usize,
         got: usize,
     },
-    #[error("vector for key {key:?} is not a finite unit vector (L2 norm {norm})")]
-    InvalidVector { key: Arc<str>, norm: f32 },
+    #[error("vector for key {key:?} is {problem} (L2 norm {norm})")]
+    InvalidVector {
+        key: Arc<str>,
+        norm: f32,
+        /// What is wrong with it under the index's metric.
+        problem: &'static str,
+    },
     #[error("invalid index parameter {name}: {reason}")]
     InvalidParams { name: &'static str, reason: String },
     #[error("index dump at {path}: {op} failed: {source}")]
@@ -396,6 +439,11 @@ impl VectorIndex {
         &self.params
     }
 
+    /// How this index compares vectors.
+    pub fn metric(&self) -> Metric {
+        self.params.metric
+    }
+
     /// Changes the search-time candidate list size (`ef_search`) of an index
     /// held exclusively, e.g. to sweep it in a benchmark. Zero is raised to 1.
     pub fn set_ef_search(&mut self, ef: usize) {
@@ -432,12 +480,11 @@ impl VectorIndex {
                 got: vector.len(),
             });
         }
-        let norm = distance::dot(vector, vector).sqrt();
-        // A NaN or infinite component makes `norm` non-finite.
-        if !norm.is_finite() || (norm - 1.0).abs() > NORM_TOLERANCE {
+        if let Err((problem, norm)) = vector_rule(self.params.metric, vector) {
             return Err(IndexError::InvalidVector {
                 key: Arc::clone(key),
                 norm,
+                problem,
             });
         }
         Ok(())

@@ -5,7 +5,7 @@
 //!   fsync dir). The manifest rename is the commit point: a crash before it
 //!   leaves the previous dump in force. Older `gen-*`/`.tmp-*` are then deleted.
 //! * the manifest (TOML) records format version, platform, dim, graph
-//!   params, the caller's store version, the key of every point id, the
+//!   params (the metric among them), the caller's store version, the key of every point id, the
 //!   tombstoned ids, and the length and SHA-256 of the graph file (nodes,
 //!   links and vectors; see `hnsw::Graph::write_snapshot`). Its first line
 //!   holds the SHA-256 of the rest.
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use super::distance::Metric;
 use super::generation::{Generation, shape_of};
 use super::hnsw::Graph;
 use super::slots::{Slot, SlotTable};
@@ -75,6 +76,19 @@ struct GraphParams {
     max_nb_connection: usize,
     ef_construction: usize,
     max_layer: usize,
+    /// The metric the links were chosen with (and the vectors checked
+    /// for). Written only when it is not cosine, and absent means cosine:
+    /// dumps from before metrics existed load as the cosine dumps they
+    /// are, and a cosine dump written now is one those builds can still
+    /// load (so the format version stays 2). A build that predates metrics
+    /// finds an unknown field in any other dump and rebuilds from the
+    /// store, as it should: it could not use those vectors anyway.
+    #[serde(default, skip_serializing_if = "is_cosine")]
+    metric: Metric,
+}
+
+fn is_cosine(metric: &Metric) -> bool {
+    *metric == Metric::Cosine
 }
 
 impl From<&IndexParams> for GraphParams {
@@ -83,6 +97,7 @@ impl From<&IndexParams> for GraphParams {
             max_nb_connection: p.max_nb_connection,
             ef_construction: p.ef_construction,
             max_layer: p.max_layer,
+            metric: p.metric,
         }
     }
 }
@@ -679,6 +694,67 @@ mod tests {
         assert!(matches!(
             VectorIndex::load(dir.path(), 4, IndexParams::default()),
             Ok(None)
+        ));
+    }
+
+    /// A dump records its metric: loaded under another metric it is stale
+    /// (the caller rebuilds from the store), under its own it is the same
+    /// index. A cosine dump does not mention metrics, so it reads the same
+    /// as the dumps written before they existed.
+    #[test]
+    fn a_dump_of_another_metric_is_stale() {
+        for metric in [Metric::Dot, Metric::Euclidean, Metric::Manhattan] {
+            let params = IndexParams {
+                metric,
+                ..IndexParams::default()
+            };
+            let index = VectorIndex::new(4, params.clone());
+            for i in 0..20_u8 {
+                // Not unit vectors: fine under every metric but cosine.
+                let v: Arc<[f32]> = (0..4).map(|j| f32::from(i * 4 + j + 1)).collect();
+                index.upsert(Arc::from(format!("k{i}")), v).expect("valid");
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            index.dump(dir.path(), 7).expect("dump");
+            let text = fs::read_to_string(dir.path().join(MANIFEST)).expect("readable");
+            assert!(text.contains(&format!("metric = \"{metric}\"")), "{text}");
+            for other in Metric::ALL.into_iter().filter(|m| *m != metric) {
+                let other = IndexParams {
+                    metric: other,
+                    ..IndexParams::default()
+                };
+                assert!(
+                    matches!(VectorIndex::load(dir.path(), 4, other), Ok(None)),
+                    "a {metric} dump loaded as another metric"
+                );
+            }
+            let (loaded, at) = VectorIndex::load(dir.path(), 4, params)
+                .expect("intact")
+                .expect("current");
+            assert_eq!((at, loaded.metric()), (7, metric));
+            let query = [1.0, 40.0, 3.0, 2.0];
+            assert_eq!(
+                loaded.search_exact(&query, 5, &|_| true),
+                index.search_exact(&query, 5, &|_| true)
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        small_index(IndexParams::default())
+            .dump(dir.path(), 1)
+            .expect("dump");
+        let text = fs::read_to_string(dir.path().join(MANIFEST)).expect("readable");
+        assert!(!text.contains("metric"), "{text}");
+        let euclidean = IndexParams {
+            metric: Metric::Euclidean,
+            ..IndexParams::default()
+        };
+        assert!(matches!(
+            VectorIndex::load(dir.path(), 4, euclidean),
+            Ok(None)
+        ));
+        assert!(matches!(
+            VectorIndex::load(dir.path(), 4, IndexParams::default()),
+            Ok(Some(_))
         ));
     }
 

@@ -998,3 +998,189 @@ fn reachability_on_clustered_data() {
         "one repair reaches everything"
     );
 }
+
+/// The similarity of `metric` computed plainly in f64: the truth the
+/// kernels and the index are checked against.
+fn naive_similarity(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let pairs = a.iter().zip(b).map(|(x, y)| (f64::from(*x), f64::from(*y)));
+    match metric {
+        Metric::Cosine | Metric::Dot => pairs.map(|(x, y)| x * y).sum(),
+        Metric::Euclidean => -pairs.map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt(),
+        Metric::Manhattan => -pairs.map(|(x, y)| (x - y).abs()).sum::<f64>(),
+    }
+}
+
+/// The true top `k` under `metric`, best first, with their similarities.
+fn naive_top_k(metric: Metric, items: &[Item], query: &[f32], k: usize) -> Vec<(Arc<str>, f64)> {
+    let mut all: Vec<(Arc<str>, f64)> = items
+        .iter()
+        .map(|(key, v)| (Arc::clone(key), naive_similarity(metric, query, v)))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
+}
+
+/// Vectors as a metric stores them: unit ones for cosine; for the others
+/// clustered vectors of very different lengths (centres 0.5 to 4 long,
+/// points up to 50% longer or shorter than their centre, centres off the
+/// origin), where length changes the answer.
+fn items_for(
+    metric: Metric,
+    rng: &mut StdRng,
+    n: usize,
+    dim: usize,
+) -> (Vec<Item>, Vec<Arc<[f32]>>) {
+    let clusters = Clusters::new(rng, 30, dim);
+    if metric == Metric::Cosine {
+        let queries = (0..100).map(|_| clusters.sample(rng)).collect();
+        return (clusters.items(rng, n), queries);
+    }
+    let scales: Vec<f32> = (0..clusters.centres.len())
+        .map(|_| rng.random_range(0.5..4.0))
+        .collect();
+    let raw = |rng: &mut StdRng| -> Arc<[f32]> {
+        let c = rng.random_range(0..clusters.centres.len());
+        let length = scales[c] * rng.random_range(0.5..1.5);
+        let spread = 0.3 / (dim as f32).sqrt();
+        clusters.centres[c]
+            .iter()
+            .map(|x| length * (x + spread * gaussian(rng)) + 0.2)
+            .collect()
+    };
+    let items = (0..n).map(|i| (key(i), raw(rng))).collect();
+    let queries = (0..100).map(|_| raw(rng)).collect();
+    (items, queries)
+}
+
+/// Exact search under each metric returns the true top k: the same
+/// similarities, in the same order, as a plain f64 computation, and each
+/// hit's score is its own similarity (unclamped but for cosine).
+#[test]
+fn exact_search_is_the_true_top_k_under_every_metric() {
+    for metric in Metric::ALL {
+        let mut rng = StdRng::seed_from_u64(31);
+        let dim = 24;
+        let (items, queries) = items_for(metric, &mut rng, 600, dim);
+        let params = IndexParams {
+            metric,
+            ..IndexParams::default()
+        };
+        let index = VectorIndex::build(dim, params, items.clone()).expect("valid vectors");
+        let vectors: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
+        for q in queries.iter().take(30) {
+            let truth = naive_top_k(metric, &items, q, 10);
+            // Below exact_threshold, `search` scans exactly too.
+            for hits in [
+                index.search_exact(q, 10, &accept_all),
+                index.search(q, 10, &accept_all),
+            ] {
+                assert_well_formed(&hits);
+                assert_eq!(hits.len(), 10);
+                for (hit, (_, want)) in hits.iter().zip(&truth) {
+                    let tolerance = 1e-4 * want.abs().max(1.0);
+                    assert!(
+                        (f64::from(hit.score) - want).abs() <= tolerance,
+                        "{metric}: {} scored {}, the true rank's similarity is {want}",
+                        hit.key,
+                        hit.score
+                    );
+                    let own = naive_similarity(metric, q, &vectors[&hit.key]);
+                    assert!((f64::from(hit.score) - own).abs() <= tolerance, "{metric}");
+                }
+            }
+        }
+        if metric == Metric::Dot {
+            let best = index.search_exact(&queries[0], 1, &accept_all)[0].score;
+            assert!(best > 1.0, "dot scores are not clamped: {best}");
+        }
+    }
+}
+
+/// The graph works under every metric: recall@10 of a graph-only search
+/// (exact_threshold 0) against the plain top 10, on vectors of very
+/// different lengths for the metrics that keep them as given.
+#[test]
+fn hnsw_recall_under_every_metric() {
+    for metric in Metric::ALL {
+        let mut rng = StdRng::seed_from_u64(32);
+        let dim = 32;
+        let (items, queries) = items_for(metric, &mut rng, 3000, dim);
+        let params = IndexParams {
+            metric,
+            exact_threshold: 0,
+            ..IndexParams::default()
+        };
+        let index = VectorIndex::build(dim, params, items.clone()).expect("valid vectors");
+        let mut found = 0;
+        for q in &queries {
+            let truth: HashSet<Arc<str>> = naive_top_k(metric, &items, q, 10)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            let hits = index.search(q, 10, &accept_all);
+            assert_well_formed(&hits);
+            found += hits.iter().filter(|h| truth.contains(&h.key)).count();
+        }
+        let recall = found as f64 / (queries.len() * 10) as f64;
+        eprintln!("{metric}: recall@10 {recall}");
+        assert!(recall >= 0.9, "{metric}: recall@10 = {recall}");
+        // And every point is the first answer to its own vector, but under
+        // dot, where a longer vector in the same direction beats it.
+        if metric != Metric::Dot {
+            for (k, v) in items.iter().step_by(97) {
+                assert_eq!(&index.search(v, 1, &accept_all)[0].key, k, "{metric}");
+            }
+        }
+    }
+}
+
+/// What each metric lets in: non-unit vectors under all but cosine,
+/// non-finite ones under none, and nothing so long that scores overflow.
+#[test]
+fn vectors_are_checked_for_the_metric() {
+    let long: Arc<[f32]> = Arc::from(vec![3.0_f32, 4.0, 0.0, 0.0]);
+    let unit: Arc<[f32]> = Arc::from(vec![0.6_f32, 0.8, 0.0, 0.0]);
+    let nan: Arc<[f32]> = Arc::from(vec![1.0_f32, f32::NAN, 0.0, 0.0]);
+    let huge: Arc<[f32]> = Arc::from(vec![1e19_f32, 0.0, 0.0, 0.0]);
+    let overflowing: Arc<[f32]> = Arc::from(vec![3e19_f32, 3e19, 0.0, 0.0]);
+    for metric in Metric::ALL {
+        let index = VectorIndex::new(
+            4,
+            IndexParams {
+                metric,
+                ..IndexParams::default()
+            },
+        );
+        assert_eq!(index.metric(), metric);
+        assert!(index.upsert(key(0), Arc::clone(&unit)).is_ok(), "{metric}");
+        let refused = |v: &Arc<[f32]>| {
+            matches!(
+                index.upsert(key(1), Arc::clone(v)),
+                Err(IndexError::InvalidVector { .. })
+            )
+        };
+        assert_eq!(refused(&long), metric == Metric::Cosine, "{metric}");
+        assert!(refused(&nan), "{metric}");
+        assert!(refused(&huge), "{metric}");
+        assert!(refused(&overflowing), "{metric}");
+        assert!(
+            index
+                .upsert_batch(vec![
+                    (key(2), Arc::clone(&long)),
+                    (key(3), Arc::clone(&nan))
+                ])
+                .is_err(),
+            "{metric}: one bad item fails the batch"
+        );
+        let expected_len = if metric == Metric::Cosine { 1 } else { 2 };
+        assert_eq!(index.len(), expected_len, "{metric}");
+    }
+    let err = VectorIndex::new(4, IndexParams::default())
+        .upsert(key(0), long)
+        .expect_err("not unit");
+    assert_eq!(
+        err.to_string(),
+        "vector for key \"p000000\" is not a unit vector, as the cosine metric needs (L2 norm 5)"
+    );
+}

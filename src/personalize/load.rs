@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     catalog::usable_vector,
+    domain::Metric,
     store::{Store, StoreError},
 };
 
@@ -32,6 +33,7 @@ pub(super) fn open(
     store: Arc<Store>,
     config: PersonalizeConfig,
     dim: usize,
+    metric: Metric,
 ) -> Result<(Shared, PersonalizeReport), PersonalizeError> {
     let mut trending = Trending::new(config.trending_half_life.as_secs_f64() * 1000.0, now_ms());
     let mut damaged = Vec::new();
@@ -59,6 +61,7 @@ pub(super) fn open(
             rules: config.rules(),
             config,
             dim,
+            metric,
             store,
             resident: Resident::new(capacity),
             trending: RwLock::new(trending),
@@ -82,7 +85,9 @@ impl Shared {
         // which are the index's (it is built from them, bit for bit), read
         // only on that rare path.
         let vector = |product: &str| match self.store.get(product) {
-            Ok(Some(p)) if usable_vector(&p.embedding, self.dim).is_ok() => Ok(Some(p.embedding)),
+            Ok(Some(p)) if usable_vector(&p.embedding, self.dim, self.metric).is_ok() => {
+                Ok(Some(p.embedding))
+            }
             // Absent, or left out of the catalogue (and reported) at start.
             Ok(_) | Err(StoreError::Corrupt { .. }) => Ok(None),
             Err(e) => Err(e),

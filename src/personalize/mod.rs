@@ -43,7 +43,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
     catalog::Catalog,
-    domain::{ProductId, UserId},
+    domain::{Metric, ProductId, UserId},
     store::{Store, StoreError},
 };
 
@@ -97,6 +97,9 @@ struct Shared {
     rules: ProfileRules,
     /// The catalogue's dimension: stored interests of another are dropped.
     dim: usize,
+    /// The catalogue's metric: what a stored vector must satisfy to be
+    /// replayed into a damaged profile.
+    metric: Metric,
     store: Arc<Store>,
     resident: Resident,
     trending: RwLock<Trending>,
@@ -152,8 +155,9 @@ impl Personalizer {
         config: PersonalizeConfig,
     ) -> Result<(Self, PersonalizeReport), PersonalizeError> {
         let dim = catalog.dim() as usize;
+        let metric = catalog.metric();
         let (shared, report) =
-            tokio::task::spawn_blocking(move || load::open(store, config, dim)).await??;
+            tokio::task::spawn_blocking(move || load::open(store, config, dim, metric)).await??;
         let shared = Arc::new(shared);
         let (jobs, rx) = mpsc::channel(shared.config.queue_capacity);
         let loads = Arc::new(Semaphore::new(shared.config.load_concurrency));

@@ -8,14 +8,23 @@
 //! of 14-day half-lives). Updates are O(M x dim) per interaction and never
 //! look at the history, which is what keeps the read path free of
 //! recomputation.
+//!
+//! **Metrics.** Interests group interactions by direction whatever the
+//! catalogue's metric: an interaction joins the interest whose mean is at
+//! the highest *cosine* from its embedding (computed with both norms, so it
+//! holds for the non-unit vectors of dot, euclidean and manhattan
+//! catalogues). Each mean is of the embeddings as the catalogue keeps them,
+//! so under euclidean and manhattan it is a point among them, and the query
+//! planner turns it into a query for the metric.
 
 use crate::domain::{dot, norm};
 
 /// One interest: where it points and how much evidence backs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interest {
-    /// Weighted mean of the unit embeddings assigned to this interest
-    /// (norm <= 1; lower when the interest is spread out).
+    /// Weighted mean of the embeddings assigned to this interest (under
+    /// cosine, of unit vectors: norm <= 1, lower when the interest is
+    /// spread out).
     pub mean: Vec<f32>,
     /// Sum of the assigned interactions' weights, decayed to the profile's
     /// reference time. Always > 0 for a live interest.
@@ -23,13 +32,10 @@ pub struct Interest {
 }
 
 impl Interest {
-    /// Cosine similarity between the interest's direction and `unit`.
-    fn similarity(&self, unit: &[f32]) -> f32 {
-        let norm = norm(&self.mean);
-        if norm == 0.0 {
-            return 0.0;
-        }
-        dot(&self.mean, unit) / norm
+    /// Cosine similarity between the interest's direction and `vector`'s
+    /// (0 if either has none).
+    fn similarity(&self, vector: &[f32]) -> f32 {
+        cosine(&self.mean, vector)
     }
 
     fn absorb(&mut self, other_mean: &[f32], other_weight: f64) {
@@ -70,6 +76,16 @@ pub struct TasteProfile {
     pub interests: Vec<Interest>,
 }
 
+/// The cosine of the angle between `a` and `b`, whatever their lengths; 0
+/// when either is zero (it has no direction).
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (na, nb) = (norm(a), norm(b));
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot(a, b) / (na * nb)
+}
+
 /// `2^(-age / half_life)`; ages <= 0 give 1.
 fn decay(age_ms: i64, half_life_ms: f64) -> f64 {
     if age_ms <= 0 {
@@ -83,10 +99,11 @@ impl TasteProfile {
         self.interests.is_empty()
     }
 
-    /// Adds one positive interaction with embedding `unit` (L2-normalised),
-    /// base weight `weight` (> 0), at `at_ms`. Order-independent in the
-    /// weights: an old event arriving late counts with its decayed weight.
-    pub fn add(&mut self, unit: &[f32], weight: f64, at_ms: i64, rules: &ProfileRules) {
+    /// Adds one positive interaction with embedding `vector` (as the
+    /// catalogue keeps it: unit length under cosine), base weight `weight`
+    /// (> 0), at `at_ms`. Order-independent in the weights: an old event
+    /// arriving late counts with its decayed weight.
+    pub fn add(&mut self, vector: &[f32], weight: f64, at_ms: i64, rules: &ProfileRules) {
         if !(weight > 0.0 && weight.is_finite()) {
             return;
         }
@@ -115,15 +132,15 @@ impl TasteProfile {
             .interests
             .iter()
             .enumerate()
-            .map(|(n, i)| (n, i.similarity(unit)))
+            .map(|(n, i)| (n, i.similarity(vector)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         match nearest {
             Some((n, similarity)) if similarity >= rules.join_similarity => {
-                self.interests[n].absorb(unit, weight);
+                self.interests[n].absorb(vector, weight);
             }
             _ => {
                 self.interests.push(Interest {
-                    mean: unit.to_vec(),
+                    mean: vector.to_vec(),
                     weight,
                 });
                 self.merge_to(rules.max_interests.max(1));
@@ -137,14 +154,7 @@ impl TasteProfile {
             let mut best = (0, 1, f32::NEG_INFINITY);
             for a in 0..self.interests.len() {
                 for b in a + 1..self.interests.len() {
-                    let (ia, ib) = (&self.interests[a], &self.interests[b]);
-                    let na = norm(&ia.mean);
-                    let nb = norm(&ib.mean);
-                    let cos = if na == 0.0 || nb == 0.0 {
-                        0.0
-                    } else {
-                        dot(&ia.mean, &ib.mean) / (na * nb)
-                    };
+                    let cos = cosine(&self.interests[a].mean, &self.interests[b].mean);
                     if cos > best.2 {
                         best = (a, b, cos);
                     }
@@ -156,9 +166,9 @@ impl TasteProfile {
         }
     }
 
-    /// Each interest as (unit direction, share of the total weight), largest
-    /// share first. Interests whose mean cancelled out are skipped.
-    pub fn directions(&self) -> Vec<(Vec<f32>, f64)> {
+    /// Each interest as (mean, share of the total weight), largest share
+    /// first. Interests whose mean cancelled out (to zero) are skipped.
+    pub fn centroids(&self) -> Vec<(Vec<f32>, f64)> {
         let total: f64 = self.interests.iter().map(|i| i.weight).sum();
         // Also catches NaN.
         if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
@@ -167,13 +177,22 @@ impl TasteProfile {
         let mut out: Vec<(Vec<f32>, f64)> = self
             .interests
             .iter()
-            .filter_map(|i| {
-                let n = norm(&i.mean);
-                (n > 0.0).then(|| (i.mean.iter().map(|v| v / n).collect(), i.weight / total))
-            })
+            .filter(|i| norm(&i.mean) > 0.0)
+            .map(|i| (i.mean.clone(), i.weight / total))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out
+    }
+
+    /// [`Self::centroids`] scaled to unit directions.
+    pub fn directions(&self) -> Vec<(Vec<f32>, f64)> {
+        self.centroids()
+            .into_iter()
+            .map(|(mean, share)| {
+                let n = norm(&mean);
+                (mean.iter().map(|v| v / n).collect(), share)
+            })
+            .collect()
     }
 }
 
@@ -248,6 +267,32 @@ mod tests {
         let d = p.directions();
         assert_eq!(d.len(), 1);
         assert!((d[0].0[0] - 1.0).abs() < 1e-6);
+    }
+
+    /// Interests group by direction whatever the vectors' lengths: long
+    /// and short vectors of one direction join one interest (an
+    /// uncorrected dot product would start a new interest for the short
+    /// one), and the mean stays in the vectors' own scale.
+    #[test]
+    fn non_unit_vectors_are_grouped_by_direction() {
+        let mut p = TasteProfile::default();
+        p.add(&[10.0, 0.0, 0.0], 1.0, 0, &rules(4));
+        p.add(&[0.1, 0.01, 0.0], 1.0, 0, &rules(4));
+        assert_eq!(p.interests.len(), 1, "{p:?}");
+        p.add(&[0.0, 0.0, 3.0], 1.0, 0, &rules(4));
+        assert_eq!(p.interests.len(), 2);
+        let c = p.centroids();
+        let want = [5.05, 0.005, 0.0];
+        assert!(
+            c[0].0.iter().zip(want).all(|(x, w)| (x - w).abs() < 1e-6),
+            "{c:?}"
+        );
+        assert!((c[0].1 - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(c[1].0, vec![0.0, 0.0, 3.0]);
+        let d = p.directions();
+        assert!((norm(&d[0].0) - 1.0).abs() < 1e-6);
+        assert_eq!(d[1].0, vec![0.0, 0.0, 1.0]);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
     }
 
     proptest! {

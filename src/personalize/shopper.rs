@@ -242,10 +242,12 @@ impl Shopper {
         Self { state, rules }
     }
 
-    /// Interests as (unit direction, share of weight), largest first; empty
-    /// without positive evidence.
+    /// Interests as (mean of their embeddings, share of weight), largest
+    /// first; empty without positive evidence. The query planner makes each
+    /// mean a query for the catalogue's metric (a unit direction under
+    /// cosine).
     pub fn interests(&self) -> Vec<(Vec<f32>, f64)> {
-        self.state.profile.directions()
+        self.state.profile.centroids()
     }
 
     /// Whether `id` must not be recommended: disliked, or bought/viewed

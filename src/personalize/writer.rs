@@ -245,7 +245,9 @@ mod tests {
             max_resident_shoppers: resident,
             ..PersonalizeConfig::default()
         };
-        load::open(store, config, DIM).unwrap().0
+        load::open(store, config, DIM, crate::domain::Metric::Cosine)
+            .unwrap()
+            .0
     }
 
     /// Interaction `n` of a scripted sequence: every action, products
@@ -359,6 +361,7 @@ mod tests {
                     attributes: std::collections::BTreeMap::new(),
                     embedding: v.to_vec(),
                     model: "m".to_owned(),
+                    has_thumbnail: false,
                 })
                 .unwrap();
         }

@@ -16,6 +16,14 @@
 //! - negatives only: the nearest neighbours of the direction away from the
 //!   negatives, scored by distance from them.
 //!
+//! **Metrics.** Everything is compared with the catalogue's [`Metric`]:
+//! k-NN, MMR, reasons, BEST_SCORE and dislikes, the explore list's "typical
+//! look". Queries made of several vectors (averages, blends, interests) are
+//! built per metric (see [`query_for`]): unit length under cosine and dot,
+//! as they are under euclidean and manhattan, where a mean of points is the
+//! point to search around. Candidates closer to a negative than to every
+//! positive go below the rest of their list (see [`settle`]).
+//!
 //! Each k-NN list uses exact search over the admitted ids when the filter's
 //! most selective `must` clause admits at most `exact_threshold` products,
 //! and filtered HNSW otherwise. Lists are over-fetched when caps, MMR or
@@ -50,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     catalog::{AttributeView, Catalog, CatalogError},
-    domain::{Attributes, Embedding, Filter, ProductId, UserId, dot, norm},
+    domain::{Attributes, Embedding, Filter, Metric, ProductId, UserId, norm},
     gate::{Busy, Gate},
     index::Hit,
     personalize::{Personalizer, Shopper},
@@ -129,7 +137,10 @@ pub struct UserQuery {
 #[derive(Debug, Clone)]
 pub struct Recommendation {
     pub id: ProductId,
-    /// Higher is better; cosine similarity for similarity-based picks.
+    /// Higher is better: for similarity-based picks the catalogue metric's
+    /// similarity ([`Metric::similarity`]: the cosine by default); below
+    /// every other pick of its list when penalised by a negative (see
+    /// [`settle`]).
     pub score: f32,
     pub attributes: Arc<Attributes>,
     pub reason: String,
@@ -156,8 +167,9 @@ enum Source {
     Knn(Vec<f32>),
     /// Union of k-NN lists of each positive, scored by the best positive.
     BestOf(Vec<Arc<[f32]>>),
-    /// Nearest neighbours of the direction away from the negatives (a unit
-    /// vector), scored by distance from the negatives.
+    /// Nearest neighbours of the direction (cosine, dot) or point
+    /// (euclidean, manhattan) away from the negatives, whose mean this
+    /// holds (see [`away_from`]), scored by distance from the negatives.
     AwayFrom(Vec<f32>),
     Trending,
     Explore,
@@ -180,7 +192,7 @@ struct Plan {
     exclude: HashSet<Arc<str>>,
     shopper: Option<Shopper>,
     /// Candidates closer to one of these than to their query are pushed
-    /// below every other (score -(negative similarity)^2).
+    /// below every other of their list (see [`settle`]).
     negatives: Vec<Arc<[f32]>>,
     anchors: Vec<Anchor>,
     cap: Option<Cap>,
@@ -194,6 +206,9 @@ struct ExploreSample {
     taken: Instant,
     /// In id order.
     items: Vec<(Arc<str>, Arc<[f32]>)>,
+    /// The mean of `items`' vectors (the catalogue's mean look), computed
+    /// once per sample; `None` for an empty one.
+    mean: Option<Vec<f32>>,
 }
 
 /// The explore sample and its background refresh.
@@ -328,6 +343,7 @@ impl Recommender {
         }
         let positive_vectors: Vec<Arc<[f32]>> =
             anchors.iter().map(|a| Arc::clone(&a.vector)).collect();
+        let metric = self.catalog.metric();
         let (source, negatives) = match strategy {
             Strategy::AverageVector => {
                 // Qdrant's average_vector: avg(pos) + (avg(pos) - avg(neg)).
@@ -339,14 +355,15 @@ impl Recommender {
                     None => pos,
                 };
                 let query = query
-                    .and_then(|q| unit(&q))
+                    .and_then(|q| query_for(metric, q))
                     .ok_or(RecommendError::DegenerateQuery)?;
                 (Source::Knn(query), Vec::new())
             }
             Strategy::BestScore if positive_vectors.is_empty() => {
+                // Only checked here: under euclidean and manhattan the query
+                // also needs the catalogue's centre, which the search reads.
                 let away = mean(&negative_vectors)
-                    .map(|m| m.iter().map(|x| -x).collect::<Vec<f32>>())
-                    .and_then(|q| unit(&q))
+                    .filter(|m| away_from(metric, m, None).is_some())
                     .ok_or(RecommendError::DegenerateQuery)?;
                 (Source::AwayFrom(away), negative_vectors)
             }
@@ -398,8 +415,15 @@ impl Recommender {
             context_vectors.push(vector);
             exclude.insert(id);
         }
-        let context = mean(&context_vectors).and_then(|c| unit(&c));
-        let interests = shopper.as_ref().map(Shopper::interests).unwrap_or_default();
+        let metric = self.catalog.metric();
+        let context = mean(&context_vectors).and_then(|c| query_for(metric, c));
+        let interests: Vec<(Vec<f32>, f64)> = shopper
+            .as_ref()
+            .map(Shopper::interests)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(centroid, share)| Some((query_for(metric, centroid)?, share)))
+            .collect();
         let mut negatives = Vec::new();
         if let Some(s) = &shopper {
             for (id, action) in s.recent_positives() {
@@ -427,10 +451,10 @@ impl Recommender {
                 .into_iter()
                 .zip(select::quotas(k, &shares))
                 .filter(|(_, quota)| *quota > 0)
-                .map(|((direction, _), quota)| {
+                .map(|((taste, _), quota)| {
                     let query = match &context {
-                        Some(c) => blend(c, &direction, w),
-                        None => direction,
+                        Some(c) => blend(metric, c, &taste, w),
+                        None => taste,
                     };
                     ListPlan {
                         source: Source::Knn(query),
@@ -526,18 +550,66 @@ fn unit(v: &[f32]) -> Option<Vec<f32>> {
     (n > 1e-6 && n.is_finite()).then(|| v.iter().map(|x| x / n).collect())
 }
 
-/// `normalize(w * context + (1 - w) * taste)`, falling back to the taste
-/// when the two cancel out.
-fn blend(context: &[f32], taste: &[f32], w: f32) -> Vec<f32> {
+/// A query made of several vectors (an average, a blend, an interest's
+/// mean), as the catalogue's metric needs it:
+/// - cosine: unit length, like every vector it is compared with, so that
+///   scores are cosines; `None` if it has (almost) no direction.
+/// - dot: unit length as well. A positive scale changes no dot-product
+///   ranking, but a unit query puts every query's scores on one scale (a
+///   product's length times its cosine) and makes a blend weigh the
+///   directions it mixes, not their lengths. `None` likewise.
+/// - euclidean, manhattan: as it is. A mean of points is a point among
+///   them; scaled to unit length it would land elsewhere, possibly far from
+///   every product. `None` only if it is not finite.
+fn query_for(metric: Metric, v: Vec<f32>) -> Option<Vec<f32>> {
+    match metric {
+        Metric::Cosine | Metric::Dot => unit(&v),
+        Metric::Euclidean | Metric::Manhattan => v.iter().all(|x| x.is_finite()).then_some(v),
+    }
+}
+
+/// `w * context + (1 - w) * taste` made a query for `metric` (so under
+/// cosine and dot the blend of two unit directions, normalised), falling
+/// back to the taste when the two cancel out.
+fn blend(metric: Metric, context: &[f32], taste: &[f32], w: f32) -> Vec<f32> {
     let mixed: Vec<f32> = context
         .iter()
         .zip(taste)
         .map(|(c, t)| w * c + (1.0 - w) * t)
         .collect();
-    unit(&mixed).unwrap_or_else(|| taste.to_vec())
+    query_for(metric, mixed).unwrap_or_else(|| taste.to_vec())
 }
 
-/// Best-positive score with negatives pushed down (Qdrant's best_score).
+/// What a negatives-only query searches around, given the negatives' mean:
+/// - cosine, dot: the opposite direction, `-mean`, at unit length (`None`
+///   if the negatives cancel out);
+/// - euclidean, manhattan: the mean reflected through `centre` (the
+///   catalogue's mean look), `2 * centre - mean`, i.e. as far from the
+///   negatives as they are from the middle of the catalogue, on the other
+///   side. Reflecting through the origin instead would search wherever the
+///   origin lies, which for embeddings that are not centred (all positive,
+///   say) is beside no product at all. Without a centre, through the origin.
+fn away_from(metric: Metric, negatives_mean: &[f32], centre: Option<&[f32]>) -> Option<Vec<f32>> {
+    match metric {
+        Metric::Cosine | Metric::Dot => {
+            unit(&negatives_mean.iter().map(|x| -x).collect::<Vec<_>>())
+        }
+        Metric::Euclidean | Metric::Manhattan => {
+            let away = match centre {
+                Some(c) => c
+                    .iter()
+                    .zip(negatives_mean)
+                    .map(|(c, m)| 2.0 * c - m)
+                    .collect(),
+                None => negatives_mean.iter().map(|x| -x).collect(),
+            };
+            query_for(metric, away)
+        }
+    }
+}
+
+/// Best-positive score with negatives pushed down (Qdrant's best_score);
+/// what [`settle`] does under cosine.
 fn best_score(best_positive: f32, best_negative: f32) -> f32 {
     if best_positive > best_negative {
         best_positive
@@ -546,10 +618,79 @@ fn best_score(best_positive: f32, best_negative: f32) -> f32 {
     }
 }
 
-fn max_similarity(v: &[f32], others: &[Arc<[f32]>]) -> f32 {
+/// A candidate's standing before its list is settled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Relevance {
+    /// Its score: the similarity to its query or best positive, or another
+    /// list's own score (trending, explore).
+    Kept(f32),
+    /// Closer to a negative than to every positive; holds the similarity
+    /// to the nearest negative.
+    Penalised(f32),
+}
+
+/// Qdrant's best_score split: the best positive if it beats the best
+/// negative, else a penalty.
+fn relevance(best_positive: f32, best_negative: f32) -> Relevance {
+    if best_positive > best_negative {
+        Relevance::Kept(best_positive)
+    } else {
+        Relevance::Penalised(best_negative)
+    }
+}
+
+/// How far the best penalised candidate of a list is put below its worst
+/// kept one under metrics other than cosine (see [`settle`]).
+const PENALTY_GAP: f32 = 1.0;
+
+/// The scores of one list, penalised candidates pushed below the rest, each
+/// further down the closer it is to a negative (monotone decreasing in the
+/// negative similarity):
+/// - cosine: Qdrant's best_score, `-(negative similarity)^2`, in [-1, 0].
+/// - dot, euclidean, manhattan: their similarities have no fixed bounds, so
+///   no fixed transform can keep every penalised candidate below every
+///   other. A penalised candidate scores `-(negative similarity)` (for
+///   euclidean and manhattan: its distance from the nearest negative),
+///   shifted down by one amount for the whole list when needed, so that the
+///   best of them ends [`PENALTY_GAP`] below the list's worst kept
+///   candidate. A list with no kept candidate (negatives only) keeps the
+///   unshifted scores: how far each product is from the negatives.
+fn settle(metric: Metric, scored: Vec<(Arc<str>, Relevance)>) -> Vec<Candidate> {
+    // `None` under cosine; else the shift of the list's penalised scores.
+    let shift = match metric {
+        Metric::Cosine => None,
+        Metric::Dot | Metric::Euclidean | Metric::Manhattan => {
+            let (mut floor, mut top) = (f32::INFINITY, f32::NEG_INFINITY);
+            for (_, r) in &scored {
+                match *r {
+                    Relevance::Kept(score) => floor = floor.min(score),
+                    Relevance::Penalised(negative) => top = top.max(-negative),
+                }
+            }
+            Some(if floor.is_finite() && top.is_finite() {
+                (top - (floor - PENALTY_GAP)).max(0.0)
+            } else {
+                0.0
+            })
+        }
+    };
+    scored
+        .into_iter()
+        .map(|(key, r)| Candidate {
+            score: match (r, shift) {
+                (Relevance::Kept(score), _) => score,
+                (Relevance::Penalised(negative), None) => best_score(f32::NEG_INFINITY, negative),
+                (Relevance::Penalised(negative), Some(shift)) => -negative - shift,
+            },
+            key,
+        })
+        .collect()
+}
+
+fn max_similarity(metric: Metric, v: &[f32], others: &[Arc<[f32]>]) -> f32 {
     others
         .iter()
-        .map(|o| dot(v, o))
+        .map(|o| metric.similarity(v, o))
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
@@ -668,9 +809,10 @@ fn fetch(
     vectors: &mut Vectors<'_>,
 ) -> List {
     let catalog = cx.catalog;
+    let metric = catalog.metric();
     let exact_threshold = cx.exact_threshold;
     let mut saturated = false;
-    let mut candidates: Vec<Candidate> = match &l.source {
+    let mut scored: Vec<(Arc<str>, Relevance)> = match &l.source {
         Source::Knn(query) => {
             let hits = knn(
                 catalog,
@@ -683,10 +825,7 @@ fn fetch(
             );
             saturated = hits.len() >= n;
             hits.into_iter()
-                .map(|h| Candidate {
-                    key: h.key,
-                    score: h.score,
-                })
+                .map(|h| (h.key, Relevance::Kept(h.score)))
                 .collect()
         }
         Source::BestOf(positives) => {
@@ -699,39 +838,46 @@ fn fetch(
                     if seen.insert(Arc::clone(&h.key))
                         && let Some(v) = vectors.get(&h.key)
                     {
-                        out.push(Candidate {
-                            score: best_score(
-                                max_similarity(&v, positives),
-                                max_similarity(&v, &plan.negatives),
-                            ),
-                            key: h.key,
-                        });
+                        let r = relevance(
+                            max_similarity(metric, &v, positives),
+                            max_similarity(metric, &v, &plan.negatives),
+                        );
+                        out.push((h.key, r));
                     }
                 }
             }
             out
         }
-        Source::AwayFrom(away) => {
+        Source::AwayFrom(negatives_mean) => {
             // The products least like the negatives lie around the direction
-            // opposite their mean; the index finds them without a scan, and
-            // each is then scored by its distance from the nearest negative.
-            let hits = knn(
-                catalog,
-                view,
-                away,
-                n,
-                &plan.filter,
-                admits,
-                exact_threshold,
-            );
+            // (or point) opposite them; the index finds them without a scan,
+            // and each is then scored by its distance from the nearest
+            // negative.
+            let centre = match metric {
+                Metric::Cosine | Metric::Dot => None,
+                Metric::Euclidean | Metric::Manhattan => {
+                    sample_centre(metric, &cx.explore.get(catalog))
+                }
+            };
+            let hits = away_from(metric, negatives_mean, centre.as_deref())
+                .map(|away| {
+                    knn(
+                        catalog,
+                        view,
+                        &away,
+                        n,
+                        &plan.filter,
+                        admits,
+                        exact_threshold,
+                    )
+                })
+                .unwrap_or_default();
             saturated = hits.len() >= n;
             hits.into_iter()
                 .filter_map(|h| {
                     let v = vectors.get(&h.key)?;
-                    Some(Candidate {
-                        score: best_score(f32::NEG_INFINITY, max_similarity(&v, &plan.negatives)),
-                        key: h.key,
-                    })
+                    let negative = max_similarity(metric, &v, &plan.negatives);
+                    Some((h.key, Relevance::Penalised(negative)))
                 })
                 .collect()
         }
@@ -739,7 +885,7 @@ fn fetch(
             let top = cx.personalizer.trending(n, admits);
             saturated = top.len() >= n;
             top.into_iter()
-                .map(|(key, score)| Candidate { key, score })
+                .map(|(key, score)| (key, Relevance::Kept(score)))
                 .collect()
         }
         Source::Explore => {
@@ -747,6 +893,9 @@ fn fetch(
             let (candidates, full) = explore(cx, &sample, view, admits, &plan.filter, vectors, n);
             saturated = full;
             candidates
+                .into_iter()
+                .map(|c| (c.key, Relevance::Kept(c.score)))
+                .collect()
         }
     };
     // Dislikes push k-NN candidates down (BEST_SCORE lists already include
@@ -759,20 +908,23 @@ fn fetch(
     if !plan.negatives.is_empty() && matches!(l.source, Source::Knn(_)) {
         let examples: Vec<Arc<[f32]>> =
             plan.anchors.iter().map(|a| Arc::clone(&a.vector)).collect();
-        for c in &mut candidates {
-            if let Some(v) = vectors.get(&c.key) {
-                let negative = max_similarity(&v, &plan.negatives);
+        for (key, r) in &mut scored {
+            if let Relevance::Kept(score) = *r
+                && let Some(v) = vectors.get(key)
+            {
+                let negative = max_similarity(metric, &v, &plan.negatives);
                 let positive = if examples.is_empty() {
-                    c.score
+                    score
                 } else {
-                    max_similarity(&v, &examples)
+                    max_similarity(metric, &v, &examples)
                 };
                 if negative >= positive {
-                    c.score = best_score(f32::NEG_INFINITY, negative);
+                    *r = Relevance::Penalised(negative);
                 }
             }
         }
     }
+    let mut candidates = settle(metric, scored);
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
     List {
         candidates,
@@ -813,7 +965,7 @@ fn take_explore_sample(catalog: &Catalog) -> ExploreSample {
     ids.sort_unstable();
     let stride = ids.len().div_ceil(EXPLORE_CACHE).max(1);
     let index = catalog.index();
-    let items = ids
+    let items: Vec<(Arc<str>, Arc<[f32]>)> = ids
         .into_iter()
         .step_by(stride)
         .filter_map(|id| {
@@ -821,9 +973,11 @@ fn take_explore_sample(catalog: &Catalog) -> ExploreSample {
             Some((id, v))
         })
         .collect();
+    let vectors: Vec<Arc<[f32]>> = items.iter().map(|(_, v)| Arc::clone(v)).collect();
     ExploreSample {
         changes,
         taken: Instant::now(),
+        mean: mean(&vectors),
         items,
     }
 }
@@ -867,10 +1021,11 @@ fn explore(
                 admitted.into_iter().step_by(stride).cloned().collect()
             }
         };
+    let metric = cx.catalog.metric();
     let vs: Vec<Arc<[f32]>> = picked.iter().map(|(_, v)| Arc::clone(v)).collect();
     let centre = mean(&vs)
-        .and_then(|m| unit(&m))
-        .or_else(|| sample_centre(sample));
+        .and_then(|m| query_for(metric, m))
+        .or_else(|| sample_centre(metric, sample));
     let Some(centre) = centre else {
         return (Vec::new(), false);
     };
@@ -902,23 +1057,24 @@ fn explore(
     let candidates = picked
         .into_iter()
         .map(|(key, v)| Candidate {
-            score: dot(&v, &centre),
+            score: metric.similarity(&v, &centre),
             key,
         })
         .collect();
     (candidates, more)
 }
 
-/// The mean look of the cached sample, for filters whose admitted products
-/// the sample does not hold.
-fn sample_centre(sample: &ExploreSample) -> Option<Vec<f32>> {
-    let vs: Vec<Arc<[f32]>> = sample.items.iter().map(|(_, v)| Arc::clone(v)).collect();
-    mean(&vs).and_then(|m| unit(&m))
+/// The mean look of the cached sample as a query for `metric`, for filters
+/// whose admitted products the sample does not hold, and the centre a
+/// negatives-only query reflects through.
+fn sample_centre(metric: Metric, sample: &ExploreSample) -> Option<Vec<f32>> {
+    sample.mean.clone().and_then(|m| query_for(metric, m))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn best_score_follows_qdrant() {
@@ -929,9 +1085,121 @@ mod tests {
 
     #[test]
     fn blending_moves_towards_the_context() {
-        let b = blend(&[1.0, 0.0], &[0.0, 1.0], 0.5);
+        let b = blend(Metric::Cosine, &[1.0, 0.0], &[0.0, 1.0], 0.5);
         assert!((b[0] - b[1]).abs() < 1e-6);
-        assert_eq!(blend(&[1.0, 0.0], &[-1.0, 0.0], 0.5), vec![-1.0, 0.0]);
+        assert_eq!(
+            blend(Metric::Cosine, &[1.0, 0.0], &[-1.0, 0.0], 0.5),
+            vec![-1.0, 0.0]
+        );
         assert!(unit(&[0.0, 0.0]).is_none());
+        // Points blend to a point between them, not to a direction.
+        assert_eq!(
+            blend(Metric::Euclidean, &[2.0, 0.0], &[0.0, 4.0], 0.5),
+            vec![1.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn queries_are_built_for_the_metric() {
+        assert_eq!(
+            query_for(Metric::Cosine, vec![3.0, 4.0]),
+            Some(vec![0.6, 0.8])
+        );
+        assert_eq!(query_for(Metric::Dot, vec![3.0, 4.0]), Some(vec![0.6, 0.8]));
+        assert_eq!(query_for(Metric::Dot, vec![0.0, 0.0]), None);
+        for m in [Metric::Euclidean, Metric::Manhattan] {
+            assert_eq!(query_for(m, vec![3.0, 4.0]), Some(vec![3.0, 4.0]));
+            assert_eq!(query_for(m, vec![0.0, 0.0]), Some(vec![0.0, 0.0]));
+            assert_eq!(query_for(m, vec![f32::NAN, 0.0]), None);
+            // Away from the negatives: reflected through the catalogue's centre.
+            assert_eq!(
+                away_from(m, &[1.0, 1.0], Some(&[3.0, 3.0])),
+                Some(vec![5.0, 5.0])
+            );
+            assert_eq!(away_from(m, &[1.0, 2.0], None), Some(vec![-1.0, -2.0]));
+        }
+        assert_eq!(
+            away_from(Metric::Cosine, &[2.0, 0.0], Some(&[5.0, 5.0])),
+            Some(vec![-1.0, 0.0])
+        );
+        assert_eq!(away_from(Metric::Dot, &[0.0, 0.0], None), None);
+    }
+
+    fn scores(candidates: &[Candidate]) -> HashMap<&str, f32> {
+        candidates.iter().map(|c| (&*c.key, c.score)).collect()
+    }
+
+    #[test]
+    fn penalised_candidates_go_below_their_list() {
+        let key = |s: &str| -> Arc<str> { Arc::from(s) };
+        // Euclidean similarities: kept candidates 1 and 3 from their query,
+        // penalised ones 0.5 and 2 from a negative.
+        let list = || {
+            vec![
+                (key("a"), Relevance::Kept(-1.0)),
+                (key("b"), Relevance::Kept(-3.0)),
+                (key("near"), Relevance::Penalised(-0.5)),
+                (key("far"), Relevance::Penalised(-2.0)),
+            ]
+        };
+        for metric in [Metric::Dot, Metric::Euclidean, Metric::Manhattan] {
+            let settled = settle(metric, list());
+            let s = scores(&settled);
+            assert_eq!((s["a"], s["b"]), (-1.0, -3.0), "kept scores stay");
+            assert_eq!(s["far"], -3.0 - PENALTY_GAP, "{metric}");
+            assert!(
+                s["near"] < s["far"],
+                "{metric}: closer to a negative is lower"
+            );
+        }
+        // Cosine: Qdrant's -(negative similarity)^2.
+        let s = settle(Metric::Cosine, list());
+        assert_eq!(scores(&s)["far"], -4.0);
+        // Negatives only: each scores its distance from the negatives.
+        let s = settle(
+            Metric::Euclidean,
+            vec![
+                (key("x"), Relevance::Penalised(-0.5)),
+                (key("y"), Relevance::Penalised(-2.0)),
+            ],
+        );
+        assert_eq!((scores(&s)["x"], scores(&s)["y"]), (0.5, 2.0));
+        assert_eq!(relevance(-1.0, -2.0), Relevance::Kept(-1.0));
+        assert_eq!(relevance(-2.0, -2.0), Relevance::Penalised(-2.0));
+    }
+
+    proptest::proptest! {
+        /// Under the unbounded metrics every penalised candidate ends below
+        /// every kept one of its list, and the closer to a negative the
+        /// lower, whatever the scores.
+        #[test]
+        fn penalties_keep_their_order_below_the_kept(
+            kept in proptest::collection::vec(-1e4f32..1e4, 0..20),
+            penalised in proptest::collection::vec(-1e4f32..1e4, 0..20),
+            metric in proptest::sample::select(vec![Metric::Dot, Metric::Euclidean, Metric::Manhattan]),
+        ) {
+            let scored: Vec<(Arc<str>, Relevance)> = kept
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (Arc::from(format!("k{i}")), Relevance::Kept(*s)))
+                .chain(penalised.iter().enumerate().map(|(i, n)| {
+                    (Arc::from(format!("p{i}")), Relevance::Penalised(*n))
+                }))
+                .collect();
+            let settled = settle(metric, scored);
+            let (k, p) = settled.split_at(kept.len());
+            let floor = k.iter().map(|c| c.score).fold(f32::INFINITY, f32::min);
+            for (c, n) in p.iter().zip(&penalised) {
+                proptest::prop_assert!(c.score < floor, "{} not below {floor}", c.score);
+                for (d, m) in p.iter().zip(&penalised) {
+                    if n > m {
+                        proptest::prop_assert!(c.score <= d.score);
+                    }
+                }
+            }
+            for (c, s) in k.iter().zip(&kept) {
+                proptest::prop_assert_eq!(c.score, *s);
+            }
+        }
     }
 }

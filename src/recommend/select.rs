@@ -6,7 +6,9 @@
 //! each is below its quota (a weighted round robin), skip duplicates and
 //! products over their attribute cap, and, with MMR on, take from the due
 //! list the candidate with the best `(1 - lambda) * relevance - lambda *
-//! (max similarity to the picks so far)`. A list that runs dry hands its
+//! (max similarity to the picks so far)`. Similarity is the catalogue's
+//! metric, as relevance is, so the two terms share a scale (under euclidean
+//! both are minus a distance). A list that runs dry hands its
 //! remaining quota to the lists after it, in order, which is how "trending,
 //! then a diverse fill" and "multi-interest, but never fewer than k" work.
 //!
@@ -25,7 +27,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{catalog::AttributeView, domain::dot, index::VectorIndex};
+use crate::{catalog::AttributeView, domain::Metric, index::VectorIndex};
 
 /// One candidate of one list.
 #[derive(Debug, Clone)]
@@ -71,7 +73,8 @@ pub struct Pick {
     pub reason: String,
 }
 
-/// Unit vectors of the candidates, fetched once per request.
+/// Vectors of the candidates (unit length under cosine), fetched once per
+/// request, and the metric they are compared with.
 #[derive(Debug)]
 pub struct Vectors<'a> {
     index: &'a VectorIndex,
@@ -84,6 +87,11 @@ impl<'a> Vectors<'a> {
             index,
             cache: HashMap::new(),
         }
+    }
+
+    /// The index's metric: how picks and anchors are compared.
+    pub fn metric(&self) -> Metric {
+        self.index.metric()
     }
 
     pub fn get(&mut self, key: &Arc<str>) -> Option<Arc<[f32]>> {
@@ -148,6 +156,7 @@ pub fn select(
     anchors: &[Anchor],
     cancelled: &dyn Fn() -> bool,
 ) -> Vec<Pick> {
+    let metric = vectors.metric();
     let mut taken = vec![0usize; lists.len()];
     // Per list and candidate: (max similarity to the picks folded in so far,
     // how many picks that covers), for incremental MMR.
@@ -218,7 +227,7 @@ pub fn select(
                     continue;
                 };
                 for p in &picked_vectors[*folded..] {
-                    *max_sim = max_sim.max(dot(p, &v));
+                    *max_sim = max_sim.max(metric.similarity(p, &v));
                 }
                 *folded = picked_vectors.len();
                 let value = (1.0 - lambda) * c.score - lambda * *max_sim;
@@ -270,7 +279,7 @@ pub fn select(
                     .and_then(|v| {
                         anchors
                             .iter()
-                            .map(|a| (a, dot(&a.vector, &v)))
+                            .map(|a| (a, metric.similarity(&a.vector, &v)))
                             .max_by(|x, y| x.1.total_cmp(&y.1))
                             .map(|(a, _)| a.reason.clone())
                     })
@@ -290,6 +299,7 @@ mod tests {
     use super::*;
     use crate::{
         catalog::AttributeTable,
+        domain::Attributes,
         index::{IndexParams, VectorIndex},
     };
     use proptest::prelude::*;
@@ -474,7 +484,7 @@ mod tests {
                         let v = vectors.get(&l.candidates[i].key).unwrap();
                         let red = picked
                             .iter()
-                            .map(|&j| dot(&vectors.get(&l.candidates[j].key).unwrap(), &v))
+                            .map(|&j| crate::domain::dot(&vectors.get(&l.candidates[j].key).unwrap(), &v))
                             .fold(f32::NEG_INFINITY, f32::max);
                         let value = (1.0 - lambda) * l.candidates[i].score - lambda * red;
                         if best.is_none_or(|(_, b)| value > b) {
@@ -505,6 +515,58 @@ mod tests {
         let picks = select(&[l], 2, None, &view, &mut vectors, &anchors, &|| false);
         let reasons: Vec<&str> = picks.iter().map(|p| p.reason.as_str()).collect();
         assert_eq!(reasons, ["near p0", "near p9"]);
+    }
+
+    /// Products `p0..` at `[i, 0]`, compared by Euclidean distance.
+    fn line(n: usize) -> (AttributeTable, VectorIndex) {
+        let table = AttributeTable::default();
+        let params = IndexParams {
+            metric: Metric::Euclidean,
+            ..IndexParams::default()
+        };
+        let index = VectorIndex::new(2, params);
+        for i in 0..n {
+            let id: Arc<str> = Arc::from(format!("p{i}"));
+            table.insert(Arc::clone(&id), Attributes::new());
+            index.upsert(id, Arc::from(vec![i as f32, 0.0])).unwrap();
+        }
+        (table, index)
+    }
+
+    /// MMR and reasons use the catalogue's metric: under Euclidean, the
+    /// picks' redundancy is minus their distance and the reason names the
+    /// nearest anchor, where a dot product would name the longest one.
+    #[test]
+    fn mmr_and_reasons_follow_the_metric() {
+        let (table, index) = line(11);
+        let view = table.view();
+        let mut vectors = Vectors::new(&index);
+        assert_eq!(vectors.metric(), Metric::Euclidean);
+        // Scored by distance from a query at the origin.
+        let ranked = [(1, -1.0), (2, -2.0), (9, -9.0)];
+        let plain = [list(&ranked, 2, 0.0)];
+        let diverse = [list(&ranked, 2, 0.7)];
+        let pick = |lists: &[List], vectors: &mut Vectors<'_>| {
+            keys(&select(lists, 2, None, &view, vectors, &[], &|| false))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&plain, &mut vectors), ["p1", "p2"]);
+        // After p1, p2 is worth 0.3 * -2 - 0.7 * -1 = 0.1, p9 0.3 * -9 -
+        // 0.7 * -8 = 2.9.
+        assert_eq!(pick(&diverse, &mut vectors), ["p1", "p9"]);
+
+        let anchor = |i: usize, reason: &str| Anchor {
+            reason: reason.to_owned(),
+            vector: index.get(&format!("p{i}")).unwrap(),
+        };
+        let anchors = [anchor(1, "near p1"), anchor(10, "near p10")];
+        let mut l = list(&[(2, -1.0), (8, -2.0)], 2, 0.0);
+        l.why = Why::NearestAnchor;
+        let picks = select(&[l], 2, None, &view, &mut vectors, &anchors, &|| false);
+        let reasons: Vec<&str> = picks.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons, ["near p1", "near p10"]);
     }
 
     #[test]

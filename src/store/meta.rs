@@ -8,6 +8,8 @@
 //!   version it was built from can tell it is stale. Absent means 0.
 //! - `catalog_model` (format 1: `u32` length + name, `u32` dim): the embedding model the catalog
 //!   was built with.
+//! - `catalog_metric` (format 1: `u32` length + name): the similarity metric the catalog was
+//!   created with (`cosine`, `dot`, `euclidean`, `manhattan`).
 
 use redb::{ReadableTable, Table, TableDefinition};
 
@@ -20,6 +22,7 @@ const META_NAME: &str = "meta";
 
 const VERSION_KEY: &str = "products_version";
 const CATALOG_MODEL_KEY: &str = "catalog_model";
+const CATALOG_METRIC_KEY: &str = "catalog_metric";
 const FORMAT_V1: u8 = 1;
 
 /// Reads and decodes `key`, or `None` if it was never written.
@@ -107,4 +110,26 @@ pub(super) fn init_catalog_model(
     }
     let dim = len_u32(dim, CATALOG_MODEL_KEY, "embedding")?;
     set_catalog_model(table, name, dim)
+}
+
+pub(super) fn catalog_metric(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<String>, StoreError> {
+    read(table, CATALOG_METRIC_KEY, "read catalog metric", |r| {
+        Ok(r.str("metric")?.to_owned())
+    })
+}
+
+pub(super) fn set_catalog_metric(
+    table: &mut Table<'_, &str, &[u8]>,
+    metric: &str,
+) -> Result<(), StoreError> {
+    let len = len_u32(metric.len(), CATALOG_METRIC_KEY, "metric")?;
+    let mut w = Writer::with_capacity(1 + 4 + metric.len());
+    w.u8(FORMAT_V1);
+    w.str(len, metric);
+    table
+        .insert(CATALOG_METRIC_KEY, w.finish().as_slice())
+        .map_err(db("set catalog metric"))?;
+    Ok(())
 }

@@ -37,6 +37,7 @@ mod codec;
 mod error;
 mod meta;
 mod products;
+mod thumbnails;
 mod users;
 
 #[cfg(test)]
@@ -57,6 +58,7 @@ pub use users::{
 
 use meta::META;
 use products::PRODUCTS;
+use thumbnails::THUMBNAILS;
 use users::{INTERACTIONS, PROFILES, TRENDS};
 
 use error::db;
@@ -172,6 +174,7 @@ impl Store {
         const OP: &str = "create tables";
         let txn = self.begin_write(OP)?;
         txn.open_table(PRODUCTS).map_err(db(OP))?;
+        txn.open_table(THUMBNAILS).map_err(db(OP))?;
         txn.open_table(META).map_err(db(OP))?;
         txn.open_table(INTERACTIONS).map_err(db(OP))?;
         txn.open_table(PROFILES).map_err(db(OP))?;
@@ -191,9 +194,12 @@ impl Store {
     /// Inserts or replaces one product in its own durable transaction and bumps the version.
     /// Returns only after the commit is on disk. Records the catalog model (from `p.model` and
     /// the embedding length) if none is recorded yet.
+    ///
+    /// Like every write without a thumbnail, it removes any thumbnail stored for the id: the
+    /// thumbnail showed the photo the product was last added from.
     pub fn put(&self, p: &StoredProduct) -> Result<Upsert, StoreError> {
         let mut upsert = Upsert::Created;
-        self.write_products("put", std::slice::from_ref(p), |u| upsert = u)?;
+        self.write_products("put", std::slice::from_ref(p), &[], |u| upsert = u)?;
         Ok(upsert)
     }
 
@@ -202,33 +208,61 @@ impl Store {
     /// [`Upsert::Replaced`]. An empty batch writes nothing and does not bump the version. The
     /// catalog model is recorded from the first product if none is recorded yet.
     pub fn put_batch(&self, ps: &[StoredProduct]) -> Result<Vec<Upsert>, StoreError> {
+        self.put_batch_with_thumbnails(ps, &[])
+    }
+
+    /// [`Self::put_batch`] with a thumbnail (JPEG bytes) per product: `thumbnails[i]` belongs
+    /// to `ps[i]`; `None`, or an index past the end of `thumbnails`, removes any stored one.
+    /// `has_thumbnail` of each product is set from this, whatever `ps` says.
+    pub fn put_batch_with_thumbnails(
+        &self,
+        ps: &[StoredProduct],
+        thumbnails: &[Option<&[u8]>],
+    ) -> Result<Vec<Upsert>, StoreError> {
         let mut upserts = Vec::with_capacity(ps.len());
-        self.write_products("put_batch", ps, |u| upserts.push(u))?;
+        self.write_products("put_batch", ps, thumbnails, |u| upserts.push(u))?;
         Ok(upserts)
     }
 
-    /// Shared body of `put` and `put_batch`: reports each product's [`Upsert`] in order.
+    /// Shared body of the puts: reports each product's [`Upsert`] in order.
     fn write_products(
         &self,
         op: &'static str,
         ps: &[StoredProduct],
+        thumbnails: &[Option<&[u8]>],
         mut report: impl FnMut(Upsert),
     ) -> Result<(), StoreError> {
         let Some(first) = ps.first() else {
             return Ok(());
         };
+        let thumbnail = |i: usize| thumbnails.get(i).copied().flatten();
         // Encode before taking the write transaction, which excludes every other writer.
         let values = ps
             .iter()
-            .map(products::encode)
+            .enumerate()
+            .map(|(i, p)| products::encode(p, thumbnail(i).is_some()))
             .collect::<Result<Vec<_>, _>>()?;
+        let thumbnail_values: Vec<Option<Vec<u8>>> = ps
+            .iter()
+            .enumerate()
+            .map(|(i, p)| thumbnail(i).map(|jpeg| thumbnails::encode(&p.id, jpeg)))
+            .collect();
         let txn = self.begin_write(op)?;
         let version = {
             let mut table = txn.open_table(PRODUCTS).map_err(db(op))?;
-            for (p, value) in ps.iter().zip(&values) {
+            let mut thumbs = txn.open_table(THUMBNAILS).map_err(db(op))?;
+            for ((p, value), thumb) in ps.iter().zip(&values).zip(&thumbnail_values) {
                 let old = table
                     .insert(p.id.as_str(), value.as_slice())
                     .map_err(db(op))?;
+                match thumb {
+                    Some(t) => {
+                        thumbs.insert(p.id.as_str(), t.as_slice()).map_err(db(op))?;
+                    }
+                    None => {
+                        thumbs.remove(p.id.as_str()).map_err(db(op))?;
+                    }
+                }
                 report(if old.is_some() {
                     Upsert::Replaced
                 } else {
@@ -253,6 +287,10 @@ impl Store {
             if table.remove(id).map_err(db(OP))?.is_none() {
                 None
             } else {
+                txn.open_table(THUMBNAILS)
+                    .map_err(db(OP))?
+                    .remove(id)
+                    .map_err(db(OP))?;
                 let mut meta = txn.open_table(META).map_err(db(OP))?;
                 Some(meta::bump_version(&mut meta)?)
             }
@@ -278,6 +316,84 @@ impl Store {
             return Ok(None);
         };
         products::decode(id, value.value()).map(Some)
+    }
+
+    /// The thumbnail stored for `id`, if any.
+    pub fn thumbnail(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        const OP: &str = "get thumbnail";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(THUMBNAILS).map_err(db(OP))?;
+        let Some(value) = table.get(id).map_err(db(OP))? else {
+            return Ok(None);
+        };
+        thumbnails::decode(id, value.value()).map(Some)
+    }
+
+    /// Sets and removes attributes of a stored product in one durable transaction; its
+    /// vector and thumbnail stay as they are. Returns the product as now stored, or `None`
+    /// (nothing written) if there is none. `set` wins over `remove` for a key in both.
+    ///
+    /// Does not bump the product version: the version tells a vector index dump whether it
+    /// is stale, and attributes are not in the dump.
+    pub fn update_attributes(
+        &self,
+        id: &str,
+        set: &std::collections::BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Option<StoredProduct>, StoreError> {
+        const OP: &str = "update attributes";
+        let txn = self.begin_write(OP)?;
+        let updated = {
+            let mut table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+            let current = match table.get(id).map_err(db(OP))? {
+                Some(value) => Some(products::decode(id, value.value())?),
+                None => None,
+            };
+            match current {
+                None => None,
+                Some(mut p) => {
+                    for key in remove {
+                        p.attributes.remove(key);
+                    }
+                    for (k, v) in set {
+                        p.attributes.insert(k.clone(), v.clone());
+                    }
+                    let value = products::encode(&p, p.has_thumbnail)?;
+                    table.insert(id, value.as_slice()).map_err(db(OP))?;
+                    Some(p)
+                }
+            }
+        };
+        match updated {
+            Some(p) => {
+                commit(txn, OP)?;
+                Ok(Some(p))
+            }
+            None => {
+                txn.abort().map_err(db(OP))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The similarity metric the catalog was created with, if recorded (by
+    /// [`Self::set_catalog_metric`]); stores from before metrics were recorded have none.
+    pub fn catalog_metric(&self) -> Result<Option<String>, StoreError> {
+        const OP: &str = "catalog metric";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(META).map_err(db(OP))?;
+        meta::catalog_metric(&table)
+    }
+
+    /// Records the catalog's similarity metric durably.
+    pub fn set_catalog_metric(&self, metric: &str) -> Result<(), StoreError> {
+        const OP: &str = "set catalog metric";
+        let txn = self.begin_write(OP)?;
+        {
+            let mut table = txn.open_table(META).map_err(db(OP))?;
+            meta::set_catalog_metric(&mut table, metric)?;
+        }
+        commit(txn, OP)
     }
 
     /// Number of stored products (O(1): redb keeps the count in the table header).

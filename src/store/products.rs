@@ -1,22 +1,28 @@
 //! The `products` table: one row per catalog product, keyed by product id.
 //!
 //! The id is the redb key (so `scan` yields id order for free and lookups are a B-tree probe);
-//! everything else lives in one versioned value, encoded as (format v2):
+//! everything else lives in one versioned value, encoded as (format v3):
 //!
 //! ```text
-//! u8   format = 2
+//! u8   format = 3
 //! u32  model length, model (UTF-8)
 //! u32  attribute count, then per attribute in strictly increasing key order:
 //!        u32 key length, key (UTF-8), u32 value length, value (UTF-8)
 //! u32  embedding dimension, then dimension x f32 little-endian
+//! u8   flags: bit 0 = a thumbnail row is stored under the same id; other bits 0
 //! u32  CRC-32 of the id's UTF-8 bytes, then of every byte above
 //! ```
+//!
+//! The thumbnail flag lives here, not only in the thumbnails table, because
+//! start-up reads every product row anyway while the thumbnails (kilobytes
+//! each) are read only when one is served.
 //!
 //! The checksum is what makes a damaged row detectable: redb checksums its
 //! pages only when it repairs after a crash, so a flipped bit inside a value
 //! would otherwise decode into a plausible product with a wrong vector. It
 //! covers the id (the key) too, so a value that ends up under another key
-//! fails as well. Format v1 (the same without the checksum) is still read.
+//! fails as well. Formats v2 (v3 without the flags) and v1 (v2 without the checksum) are
+//! still read, as products without a thumbnail.
 //!
 //! Attribute keys must be strictly increasing on decode: that is how a `BTreeMap` encodes, and
 //! refusing anything else means a decoded value always re-encodes to the same bytes, so a
@@ -37,6 +43,10 @@ const PRODUCTS_NAME: &str = "products";
 const FORMAT_V1: u8 = 1;
 /// v1's fields followed by a CRC-32 over the id and the value.
 const FORMAT_V2: u8 = 2;
+/// v2 with a flags byte before the checksum.
+const FORMAT_V3: u8 = 3;
+/// Bit of the flags byte: a thumbnail is stored.
+const FLAG_THUMBNAIL: u8 = 1;
 
 /// A catalog product as persisted.
 ///
@@ -52,10 +62,15 @@ pub struct StoredProduct {
     pub embedding: Vec<f32>,
     /// Name of the model that produced `embedding`.
     pub model: String,
+    /// Whether a thumbnail is stored with the product. Read back from the
+    /// row; on writes the store sets it from the thumbnails it is given, so
+    /// the flag and the thumbnails table never disagree.
+    pub has_thumbnail: bool,
 }
 
-/// Encodes everything but the id into a product value.
-pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
+/// Encodes everything but the id into a product value, with the thumbnail
+/// flag `has_thumbnail` (not `p.has_thumbnail`: see the field).
+pub(super) fn encode(p: &StoredProduct, has_thumbnail: bool) -> Result<Vec<u8>, StoreError> {
     let id = p.id.as_str();
     let model_len = len_u32(p.model.len(), id, "model")?;
     let attr_count = len_u32(p.attributes.len(), id, "attributes")?;
@@ -67,9 +82,9 @@ pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
         .map(|(k, v)| 8 + k.len() + v.len())
         .sum();
     let mut w = Writer::with_capacity(
-        1 + 4 + p.model.len() + 4 + attr_bytes + 4 + 4 * p.embedding.len() + CHECKSUM_BYTES,
+        1 + 4 + p.model.len() + 4 + attr_bytes + 4 + 4 * p.embedding.len() + 1 + CHECKSUM_BYTES,
     );
-    w.u8(FORMAT_V2);
+    w.u8(FORMAT_V3);
     w.str(model_len, &p.model);
     w.u32(attr_count);
     for (k, v) in &p.attributes {
@@ -77,6 +92,7 @@ pub(super) fn encode(p: &StoredProduct) -> Result<Vec<u8>, StoreError> {
         w.str(len_u32(v.len(), id, "attribute value")?, v);
     }
     w.f32s(dim, &p.embedding);
+    w.u8(if has_thumbnail { FLAG_THUMBNAIL } else { 0 });
     Ok(seal(&[id.as_bytes()], w.finish()))
 }
 
@@ -86,7 +102,12 @@ pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<StoredProduct, StoreError
 }
 
 fn decode_value(id: &str, bytes: &[u8]) -> Result<StoredProduct, Malformed> {
-    let (body, version) = checked_body(&[id.as_bytes()], bytes, FORMAT_V2, FORMAT_V1)?;
+    let checked = if bytes.first() == Some(&FORMAT_V3) {
+        FORMAT_V3
+    } else {
+        FORMAT_V2
+    };
+    let (body, version) = checked_body(&[id.as_bytes()], bytes, checked, FORMAT_V1)?;
     let mut r = Reader::new(body);
     r.format(version)?;
     let model = r.str("model")?.to_owned();
@@ -107,12 +128,22 @@ fn decode_value(id: &str, bytes: &[u8]) -> Result<StoredProduct, Malformed> {
         attributes.insert(k.to_owned(), v.to_owned());
     }
     let embedding = r.f32s("embedding")?;
+    let has_thumbnail = if version == FORMAT_V3 {
+        match r.u8("flags")? {
+            0 => false,
+            FLAG_THUMBNAIL => true,
+            other => return Err(Malformed(format!("unknown flags {other:#04x}"))),
+        }
+    } else {
+        false
+    };
     r.finish()?;
     Ok(StoredProduct {
         id: id.to_owned(),
         attributes,
         embedding,
         model,
+        has_thumbnail,
     })
 }
 
@@ -132,20 +163,25 @@ mod tests {
             // Arbitrary bit patterns: NaNs with payloads, infinities, subnormals, -0.0.
             proptest::collection::vec(any::<u32>().prop_map(f32::from_bits), 0..64),
             ".{0,10}",
+            any::<bool>(),
         )
-            .prop_map(|(id, attributes, embedding, model)| StoredProduct {
-                id,
-                attributes,
-                embedding,
-                model,
-            })
+            .prop_map(
+                |(id, attributes, embedding, model, has_thumbnail)| StoredProduct {
+                    id,
+                    attributes,
+                    embedding,
+                    model,
+                    has_thumbnail,
+                },
+            )
     }
 
     proptest! {
         #[test]
         fn decode_inverts_encode(p in product()) {
-            let bytes = encode(&p).unwrap();
+            let bytes = encode(&p, p.has_thumbnail).unwrap();
             let back = decode(&p.id, &bytes).unwrap();
+            prop_assert_eq!(back.has_thumbnail, p.has_thumbnail);
             prop_assert_eq!(&back.id, &p.id);
             prop_assert_eq!(&back.model, &p.model);
             prop_assert_eq!(&back.attributes, &p.attributes);
@@ -157,14 +193,18 @@ mod tests {
             bytes in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             // Anything accepted must re-encode to exactly the same bytes (a
-            // v1 value to the same fields as v2, with the checksum added).
+            // v1 or v2 value to the same fields as v3, with the checksum and
+            // an empty flags byte added).
             if let Ok(p) = decode("k", &bytes) {
-                let again = encode(&p).unwrap();
-                if bytes[0] == FORMAT_V2 {
-                    prop_assert_eq!(again, bytes);
-                } else {
-                    prop_assert_eq!(bytes[0], FORMAT_V1);
-                    prop_assert_eq!(&again[1..again.len() - CHECKSUM_BYTES], &bytes[1..]);
+                let again = encode(&p, p.has_thumbnail).unwrap();
+                let fields = &again[1..again.len() - CHECKSUM_BYTES - 1];
+                match bytes[0] {
+                    FORMAT_V3 => prop_assert_eq!(again, bytes),
+                    FORMAT_V2 => prop_assert_eq!(fields, &bytes[1..bytes.len() - CHECKSUM_BYTES]),
+                    other => {
+                        prop_assert_eq!(other, FORMAT_V1);
+                        prop_assert_eq!(fields, &bytes[1..]);
+                    }
                 }
             }
         }
@@ -177,7 +217,7 @@ mod tests {
         ) {
             // Random bytes almost never get past the format byte; damaging a real value reaches
             // the deeper fields.
-            let original = encode(&p).unwrap();
+            let original = encode(&p, p.has_thumbnail).unwrap();
             let mut bytes = original.clone();
             for (at, x) in flips {
                 let i = at.index(bytes.len());
@@ -199,8 +239,9 @@ mod tests {
             attributes: BTreeMap::from([("c".into(), "red".into())]),
             embedding: vec![1.0],
             model: "m".into(),
+            has_thumbnail: true,
         };
-        let body: Vec<u8> = [
+        let v2_body: Vec<u8> = [
             &[2u8][..],
             &[1, 0, 0, 0, b'm'],
             &[1, 0, 0, 0],
@@ -209,15 +250,30 @@ mod tests {
             &1.0f32.to_le_bytes(),
         ]
         .concat();
-        let mut h = crc32fast::Hasher::new();
-        h.update(b"sku-1");
-        h.update(&body);
-        let expected = [&body[..], &h.finalize().to_le_bytes()].concat();
-        assert_eq!(encode(&p).unwrap(), expected);
-        // v1 (no checksum) is still read.
-        let mut v1 = body.clone();
+        let sealed = |body: &[u8]| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(b"sku-1");
+            h.update(body);
+            [body, &h.finalize().to_le_bytes()].concat()
+        };
+        let mut v3_body = v2_body.clone();
+        v3_body[0] = 3;
+        v3_body.push(FLAG_THUMBNAIL);
+        assert_eq!(encode(&p, true).unwrap(), sealed(&v3_body));
+        // v2 (no flags) and v1 (no checksum) are still read, without a thumbnail.
+        let without = StoredProduct {
+            has_thumbnail: false,
+            ..p.clone()
+        };
+        assert_eq!(decode("sku-1", &sealed(&v2_body)).unwrap(), without);
+        let mut v1 = v2_body.clone();
         v1[0] = 1;
-        assert_eq!(decode("sku-1", &v1).unwrap(), p);
+        assert_eq!(decode("sku-1", &v1).unwrap(), without);
+        // Unknown flag bits are damage, not a newer format to guess at.
+        let mut odd = v3_body.clone();
+        *odd.last_mut().unwrap() = 2;
+        let err = decode("sku-1", &sealed(&odd)).unwrap_err();
+        assert!(err.to_string().contains("unknown flags"), "{err}");
     }
 
     #[test]
@@ -227,8 +283,9 @@ mod tests {
             attributes: BTreeMap::new(),
             embedding: vec![0.6, 0.8],
             model: "m".into(),
+            has_thumbnail: false,
         };
-        let bytes = encode(&p).unwrap();
+        let bytes = encode(&p, false).unwrap();
         let err = decode("sku-2", &bytes).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
         let mut flipped = bytes.clone();

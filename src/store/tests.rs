@@ -26,6 +26,7 @@ fn product(id: &str, seed: u32) -> StoredProduct {
         ]),
         embedding: (0..8).map(|i| (seed * 8 + i) as f32 * 0.25 - 1.0).collect(),
         model: "clip-vit-b32".to_owned(),
+        has_thumbnail: false,
     }
 }
 
@@ -183,12 +184,14 @@ fn reopen_preserves_everything_bit_identically() {
             ]),
             embedding: odd_floats,
             model: String::new(),
+            has_thumbnail: false,
         },
         StoredProduct {
             id: "c-empty".into(),
             attributes: BTreeMap::new(),
             embedding: Vec::new(),
             model: "m".into(),
+            has_thumbnail: false,
         },
     ];
     store.put_batch(&written).unwrap();
@@ -411,6 +414,7 @@ fn crash_product(id: &str) -> StoredProduct {
         attributes: BTreeMap::from([("id-again".to_owned(), id.to_owned())]),
         embedding,
         model: "crash-model".to_owned(),
+        has_thumbnail: false,
     }
 }
 

@@ -13,14 +13,14 @@ use std::{
 };
 
 use lookbook::{
-    api::proto::{self, recommender_client::RecommenderClient},
+    api::proto::{self, recommender_service_client::RecommenderServiceClient},
     app::Bound,
     config::{Config, Overrides},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-pub type Client = RecommenderClient<Channel>;
+pub type Client = RecommenderServiceClient<Channel>;
 
 /// Generous client limit so tests can send requests larger than the
 /// server's limit and see the server refuse them.
@@ -129,7 +129,7 @@ pub async fn connect(url: &str) -> Client {
         .connect()
         .await
         .expect("connect to test server");
-    RecommenderClient::new(channel)
+    RecommenderServiceClient::new(channel)
         .max_decoding_message_size(CLIENT_LIMIT)
         .max_encoding_message_size(CLIENT_LIMIT)
 }
@@ -152,6 +152,125 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("read the response");
     parse_http(&raw)
+}
+
+/// A whole HTTP/1.1 response, body as bytes.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// `error.status` of a JSON error body.
+    pub fn error_status(&self) -> String {
+        self.json()["error"]["status"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.status in {}", String::from_utf8_lossy(&self.body)))
+            .to_owned()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; binary-safe.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP port");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    // The server may answer (413, 401) before reading the whole body and
+    // close, which breaks the rest of the upload; what it sent is still
+    // there to read.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    assert!(!raw.is_empty(), "{method} {path}: no response");
+    parse_reply(&raw)
+}
+
+/// Parses a raw HTTP/1.1 response read to its end.
+pub fn parse_reply(raw: &[u8]) -> HttpReply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        let mut out = Vec::new();
+        let mut rest = rest;
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+                .expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Status and body of a raw HTTP/1.1 response (`Content-Length` or
@@ -198,7 +317,7 @@ pub async fn wait_serving(url: &str) {
             let mut health = HealthClient::new(channel);
             if let Ok(r) = health
                 .check(HealthCheckRequest {
-                    service: "lookbook.v1.Recommender".into(),
+                    service: "lookbook.v1.RecommenderService".into(),
                 })
                 .await
                 && r.into_inner().status == 1
