@@ -546,7 +546,13 @@ def section_index(fr: Fragments, params: dict) -> Section:
                 for lib in INDEX_LIBS) + " |",
             ""]
         s.extra_md += sweep_table(frags)
+        engines = {lib: fr.load(f"index-{sc}-{lib}.json", required=False) for lib in INDEX_ENGINES}
+        s.extra_md += engine_table(s, sc, ours, engines)
+        s.extra_md += filter_table(s, sc, {"lookbook": ours, "hnswlib": frags["hnswlib"], "faiss": frags["faiss"]}
+                                   | {INDEX_ENGINES[lib]: f for lib, f in engines.items() if f is not None})
         params["index"][sc] = {lib: index_params(f) for lib, f in frags.items()}
+        params["index"][sc]["engines"] = {lib: index_params(f) | {"runs": sweep_runs(f), "lib": get(f, "lib")}
+                                          for lib, f in engines.items() if f is not None}
         params["index"][sc]["sweep"] = {lib: sweep_runs(frags[lib]) for lib in INDEX_PEERS_HNSW}
     if "1m" not in scales:
         s.notes.append("1m: not run (BENCH_SCALES without 1m).")
@@ -559,6 +565,77 @@ def section_index(fr: Fragments, params: dict) -> Section:
 
 # The HNSW libraries of the sweep table (scikit-learn has no ef_search).
 INDEX_PEERS_HNSW = ("lookbook", "hnswlib", "faiss")
+
+
+# Engine candidates measured in the same harness as the own graph
+# (`bench-index --usearch`): fragment name suffix -> label.
+INDEX_ENGINES = {"usearch-f32": "usearch f32", "usearch-f16": "usearch f16",
+                 "usearch-i8": "usearch int8 + exact re-rank of 40"}
+
+
+def engine_table(s: Section, sc: str, ours, engines: dict) -> list[str]:
+    """Markdown: the own graph against each engine candidate, best QPS per recall target, build and memory."""
+    present = {lib: f for lib, f in engines.items() if f is not None}
+    if not present:
+        return []
+    out = ["Index engine candidates in the same harness (`bench-index --usearch`): best QPS at each recall "
+           "target (ef_search), build seconds, memory per vector:", "",
+           "| | lookbook (own graph, f32) | " + " | ".join(INDEX_ENGINES[lib] for lib in present) + " |",
+           "|---" * (len(present) + 2) + "|"]
+    for threads in INDEX_THREADS:
+        for target in RECALL_TARGETS:
+            ob, otop = best_run(ours, threads, target)
+            line = [f"{threads} thread{'s' if threads > 1 else ''}, recall@10 >= {target}"]
+            first = None
+            for lib, f in present.items():
+                pb, ptop = best_run(f, threads, target)
+                r = s.add(row(f"{sc}, {threads} thread{'s' if threads > 1 else ''}, recall@10 >= {target}: "
+                              f"best QPS, own graph vs {INDEX_ENGINES[lib]}", ob[0] if ob else None,
+                              pb[0] if pb else None, lib, "QPS",
+                              ours_detail=index_detail(ours, ob, otop), peer_detail=index_detail(f, pb, ptop),
+                              ours_missing=ours is None))
+                first = first or cell(r, "ours")
+                line.append(cell(r, "peer") + (f"; own {r['ratio']:.2f}x" if r["ratio"] else ""))
+            out.append("| " + " | ".join(md_escape(c) for c in [line[0], first or "–"] + line[1:]) + " |")
+    out.append("| build seconds | " + " | ".join(
+        fmt(num(get(f, "build_seconds")), "s") if num(get(f, "build_seconds")) is not None else "missing"
+        for f in [ours, *present.values()]) + " |")
+    out.append("| memory per vector | " + " | ".join(
+        fmt(num(get(f, "memory_bytes_per_vector")), "bytes") if num(get(f, "memory_bytes_per_vector")) is not None
+        else "missing" for f in [ours, *present.values()]) + " |")
+    return out + [""]
+
+
+def filter_table(s: Section, sc: str, libs: dict) -> list[str]:
+    """Markdown: the selectivity sweep (recall@10 against the filtered exact top 10, QPS at 1 / 2 threads)."""
+    cells, ef, nq = {}, {}, {}
+    for lib, frag in libs.items():
+        for r in get(frag, "filtered") or []:
+            if isinstance(r, dict) and num(r.get("selectivity")) is not None:
+                cells.setdefault((r["selectivity"], r.get("admitted")), {}).setdefault(lib, {})[r.get("threads")] = r
+                ef[lib], nq[lib] = r.get("ef_search"), r.get("nq")
+    if not cells:
+        return []
+    names = [lib for lib in libs if lib in ef]
+    out = [f"Filtered search, selectivity sweep: recall@10 against the exact top 10 among the admitted rows, "
+           f"QPS with 1 / 2 threads (ef_search {', '.join(f'{lib} {ef[lib]}' for lib in names)}; "
+           f"{max(nq.values())} queries):", "",
+           "| admitted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for (share, rows) in sorted(cells, key=lambda c: c[0]):
+        line = [f"{share:.1%} ({rows:,} rows)" if isinstance(rows, int) else f"{share:.1%}"]
+        for lib in names:
+            runs = cells[(share, rows)].get(lib, {})
+            rec = next((num(r.get("recall_at_10")) for r in runs.values()), None)
+            qps = [num(runs.get(t, {}).get("qps")) for t in INDEX_THREADS]
+            line.append("–" if rec is None else f"{rec:.4f}, " + " / ".join(
+                "–" if q is None else f"{q:,.0f}" for q in qps))
+            for t in INDEX_THREADS:
+                r = runs.get(t)
+                if r is not None:
+                    s.add(row(f"{sc}, filter admitting {share:.1%}, {t} thread{'s' if t > 1 else ''}: QPS, {lib}",
+                              num(r.get("qps")), unit="QPS", ours_detail=f"recall@10 {num(r.get('recall_at_10')):.4f}"))
+        out.append("| " + " | ".join(line) + " |")
+    return out + [""]
 
 
 def sweep_runs(frag) -> list[dict]:

@@ -36,6 +36,8 @@ py=.cache/bench-venv/bin/python
 int8=models/efficientnet_lite2_int8.toml
 # ef_search values swept for every HNSW library (M 16, ef_construction 200 for all).
 efs=10,16,24,32,64,128,256
+# Shares of the base admitted by the filtered searches of the selectivity sweep.
+filters=0.001,0.01,0.1,0.5
 
 [[ -f "$data/styles.csv" ]] || { echo "bench: no sample at $data (set LOOKBOOK_FASHION_DATA)" >&2; exit 1; }
 started=$(date +%s)
@@ -87,14 +89,26 @@ step "index datasets: sample, 12k, $scales"
     --out "$work" --scales "sample,12k,$scales" --queries 1000 --seed 42
 
 for scale in sample ${scales//,/ }; do
-    step "index sweep at $scale: lookbook, hnswlib, faiss, scikit-learn"
+    step "index sweep at $scale: lookbook, usearch, hnswlib, faiss, scikit-learn"
+    # The selectivity sweep (filters admitting 0.1% to 50% of the rows) runs
+    # beyond the sample, whose 0.1% would be a handful of rows.
+    filter=()
+    [[ $scale == sample ]] || filter=(--filter "$filters" --filter-ef 64 --filter-queries 200)
     "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
-        --ef-search "$efs" --threads 1,2 \
+        --ef-search "$efs" --threads 1,2 "${filter[@]}" \
         --json "$results/index-$scale-lookbook.json"
+    # The engine decision (README, "index engine"): the usearch crate in the
+    # same harness, with f32, f16 and int8 storage (int8 re-ranked exactly).
+    for storage in f32 f16 i8; do
+        rerank=$([[ $storage == i8 ]] && echo 40 || echo 0)
+        "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
+            --ef-search "$efs" --threads 1,2 --usearch "$storage" --rerank "$rerank" "${filter[@]}" \
+            --json "$results/index-$scale-usearch-$storage.json"
+    done
     for lib in hnswlib faiss; do
         "$py" bench/peers/index_peers.py --data "$work/$scale" --lib "$lib" --m 16 \
             --ef-construction 200 --ef-search "$efs" \
-            --threads 1,2 --build-threads 2 --out "$results/index-$scale-$lib.json"
+            --threads 1,2 --build-threads 2 "${filter[@]}" --out "$results/index-$scale-$lib.json"
     done
     # Exact search costs ~0.5 s per query at 100K here; its cost per query
     # does not depend on the query, so a few suffice beyond the sample.

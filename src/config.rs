@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    domain::Metric, encoder::EncoderConfig, index::IndexParams, personalize::PersonalizeConfig,
+    domain::Metric,
+    encoder::EncoderConfig,
+    index::{IndexParams, Quantization},
+    personalize::PersonalizeConfig,
 };
 
 /// Environment prefix; `__` separates nesting levels.
@@ -314,6 +317,11 @@ pub struct IndexConfig {
     /// unit length), `dot`, `euclidean` or `manhattan` (vectors stored as
     /// given). A property of the data: choose it before the first import.
     pub metric: Metric,
+    /// How the graph keeps the vectors its search walks: `none` (f32),
+    /// `f16` or `int8` (a quarter of the bytes per dimension); results are
+    /// re-ranked with the full-precision vectors either way. Not a property
+    /// of the data: it can change between restarts.
+    pub quantization: Quantization,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,6 +428,7 @@ impl Default for IndexConfig {
             maintenance_interval: Duration::from_secs(5),
             checkpoint_changes: 10_000,
             metric: p.metric,
+            quantization: p.quantization,
         }
     }
 }
@@ -648,6 +657,7 @@ impl Config {
             rebuild_min_dead: self.index.rebuild_min_dead,
             exact_threshold: self.index.exact_threshold,
             metric: self.index.metric,
+            quantization: self.index.quantization,
             ..IndexParams::default()
         }
     }

@@ -450,3 +450,97 @@ async fn the_metric_is_a_property_of_the_data_dir() {
     assert_eq!(r.items[0].product_id, "b");
     server.stop().await;
 }
+
+/// `index.quantization` is a setting, not a property of the data: a data
+/// dir serves the same answers, with exact scores, whichever mode it starts
+/// in (the dump and the store hold full-precision vectors; codes are made
+/// again at start). A quantized index keeps its full vectors in files under
+/// `index-vectors/`, which start-up clears of anything a crash left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantization_changes_memory_not_answers() {
+    use lookbook::index::Quantization;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    // The graph is the point: no exact scans of a small catalogue.
+    config.index.exact_threshold = 0;
+    config.index.ef_search = 200;
+    config.index.quantization = Quantization::Int8;
+    let mut rng = Rng::new(16);
+    let vectors: Vec<Vec<f32>> = (0..300)
+        .map(|_| {
+            let v: Vec<f32> = (0..DIM).map(|_| rng.gaussian()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    let server = TestServer::start(config.clone()).await;
+    let mut c = server.client().await;
+    for (i, v) in vectors.iter().enumerate() {
+        c.add_product(embedding_request(&format!("p{i}"), v.clone(), &[]))
+            .await
+            .expect("add");
+    }
+    // Cosine scores of the top 10 for a few queries, computed here.
+    let exact = |q: usize| -> Vec<(String, f32)> {
+        let mut all: Vec<(String, f32)> = vectors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != q)
+            .map(|(i, v)| {
+                let dot: f32 = v.iter().zip(&vectors[q]).map(|(a, b)| a * b).sum();
+                (format!("p{i}"), dot)
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        all.truncate(10);
+        all
+    };
+    let queries = [0, 17, 123, 299];
+    let answers = |mut c: Client| async move {
+        let mut out = Vec::new();
+        for q in queries {
+            let r = c
+                .recommend_similar(similar_to_id(&format!("p{q}"), 10))
+                .await
+                .expect("similar")
+                .into_inner();
+            out.push(
+                r.items
+                    .into_iter()
+                    .map(|i| (i.product_id, i.score))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        out
+    };
+    let first = answers(c.clone()).await;
+    for (got, q) in first.iter().zip(queries) {
+        let want = exact(q);
+        assert_eq!(got.len(), 10);
+        for ((gid, gs), (wid, ws)) in got.iter().zip(&want) {
+            assert_eq!(gid, wid, "query p{q}: {got:?} vs {want:?}");
+            assert!((gs - ws).abs() < 1e-4, "exact score: {gs} vs {ws}");
+        }
+    }
+    let vector_dir = dir.path().join("index-vectors");
+    assert!(
+        vector_dir.is_dir(),
+        "the full vectors live in {vector_dir:?}"
+    );
+    server.stop().await;
+
+    // What a crash could leave behind is cleared at start; every mode
+    // answers the same from the same data dir.
+    for quantization in [Quantization::F16, Quantization::None, Quantization::Int8] {
+        let stale = vector_dir.join("left-by-a-crash");
+        std::fs::create_dir_all(&vector_dir).expect("dir");
+        std::fs::write(&stale, b"stale").expect("write");
+        let mut config = config.clone();
+        config.index.quantization = quantization;
+        let server = TestServer::start(config).await;
+        assert!(!stale.exists(), "{quantization}: stale vector file kept");
+        let c = server.client().await;
+        assert_eq!(answers(c).await, first, "{quantization}");
+        server.stop().await;
+    }
+}

@@ -107,8 +107,16 @@ class HnswlibPeer:
     def set_ef(self, ef: int | None) -> None:
         self.index.set_ef(ef)
 
+    def set_filter(self, mask: np.ndarray | None) -> None:
+        self.mask = mask
+
     def searcher(self) -> Callable[[np.ndarray], np.ndarray]:
         index = self.index
+        if getattr(self, "mask", None) is not None:
+            # hnswlib's filter is a Python callable asked about each candidate
+            # label (it takes the GIL for each call): its documented way.
+            admit = self.mask
+            return lambda q: index.knn_query(q, k=K, num_threads=1, filter=lambda label: bool(admit[label]))[0][0]
         # num_threads=1 runs the query in the calling thread; the GIL is released inside.
         return lambda q: index.knn_query(q, k=K, num_threads=1)[0][0]
 
@@ -126,11 +134,25 @@ class FaissPeer:
 
     def set_ef(self, ef: int | None) -> None:
         self.index.hnsw.efSearch = ef  # set before the worker threads start
+        self.ef = ef
+
+    def set_filter(self, mask: np.ndarray | None) -> None:
+        self.params = None
+        if mask is not None:
+            # An id selector over a bitmap (bit i of byte i // 8, low bit
+            # first), checked inside the C++ search; the bytes must outlive it.
+            self.bitmap = np.packbits(mask.astype(np.uint8), bitorder="little")
+            self.selector = self.faiss.IDSelectorBitmap(len(mask), self.faiss.swig_ptr(self.bitmap))
+            self.params = self.faiss.SearchParametersHNSW()
+            self.params.sel = self.selector
+            self.params.efSearch = self.ef
 
     def searcher(self) -> Callable[[np.ndarray], np.ndarray]:
         # The OpenMP thread count is a per-thread setting: pin it in the worker itself.
         self.faiss.omp_set_num_threads(1)
-        index = self.index
+        index, params = self.index, getattr(self, "params", None)
+        if params is not None:
+            return lambda q: index.search(q, K, params=params)[1][0]
         return lambda q: index.search(q, K)[1][0]
 
 
@@ -222,8 +244,26 @@ class Workers:
 
 
 def recall_at_k(found: np.ndarray, gt: np.ndarray) -> float:
-    hits = sum(len(np.intersect1d(f, g)) for f, g in zip(found, gt))
-    return hits / (len(gt) * K)
+    hits = sum(len(np.intersect1d(f[f >= 0], g[g >= 0])) for f, g in zip(found, gt))
+    return hits / max(1, int((gt >= 0).sum()))
+
+
+def admitted(n: int, share: float) -> np.ndarray:
+    """Rows the selectivity-`share` filter admits: a multiplicative hash of the row
+    number below share * 2^32, exactly as `perf::admitted` in lookbook-bench."""
+    rows = np.arange(n, dtype=np.uint64)
+    return ((rows * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) < np.uint64(int(share * 2**32))
+
+
+def filtered_truth(base: np.ndarray, queries: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Exact top-K row numbers among the admitted rows (best first, ties by row; -1 pads)."""
+    rows = np.flatnonzero(mask)
+    out = np.full((len(queries), K), -1, dtype=np.int64)
+    scores = queries @ base[rows].T
+    for i, sc in enumerate(scores):
+        order = np.lexsort((rows, -sc))[:K]
+        out[i, :len(order)] = rows[order]
+    return out
 
 
 def measure(peer, queries: list[np.ndarray], gt: np.ndarray, threads: int,
@@ -260,6 +300,10 @@ def main() -> None:
                     help="measure at least this long per run (whole passes; default 1.0)")
     ap.add_argument("--max-queries", type=int, default=None,
                     help="use only the first N queries (for slow exact search at large n; nq in the JSON says how many)")
+    ap.add_argument("--filter", type=lambda t: [float(x) for x in t.split(",") if x.strip()], default=[],
+                    help="selectivity sweep: shares of the base admitted by filtered searches (hnswlib, faiss)")
+    ap.add_argument("--filter-ef", type=int, default=64, help="ef_search of the filtered searches (default 64)")
+    ap.add_argument("--filter-queries", type=int, default=200, help="queries per selectivity (default 200)")
     ap.add_argument("--out", type=Path, required=True, help="result JSON")
     args = ap.parse_args()
 
@@ -296,6 +340,23 @@ def main() -> None:
                 log(f"ef_search={ef} threads={threads}: {qps:,.1f} qps, recall@10 {recall:.4f}, "
                     f"CPU {cpu:.2f} cores")
 
+    filtered = []
+    if args.filter and hnsw:
+        fq = min(args.filter_queries, len(query_rows))
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            peer.set_ef(args.filter_ef)
+            for share in args.filter:
+                mask = admitted(n, share)
+                truth = filtered_truth(base, query_rows[:fq], mask)
+                peer.set_filter(mask)
+                for threads in args.threads:
+                    qps, recall, cpu = measure(peer, queries[:fq], truth, threads, args.min_seconds)
+                    filtered.append({"selectivity": share, "admitted": int(mask.sum()), "ef_search": args.filter_ef,
+                                     "threads": threads, "nq": fq, "qps": qps, "recall_at_10": recall})
+                    log(f"filter {share} ({int(mask.sum())} rows) threads={threads}: {qps:,.1f} qps, "
+                        f"recall@10 {recall:.4f}, CPU {cpu:.2f} cores")
+            peer.set_filter(None)
+
     result = {
         "lib": args.lib, "version": package_version(args.lib), "scale": meta["scale"],
         "n": n, "nq": nq, "dim": dim,
@@ -304,6 +365,8 @@ def main() -> None:
         "memory_bytes_per_vector": index_bytes / n, "raw_vector_bytes": 4 * dim,
         "runs": runs,
     }
+    if filtered:
+        result["filtered"] = filtered
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -103,6 +103,7 @@ fn index(e: &IndexError) -> Public {
         | IndexError::Io { .. }
         | IndexError::CorruptDump { .. }
         | IndexError::DumpUnsupported { .. }
+        | IndexError::VectorFile { .. }
         | IndexError::Internal { .. } => Public::internal(),
     }
 }

@@ -49,6 +49,10 @@ pub use check::{CheckReport, DumpState, check};
 const STORE_FILE: &str = "catalog.redb";
 /// Folder of the index dump inside the data directory.
 const INDEX_DUMP_DIR: &str = "index";
+/// Where a quantized index keeps its full-precision vectors (see
+/// `IndexParams::vector_dir`): files that live only as long as the process,
+/// so whatever a crash left there is removed at open.
+const INDEX_VECTOR_DIR: &str = "index-vectors";
 /// `dumped_version` when no dump matches the store.
 const NO_DUMP: u64 = u64::MAX;
 /// A checkpoint is reconciled with the store while at most
@@ -234,10 +238,14 @@ impl Catalog {
     pub async fn open(
         data_dir: PathBuf,
         encoder: Encoder,
-        params: IndexParams,
+        mut params: IndexParams,
         max_pending_writes: usize,
     ) -> Result<(Self, StartupReport), CatalogError> {
         let started = Instant::now();
+        let vector_dir = params
+            .vector_dir
+            .get_or_insert_with(|| data_dir.join(INDEX_VECTOR_DIR))
+            .clone();
         let model = encoder.model_name().to_owned();
         let dim = u32::try_from(encoder.dim())
             .map_err(|_| CatalogError::Internal("the model's dimension does not fit in u32"))?;
@@ -254,6 +262,18 @@ impl Catalog {
                 })?;
                 let store_path = data_dir.join(STORE_FILE);
                 let store = survive_store_panic(&store_path, || Ok(Store::open(&store_path)?))?;
+                // After the store is open: it locks the data dir, so no other
+                // process is using these files.
+                match std::fs::remove_dir_all(&vector_dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(CatalogError::DataDir {
+                            path: vector_dir,
+                            source,
+                        });
+                    }
+                }
                 // The metric is a property of the data, like the model:
                 // scores, stored vectors (normalised or not) and the graph
                 // all depend on it. Stores from before it was recorded were

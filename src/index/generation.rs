@@ -51,7 +51,7 @@ impl fmt::Debug for Generation {
 
 impl Generation {
     pub(crate) fn empty(params: &IndexParams) -> Self {
-        let graph = Graph::new(shape_of(params));
+        let graph = Graph::with_vector_dir(shape_of(params), params.vector_dir.as_deref());
         Self::from_parts(graph, SlotTable::new(), HashMap::new(), 0)
     }
 
@@ -87,9 +87,7 @@ impl Generation {
     pub(crate) fn insert_one(&self, key: Arc<str>, vector: &[f32]) -> Result<bool, IndexError> {
         self.check_in_step()?;
         let id = self.slots.len();
-        let node = self.graph.push(vector).ok_or(IndexError::Internal {
-            reason: "the graph is full".into(),
-        })?;
+        let node = self.graph.push(vector)?;
         self.graph.link(node);
         self.append(key, id, node)
     }
@@ -108,9 +106,9 @@ impl Generation {
         self.check_in_step()?;
         let start = self.slots.len();
         for (i, (_, vector)) in items.iter().enumerate() {
-            if self.graph.push(vector) != Some(start + i) {
+            if self.graph.push(vector)? != start + i {
                 return Err(IndexError::Internal {
-                    reason: format!("could not publish node {}", start + i),
+                    reason: format!("node {} published out of order", start + i),
                 });
             }
         }
@@ -335,6 +333,7 @@ pub(crate) fn shape_of(params: &IndexParams) -> Shape {
         ef_construction: params.ef_construction,
         layers: params.max_layer,
         metric: params.metric,
+        quantization: params.quantization,
     }
 }
 

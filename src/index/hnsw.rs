@@ -35,13 +35,17 @@ use std::cell::RefCell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
+use super::IndexError;
 use super::distance::Metric;
+use super::quant::{Code, Probe, Quantization};
 use super::slots::AppendTable;
+use super::spill::FullVectors;
 
 /// `entry` when the graph is empty.
 const NO_ENTRY: u64 = u64::MAX;
@@ -91,6 +95,40 @@ impl PartialEq for Near {
 
 impl Eq for Near {}
 
+/// See [`Graph::heap_bytes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphBytes {
+    /// Heap bytes of what the walk reads: nodes, codes and link lists.
+    pub walk: usize,
+    /// Heap bytes of full-precision vectors kept beside codes.
+    pub full: usize,
+    /// Bytes of full-precision vectors kept in mapped files (page cache as
+    /// far as re-ranking touches them, not heap).
+    pub mapped: usize,
+}
+
+/// Why a node could not be published.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushError {
+    #[error("the graph holds as many nodes as u32 ids address")]
+    Full,
+    #[error("the node and vector tables are out of step (concurrent writers?)")]
+    OutOfStep,
+    #[error("writing the full-precision vector: {0}")]
+    VectorFile(#[source] io::Error),
+}
+
+impl From<PushError> for IndexError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::VectorFile(source) => IndexError::VectorFile { source },
+            PushError::Full | PushError::OutOfStep => IndexError::Internal {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Shape of a graph: what a dump must match to be loaded into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -103,10 +141,16 @@ pub(crate) struct Shape {
     /// How vectors are compared: links chosen under one metric are not a
     /// graph for another.
     pub(crate) metric: Metric,
+    /// How nodes keep the vectors the walk compares (see `quant`). Not part
+    /// of what a dump must match: a dump holds the full-precision vectors
+    /// and the codes are made again as it is read.
+    pub(crate) quantization: Quantization,
 }
 
 struct Node {
-    vector: Box<[f32]>,
+    /// The vector as the walk compares it: the vector itself when the graph
+    /// is not quantized, else its code (the full vector is in `Graph::full`).
+    code: Code,
     /// Layer 0's list, then one per upper layer up to `level`; each list is
     /// its length followed by `capacity` id slots (see `Graph::span`).
     links: Box<[AtomicU32]>,
@@ -189,6 +233,11 @@ pub(crate) struct Graph {
     /// `1 / ln(m)`: levels are `floor(-ln(u) * level_mult)`.
     level_mult: f64,
     nodes: AppendTable<Node>,
+    /// Full-precision vectors by node id, when nodes hold codes (empty
+    /// otherwise): for re-ranking what a walk found and for `vector`. In
+    /// mapped files when the index has a vector directory (see `spill`).
+    /// Appended before the node, so a published node always has one.
+    full: FullVectors,
     /// `(level << 32) | id` of the entry point, or `NO_ENTRY`. Only ever
     /// replaced by a node of a higher level, under `entry_lock`.
     entry: AtomicU64,
@@ -208,19 +257,28 @@ impl std::fmt::Debug for Graph {
 impl Graph {
     /// An empty graph. `shape` must be valid (`m >= 2`, `layers` in 1..=255);
     /// `IndexParams::sanitized` guarantees that.
+    #[cfg(test)]
     pub(crate) fn new(shape: Shape) -> Self {
+        Self::with_vector_dir(shape, None)
+    }
+
+    /// An empty graph whose full-precision vectors, when it keeps codes,
+    /// go to mapped files in `vector_dir` (on the heap if `None`).
+    pub(crate) fn with_vector_dir(shape: Shape, vector_dir: Option<&Path>) -> Self {
         let m = shape.m.max(2);
         let shape = Shape {
             m,
             ef_construction: shape.ef_construction.max(1),
             layers: shape.layers.clamp(1, usize::from(u8::MAX)),
             metric: shape.metric,
+            quantization: shape.quantization,
         };
         Self {
             shape,
             m0: 2 * m,
             level_mult: 1.0 / (m as f64).ln(),
             nodes: AppendTable::new(),
+            full: FullVectors::new(vector_dir),
             entry: AtomicU64::new(NO_ENTRY),
             entry_lock: Mutex::new(()),
         }
@@ -235,8 +293,34 @@ impl Graph {
         self.nodes.len()
     }
 
+    /// A node's full-precision vector.
     pub(crate) fn vector(&self, id: usize) -> Option<&[f32]> {
-        self.nodes.get(id).map(|n| &n.vector[..])
+        match self.shape.quantization {
+            Quantization::None => self.nodes.get(id)?.code.as_f32(),
+            Quantization::F16 | Quantization::Int8 => self.full.get(id),
+        }
+    }
+
+    /// Bytes of the graph: on the heap, what the walk reads (nodes: codes
+    /// and link lists) and the full-precision vectors kept beside quantized
+    /// codes for re-ranking when they are not mapped; and the bytes of
+    /// mapped vectors. The tables' own spines are not counted.
+    pub(crate) fn heap_bytes(&self) -> GraphBytes {
+        let (full, mapped) = self.full.bytes();
+        GraphBytes {
+            walk: self
+                .nodes
+                .iter()
+                .map(|(_, n)| n.code.heap_bytes() + n.links.len() * 4 + size_of::<Node>())
+                .sum(),
+            full,
+            mapped,
+        }
+    }
+
+    /// A node as the probe of comparisons against other nodes' codes.
+    fn probe_of<'a>(&'a self, id: u32, node: &'a Node) -> Probe<'a> {
+        node.code.as_probe(self.full.get(id as usize))
     }
 
     /// `(id, level)` of the entry point.
@@ -283,31 +367,46 @@ impl Graph {
     }
 
     /// Publishes a node without linking it; returns its id. Appends must be
-    /// serialised by the caller. `None` past `u32::MAX` nodes.
-    pub(crate) fn push(&self, vector: &[f32]) -> Option<usize> {
+    /// serialised by the caller. Fails past `u32::MAX` nodes and when the
+    /// full-precision vector cannot be written to its file.
+    pub(crate) fn push(&self, vector: &[f32]) -> Result<usize, PushError> {
         let id = self.len();
-        u32::try_from(id).ok()?;
+        u32::try_from(id).map_err(|_| PushError::Full)?;
         let level = self.level_for(id);
         self.push_node(vector.into(), level)
     }
 
-    fn push_node(&self, vector: Box<[f32]>, level: usize) -> Option<usize> {
+    fn push_node(&self, vector: Box<[f32]>, level: usize) -> Result<usize, PushError> {
         let links = (0..self.links_len(level))
             .map(|_| AtomicU32::new(0))
             .collect();
-        self.nodes.push(Node {
-            vector,
-            links,
-            // `level < layers <= 255` (see `new`).
-            level: u8::try_from(level).ok()?,
-            lock: Mutex::new(()),
-        })
+        let code = match self.shape.quantization {
+            Quantization::None => Code::F32(vector),
+            quantization => {
+                let code = Code::encode(quantization, &vector);
+                // Ids of both tables advance together (one writer appends
+                // to both), so the node pushed next gets this id.
+                if self.full.push(vector).map_err(PushError::VectorFile)? != self.nodes.len() {
+                    return Err(PushError::OutOfStep);
+                }
+                code
+            }
+        };
+        self.nodes
+            .push(Node {
+                code,
+                links,
+                // `level < layers <= 255` (see `new`).
+                level: u8::try_from(level).map_err(|_| PushError::OutOfStep)?,
+                lock: Mutex::new(()),
+            })
+            .ok_or(PushError::Full)
     }
 
     /// Publishes and links one node. Appends must be serialised.
     #[cfg(test)]
     pub(crate) fn insert(&self, vector: &[f32]) -> Option<usize> {
-        let id = self.push(vector)?;
+        let id = self.push(vector).ok()?;
         self.link(id);
         Some(id)
     }
@@ -338,7 +437,8 @@ impl Graph {
         if entry == id32 {
             return;
         }
-        let query = &node.vector[..];
+        let probe = self.probe_of(id32, node);
+        let query = &probe;
         let Some(mut current) = self.near(query, entry) else {
             return;
         };
@@ -366,7 +466,7 @@ impl Graph {
         // all but unfindable (one node in a few builds under CPU contention;
         // see `preempted_parallel_linking_leaves_every_point_findable`).
         for (layer, chosen) in &chosen_per_layer {
-            self.set_links(node, *layer, chosen);
+            self.set_links(id32, node, *layer, chosen);
         }
         for (layer, chosen) in &chosen_per_layer {
             for near in chosen {
@@ -381,16 +481,16 @@ impl Graph {
         }
     }
 
-    fn near(&self, query: &[f32], id: u32) -> Option<Near> {
-        let vector = self.vector(id as usize)?;
+    fn near(&self, query: &Probe<'_>, id: u32) -> Option<Near> {
+        let node = self.nodes.get(id as usize)?;
         Some(Near {
-            sim: self.shape.metric.similarity(query, vector),
+            sim: query.similarity(self.shape.metric, &node.code),
             id,
         })
     }
 
     /// Greedy walk on one layer towards the query (beam of width one).
-    fn greedy(&self, query: &[f32], mut current: Near, layer: usize) -> Near {
+    fn greedy(&self, query: &Probe<'_>, mut current: Near, layer: usize) -> Near {
         loop {
             let Some(node) = self.nodes.get(current.id as usize) else {
                 return current;
@@ -412,7 +512,7 @@ impl Graph {
 
     /// Best-first search of one layer from `entries`; the best `ef` nodes
     /// found, most similar first.
-    fn beam(&self, query: &[f32], entries: &[Near], ef: usize, layer: usize) -> Vec<Near> {
+    fn beam(&self, query: &Probe<'_>, entries: &[Near], ef: usize, layer: usize) -> Vec<Near> {
         let ef = ef.max(1);
         VISITED.with_borrow_mut(|visited| {
             visited.start(self.len());
@@ -460,18 +560,35 @@ impl Graph {
     }
 
     /// The `ef` nodes nearest to `query` that the graph finds, most similar
-    /// first (fewer only if the graph has fewer).
+    /// first (fewer only if the graph has fewer), with exact similarities:
+    /// a quantized graph walks its codes, then re-ranks what it found with
+    /// the full-precision vectors.
     pub(crate) fn search(&self, query: &[f32], ef: usize) -> Vec<Near> {
+        let probe = Probe::of_query(self.shape.quantization, query);
+        let mut found = self.walk(&probe, ef);
+        if self.shape.quantization != Quantization::None {
+            for near in &mut found {
+                if let Some(vector) = self.vector(near.id as usize) {
+                    near.sim = self.shape.metric.similarity(query, vector);
+                }
+            }
+            found.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        found
+    }
+
+    /// Descent through the upper layers and a layer-0 beam, comparing codes.
+    fn walk(&self, probe: &Probe<'_>, ef: usize) -> Vec<Near> {
         let Some((entry, top)) = self.entry() else {
             return Vec::new();
         };
-        let Some(mut current) = self.near(query, entry) else {
+        let Some(mut current) = self.near(probe, entry) else {
             return Vec::new();
         };
         for layer in (1..=top).rev() {
-            current = self.greedy(query, current, layer);
+            current = self.greedy(probe, current, layer);
         }
-        self.beam(query, &[current], ef, 0)
+        self.beam(probe, &[current], ef, 0)
     }
 
     /// The neighbour-selection heuristic (the paper's Algorithm 4 without
@@ -483,19 +600,20 @@ impl Graph {
         if candidates.len() <= m {
             return candidates.to_vec();
         }
-        let mut kept: Vec<(Near, &[f32])> = Vec::with_capacity(m);
+        let mut kept: Vec<(Near, &Node)> = Vec::with_capacity(m);
         for &candidate in candidates {
             if kept.len() >= m {
                 break;
             }
-            let Some(vector) = self.vector(candidate.id as usize) else {
+            let Some(node) = self.nodes.get(candidate.id as usize) else {
                 continue;
             };
+            let probe = self.probe_of(candidate.id, node);
             if kept
                 .iter()
-                .all(|(_, k)| self.shape.metric.similarity(vector, k) <= candidate.sim)
+                .all(|(_, k)| probe.similarity(self.shape.metric, &k.code) <= candidate.sim)
             {
-                kept.push((candidate, vector));
+                kept.push((candidate, node));
             }
         }
         kept.into_iter().map(|(near, _)| near).collect()
@@ -513,7 +631,7 @@ impl Graph {
 
     /// Sets a new node's list on `layer`. A concurrent `link` may already
     /// have connected other nodes to it there; those are merged in.
-    fn set_links(&self, node: &Node, layer: usize, chosen: &[Near]) {
+    fn set_links(&self, node_id: u32, node: &Node, layer: usize, chosen: &[Near]) {
         let _lock = node.lock.lock();
         let existing: Vec<u32> = self
             .neighbours(node, layer)
@@ -527,13 +645,8 @@ impl Graph {
         }
         let (_, cap) = self.span(layer);
         let mut all: Vec<Near> = chosen.to_vec();
-        all.extend(existing.iter().filter_map(|&id| {
-            let vector = self.vector(id as usize)?;
-            Some(Near {
-                sim: self.shape.metric.similarity(&node.vector, vector),
-                id,
-            })
-        }));
+        let probe = self.probe_of(node_id, node);
+        all.extend(existing.iter().filter_map(|&id| self.near(&probe, id)));
         all.sort_unstable_by(|a, b| b.cmp(a));
         let kept = self.select(&all, cap);
         self.write_list(node, layer, kept.iter().map(|n| n.id));
@@ -560,16 +673,10 @@ impl Graph {
             node.links[offset].store(count as u32 + 1, Ordering::Release);
             return;
         }
+        let probe = self.probe_of(target, node);
         let mut all: Vec<Near> = current
             .iter()
-            .filter_map(|s| {
-                let id = s.load(Ordering::Relaxed);
-                let vector = self.vector(id as usize)?;
-                Some(Near {
-                    sim: self.shape.metric.similarity(&node.vector, vector),
-                    id,
-                })
-            })
+            .filter_map(|s| self.near(&probe, s.load(Ordering::Relaxed)))
             .collect();
         all.push(new);
         all.sort_unstable_by(|a, b| b.cmp(a));
@@ -757,11 +864,12 @@ impl Graph {
         let (Some(node), Some((entry, _))) = (self.nodes.get(id as usize), self.entry()) else {
             return Vec::new();
         };
-        let query = &node.vector[..];
+        let probe = self.probe_of(id, node);
+        let query = &probe;
         let found = if layer == 0 {
             // A search goes down through the upper layers, so it starts its
             // layer-0 beam near the node, not wherever the entry point is.
-            self.search(query, self.shape.ef_construction)
+            self.walk(query, self.shape.ef_construction)
         } else {
             // Its own reached neighbours start the beam near it; the entry
             // point makes sure it starts somewhere reached.
@@ -812,13 +920,14 @@ impl Graph {
         let at = if count < cap {
             count
         } else if replace {
+            let probe = self.probe_of(host, node);
             let victim = current
                 .iter()
                 .enumerate()
                 .filter_map(|(i, slot)| {
                     let id = slot.load(Ordering::Relaxed);
                     (indegree.get(id as usize).copied()? > 1)
-                        .then(|| self.near(&node.vector, id).map(|near| (i, near)))
+                        .then(|| self.near(&probe, id).map(|near| (i, near)))
                         .flatten()
                 })
                 .min_by(|a, b| a.1.cmp(&b.1));
@@ -909,10 +1018,13 @@ impl Graph {
                 .nodes
                 .get(id)
                 .ok_or_else(|| invalid(format!("node {id} missing")))?;
-            if node.vector.len() != dim {
+            let vector = self
+                .vector(id)
+                .ok_or_else(|| invalid(format!("node {id} has no vector")))?;
+            if vector.len() != dim {
                 return Err(invalid(format!(
                     "node {id} has {} dimensions",
-                    node.vector.len()
+                    vector.len()
                 )));
             }
             buf.clear();
@@ -929,7 +1041,7 @@ impl Graph {
                     buf.extend_from_slice(&link.to_le_bytes());
                 }
             }
-            for x in &node.vector {
+            for x in vector {
                 buf.extend_from_slice(&x.to_le_bytes());
             }
             out.write_all(&buf)?;
@@ -942,6 +1054,7 @@ impl Graph {
     pub(crate) fn read_from(
         dim: usize,
         shape: Shape,
+        vector_dir: Option<&Path>,
         input: &mut impl Read,
     ) -> Result<Self, String> {
         let mut magic = [0_u8; 8];
@@ -960,7 +1073,7 @@ impl Graph {
             *field = u64::from_le_bytes(bytes);
         }
         let [file_dim, m, layers, n, entry_id, entry_level] = header;
-        let graph = Self::new(shape);
+        let graph = Self::with_vector_dir(shape, vector_dir);
         if (file_dim, m, layers) != (dim as u64, graph.shape.m as u64, graph.shape.layers as u64) {
             return Err(format!(
                 "graph file has dim {file_dim}, m {m}, {layers} layers; expected {dim}, {}, {}",
@@ -1012,8 +1125,10 @@ impl Graph {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            if graph.push_node(vector, level) != Some(id) {
-                return Err(format!("could not place node {id}"));
+            match graph.push_node(vector, level) {
+                Ok(placed) if placed == id => {}
+                Ok(placed) => return Err(format!("node {id} placed at {placed}")),
+                Err(e) => return Err(format!("node {id}: {e}")),
             }
             let node = graph
                 .nodes
@@ -1068,6 +1183,7 @@ mod tests {
             ef_construction: 64,
             layers: 16,
             metric: Metric::Cosine,
+            quantization: Quantization::None,
         }
     }
 
@@ -1140,6 +1256,100 @@ mod tests {
         }
     }
 
+    /// A quantized graph walks its codes and answers with exact
+    /// similarities from the full-precision vectors, under every metric,
+    /// with the recall of the f32 graph to within a little; its walk reads
+    /// a half or a quarter of the bytes, and its dump holds the full
+    /// vectors, so a dump of one quantization loads into another.
+    #[test]
+    fn quantized_graphs_walk_codes_and_answer_exactly() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let dim = 32;
+        let points: Vec<Vec<f32>> = (0..2500).map(|_| unit(&mut rng, dim)).collect();
+        let queries: Vec<Vec<f32>> = (0..60).map(|_| unit(&mut rng, dim)).collect();
+        for metric in Metric::ALL {
+            let exact_top = |q: &[f32]| -> Vec<u32> {
+                let mut all: Vec<Near> = points
+                    .iter()
+                    .enumerate()
+                    .map(|(id, v)| Near {
+                        sim: metric.similarity(q, v),
+                        id: id as u32,
+                    })
+                    .collect();
+                all.sort_unstable_by(|a, b| b.cmp(a));
+                all.iter().take(10).map(|n| n.id).collect()
+            };
+            let (mut f32_bytes, mut f32_recall) = (0, 0.0);
+            for quantization in Quantization::ALL {
+                let graph = Graph::new(Shape {
+                    metric,
+                    quantization,
+                    ..shape()
+                });
+                for p in &points {
+                    graph.insert(p).expect("room");
+                }
+                let mut hit = 0;
+                for q in &queries {
+                    let found = graph.search(q, 64);
+                    for near in &found {
+                        let exact = metric.similarity(q, &points[near.id as usize]);
+                        assert_eq!(
+                            near.sim.to_bits(),
+                            exact.to_bits(),
+                            "{metric} {quantization}"
+                        );
+                    }
+                    assert!(found.windows(2).all(|w| w[0] >= w[1]), "sorted");
+                    let truth = exact_top(q);
+                    hit += truth
+                        .iter()
+                        .filter(|id| found.iter().take(10).any(|n| n.id == **id))
+                        .count();
+                }
+                let recall = hit as f64 / (queries.len() * 10) as f64;
+                eprintln!("{metric} {quantization}: recall@10 {recall:.3}");
+                // Random 32-d points are hard for a graph of M 8; the codes
+                // may cost a little on top of what the f32 graph finds.
+                if quantization == Quantization::None {
+                    assert!(recall >= 0.85, "{metric}: recall@10 {recall}");
+                    f32_recall = recall;
+                }
+                assert!(
+                    recall >= f32_recall - 0.03,
+                    "{metric} {quantization}: recall@10 {recall} vs {f32_recall} with f32"
+                );
+                let bytes = graph.heap_bytes();
+                match quantization {
+                    Quantization::None => {
+                        assert_eq!(bytes.full, 0);
+                        f32_bytes = bytes.walk;
+                    }
+                    Quantization::F16 | Quantization::Int8 => {
+                        assert_eq!(bytes.full, points.len() * dim * 4);
+                        let saved = points.len() * dim * (4 - quantization.bytes_per_dim());
+                        assert_eq!(bytes.walk + saved, f32_bytes, "{quantization}");
+                    }
+                }
+                // The dump holds full vectors: loaded into an f32 graph, it
+                // answers as a graph of those vectors.
+                let links = graph.snapshot_links();
+                let mut bytes = Vec::new();
+                graph
+                    .write_snapshot(dim, &links, &mut bytes)
+                    .expect("write");
+                let plain =
+                    Graph::read_from(dim, Shape { metric, ..shape() }, None, &mut &bytes[..])
+                        .expect("read");
+                for (id, p) in points.iter().enumerate().step_by(131) {
+                    assert_eq!(plain.vector(id), Some(&p[..]));
+                    assert_eq!(graph.vector(id), Some(&p[..]));
+                }
+            }
+        }
+    }
+
     #[test]
     fn lists_respect_capacity_and_hold_no_self_links() {
         let mut rng = StdRng::seed_from_u64(3);
@@ -1197,7 +1407,7 @@ mod tests {
             .write_snapshot(6, &links, &mut after)
             .expect("in memory");
         assert_eq!(at_snapshot, after);
-        let loaded = Graph::read_from(6, shape(), &mut &after[..]).expect("valid");
+        let loaded = Graph::read_from(6, shape(), None, &mut &after[..]).expect("valid");
         assert_eq!(loaded.len(), 300);
         let mut now = Vec::new();
         graph
@@ -1360,24 +1570,24 @@ mod tests {
         graph
             .write_snapshot(6, &graph.snapshot_links(), &mut bytes)
             .expect("in memory");
-        let loaded = Graph::read_from(6, shape(), &mut &bytes[..]).expect("valid");
+        let loaded = Graph::read_from(6, shape(), None, &mut &bytes[..]).expect("valid");
         assert_eq!(loaded.len(), graph.len());
         assert_eq!(loaded.entry(), graph.entry());
         let q = unit(&mut rng, 6);
         let ids = |g: &Graph| g.search(&q, 20).iter().map(|n| n.id).collect::<Vec<_>>();
         assert_eq!(ids(&loaded), ids(&graph));
         // Wrong expectations and truncation are errors, not panics.
-        assert!(Graph::read_from(7, shape(), &mut &bytes[..]).is_err());
-        assert!(Graph::read_from(6, Shape { m: 9, ..shape() }, &mut &bytes[..]).is_err());
+        assert!(Graph::read_from(7, shape(), None, &mut &bytes[..]).is_err());
+        assert!(Graph::read_from(6, Shape { m: 9, ..shape() }, None, &mut &bytes[..]).is_err());
         for cut in [0, 7, 40, bytes.len() / 2, bytes.len() - 1] {
             assert!(
-                Graph::read_from(6, shape(), &mut &bytes[..cut]).is_err(),
+                Graph::read_from(6, shape(), None, &mut &bytes[..cut]).is_err(),
                 "cut {cut}"
             );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(Graph::read_from(6, shape(), &mut &longer[..]).is_err());
+        assert!(Graph::read_from(6, shape(), None, &mut &longer[..]).is_err());
     }
 
     proptest::proptest! {
@@ -1394,7 +1604,7 @@ mod tests {
             graph.write_snapshot(4, &graph.snapshot_links(), &mut bytes).expect("in memory");
             let i = at % bytes.len();
             bytes[i] ^= flip;
-            if let Ok(loaded) = Graph::read_from(4, shape(), &mut &bytes[..]) {
+            if let Ok(loaded) = Graph::read_from(4, shape(), None, &mut &bytes[..]) {
                 let _ = loaded.search(&[0.5; 4], 10);
             }
         }

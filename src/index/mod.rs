@@ -44,7 +44,9 @@ mod distance;
 mod generation;
 mod hnsw;
 mod persist;
+mod quant;
 mod slots;
+mod spill;
 mod topk;
 
 #[cfg(test)]
@@ -67,6 +69,8 @@ use tracing::{debug, info, warn};
 
 use crate::domain::{MAX_NORM, Metric};
 use generation::Generation;
+pub use hnsw::GraphBytes;
+pub use quant::{Quantization, UnknownQuantization};
 
 /// The most layers a graph may have. With `M` = 16 a node reaches level `l`
 /// with probability `16^-l`, so 16 layers suffice for any catalogue.
@@ -168,6 +172,17 @@ pub struct IndexParams {
     /// the data: the graph is built with it, so a dump of another metric is
     /// not loaded.
     pub metric: Metric,
+    /// How the graph keeps the vectors its walk compares (see
+    /// [`Quantization`]). Not a property of the data: dumps and the store
+    /// hold full-precision vectors, and the codes are made again on load.
+    pub quantization: Quantization,
+    /// Where a quantized graph keeps its full-precision vectors: unlinked
+    /// files in this directory, mapped read-only, so that the heap holds
+    /// only codes and links. `None` keeps them on the heap. Not a property
+    /// of the data (nothing in it outlives the process); the catalogue sets
+    /// it inside its data dir.
+    #[serde(skip)]
+    pub vector_dir: Option<PathBuf>,
 }
 
 impl Default for IndexParams {
@@ -181,6 +196,8 @@ impl Default for IndexParams {
             rebuild_min_dead: 100,
             exact_threshold: 2048,
             metric: Metric::Cosine,
+            quantization: Quantization::None,
+            vector_dir: None,
         }
     }
 }
@@ -296,6 +313,11 @@ pub enum IndexError {
     CorruptDump { dir: PathBuf, reason: String },
     #[error("cannot dump the index: {reason}")]
     DumpUnsupported { reason: String },
+    #[error("full-precision vector file: {source}")]
+    VectorFile {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("internal index error: {reason}")]
     Internal { reason: String },
 }
@@ -588,6 +610,13 @@ impl VectorIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Heap bytes of the current graph, split into what the search walk
+    /// reads and the full-precision vectors a quantized graph keeps for
+    /// re-ranking.
+    pub fn graph_bytes(&self) -> GraphBytes {
+        self.current.load().graph.heap_bytes()
     }
 
     /// Tombstoned points still in the current graph ("deleted_pending").

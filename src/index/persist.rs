@@ -481,7 +481,7 @@ pub(super) fn load_from(
     // panics and bounds-checks every id, whatever the bytes).
     let data_dir = dir.join(&manifest.data_dir);
     let graph = match manifest.files.first() {
-        None => Graph::new(shape_of(&params)),
+        None => Graph::with_vector_dir(shape_of(&params), params.vector_dir.as_deref()),
         Some(entry) => {
             let path = data_dir.join(&entry.name);
             let file =
@@ -497,7 +497,12 @@ pub(super) fn load_from(
                 ));
             }
             let mut input = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-            let parsed = Graph::read_from(dim, shape_of(&params), &mut input);
+            let parsed = Graph::read_from(
+                dim,
+                shape_of(&params),
+                params.vector_dir.as_deref(),
+                &mut input,
+            );
             let sha256 = input.finish();
             if sha256 != entry.sha256 {
                 return Err(corrupt(

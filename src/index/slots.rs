@@ -15,14 +15,14 @@ use std::sync::{Arc, OnceLock};
 
 /// Size of chunk 0; chunk `c` holds `FIRST_CHUNK << c` slots.
 const FIRST_CHUNK_BITS: u32 = 10;
-const FIRST_CHUNK: usize = 1 << FIRST_CHUNK_BITS;
+pub(crate) const FIRST_CHUNK: usize = 1 << FIRST_CHUNK_BITS;
 /// `FIRST_CHUNK * (2^23 - 1)` slots exceeds `u32::MAX`, the most points the
 /// graph can address (its links are `u32`), so a table never runs out first.
-const CHUNKS: usize = 23;
+pub(crate) const CHUNKS: usize = 23;
 
 /// Maps a point id to (chunk, offset). Chunk `c` starts at
 /// `FIRST_CHUNK * (2^c - 1)`, so `id / FIRST_CHUNK + 1` lies in `[2^c, 2^(c+1))`.
-fn locate(id: usize) -> (usize, usize) {
+pub(crate) fn locate(id: usize) -> (usize, usize) {
     let j = id / FIRST_CHUNK + 1;
     let chunk = (usize::BITS - 1 - j.leading_zeros()) as usize;
     let offset = id - FIRST_CHUNK * ((1 << chunk) - 1);
@@ -113,7 +113,6 @@ impl<T> AppendTable<T> {
     }
 
     /// Iterates `(id, entry)` over the entries present when the call started.
-    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         (0..self.len()).filter_map(|id| self.get(id).map(|s| (id, s)))
     }

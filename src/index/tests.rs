@@ -69,11 +69,29 @@ fn accept_all(_: &str) -> bool {
 /// cheaper graph build than the default (tests that check quality use the
 /// default params).
 fn hnsw_only() -> IndexParams {
+    hnsw_only_with(Quantization::None)
+}
+
+/// [`hnsw_only`] with the graph's vectors kept as `quantization` codes and,
+/// when quantized, the full-precision vectors in mapped files, as the
+/// service keeps them (the graph's own tests cover them on the heap).
+fn hnsw_only_with(quantization: Quantization) -> IndexParams {
     IndexParams {
         exact_threshold: 0,
         ef_construction: 40,
+        quantization,
+        vector_dir: (quantization != Quantization::None).then(|| test_vector_dir().to_owned()),
         ..IndexParams::default()
     }
+}
+
+/// One directory for every test's vector files. The files are unlinked as
+/// they are made, so tests sharing it see nothing of each other; the
+/// (empty) directory outlives the process, which is why it is not per test.
+fn test_vector_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 /// Checks the ordering/uniqueness contract of any result list.
@@ -140,10 +158,17 @@ fn self_query_returns_itself_even_when_self_dot_exceeds_one() {
 
 #[test]
 fn replaced_point_is_never_returned() {
+    for quantization in Quantization::ALL {
+        replaced_point_is_never_returned_with(quantization);
+    }
+}
+
+fn replaced_point_is_never_returned_with(quantization: Quantization) {
     let mut rng = StdRng::seed_from_u64(2);
     let clusters = Clusters::new(&mut rng, 20, 32);
     let items = clusters.items(&mut rng, 2000);
-    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    let index =
+        VectorIndex::build(32, hnsw_only_with(quantization), items.clone()).expect("valid vectors");
     for i in (0..2000).step_by(100) {
         let (k, old) = &items[i];
         let new: Arc<[f32]> = Arc::from(old.iter().map(|x| -x).collect::<Vec<_>>());
@@ -174,10 +199,17 @@ fn replaced_point_is_never_returned() {
 
 #[test]
 fn removed_point_is_never_returned() {
+    for quantization in Quantization::ALL {
+        removed_point_is_never_returned_with(quantization);
+    }
+}
+
+fn removed_point_is_never_returned_with(quantization: Quantization) {
     let mut rng = StdRng::seed_from_u64(3);
     let clusters = Clusters::new(&mut rng, 20, 32);
     let items = clusters.items(&mut rng, 2000);
-    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    let index =
+        VectorIndex::build(32, hnsw_only_with(quantization), items.clone()).expect("valid vectors");
     let removed: Vec<&Item> = items.iter().step_by(30).collect();
     for (k, _) in &removed {
         assert!(index.remove(k));
@@ -198,12 +230,18 @@ fn removed_point_is_never_returned() {
 
 #[test]
 fn rebuild_drops_tombstones_and_keeps_contents() {
+    for quantization in Quantization::ALL {
+        rebuild_drops_tombstones_and_keeps_contents_with(quantization);
+    }
+}
+
+fn rebuild_drops_tombstones_and_keeps_contents_with(quantization: Quantization) {
     let mut rng = StdRng::seed_from_u64(4);
     let clusters = Clusters::new(&mut rng, 20, 32);
     let items = clusters.items(&mut rng, 2000);
     let params = IndexParams {
         rebuild_min_dead: 10,
-        ..hnsw_only()
+        ..hnsw_only_with(quantization)
     };
     let index = VectorIndex::build(32, params, items.clone()).expect("valid vectors");
     let mut model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
@@ -240,6 +278,12 @@ fn rebuild_drops_tombstones_and_keeps_contents() {
 
 #[test]
 fn selective_filter_still_returns_k() {
+    for quantization in Quantization::ALL {
+        selective_filter_still_returns_k_with(quantization);
+    }
+}
+
+fn selective_filter_still_returns_k_with(quantization: Quantization) {
     let mut rng = StdRng::seed_from_u64(5);
     let clusters = Clusters::new(&mut rng, 20, 32);
     // More points than the default exact_threshold, so HNSW runs first.
@@ -262,9 +306,9 @@ fn selective_filter_still_returns_k() {
     // zero threshold the filtered-HNSW route (plus fallback) runs instead.
     let exact_route = IndexParams {
         exact_threshold: IndexParams::default().exact_threshold,
-        ..hnsw_only()
+        ..hnsw_only_with(quantization)
     };
-    for params in [exact_route, hnsw_only()] {
+    for params in [exact_route, hnsw_only_with(quantization)] {
         let index = VectorIndex::build(32, params, items.clone()).expect("valid vectors");
         for q in 0..20 {
             let query = clusters.sample(&mut rng);
@@ -283,13 +327,19 @@ fn selective_filter_still_returns_k() {
 /// yields: the wider graph pass (not the exact scan) must fill the list.
 #[test]
 fn half_filter_with_large_k_fills_the_list() {
+    for quantization in Quantization::ALL {
+        half_filter_with_large_k_fills_the_list_with(quantization);
+    }
+}
+
+fn half_filter_with_large_k_fills_the_list_with(quantization: Quantization) {
     let mut rng = StdRng::seed_from_u64(11);
     let clusters = Clusters::new(&mut rng, 20, 32);
     let items = clusters.items(&mut rng, 2600);
     let accept = |k: &str| k.ends_with(['0', '2', '4', '6', '8']);
     let allowed_model: HashMap<Arc<str>, Arc<[f32]>> =
         items.iter().filter(|(k, _)| accept(k)).cloned().collect();
-    let index = VectorIndex::build(32, hnsw_only(), items).expect("valid vectors");
+    let index = VectorIndex::build(32, hnsw_only_with(quantization), items).expect("valid vectors");
     let k = 40;
     let mut found = 0;
     for _ in 0..20 {
@@ -579,10 +629,14 @@ fn concurrent_writes_searches_and_rebuilds() {
 }
 
 fn dumped_index(dir: &std::path::Path) -> (VectorIndex, StdRng) {
+    dumped_index_with(dir, hnsw_only())
+}
+
+fn dumped_index_with(dir: &std::path::Path, params: IndexParams) -> (VectorIndex, StdRng) {
     let mut rng = StdRng::seed_from_u64(10);
     let clusters = Clusters::new(&mut rng, 10, 32);
     let items = clusters.items(&mut rng, 1000);
-    let index = VectorIndex::build(32, hnsw_only(), items.clone()).expect("valid vectors");
+    let index = VectorIndex::build(32, params, items.clone()).expect("valid vectors");
     for (k, _) in items.iter().step_by(9) {
         index.remove(k);
     }
@@ -597,8 +651,42 @@ fn dumped_index(dir: &std::path::Path) -> (VectorIndex, StdRng) {
 
 #[test]
 fn dump_load_round_trip_gives_identical_results() {
+    for quantization in Quantization::ALL {
+        dump_load_round_trip_gives_identical_results_with(quantization);
+    }
+}
+
+fn dump_load_round_trip_gives_identical_results_with(quantization: Quantization) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (index, mut rng) = dumped_index(dir.path());
+    let (index, mut rng) = dumped_index_with(dir.path(), hnsw_only_with(quantization));
+    // The dump holds full-precision vectors, so it loads under any
+    // quantization with the same contents; the codes are made again.
+    for other in Quantization::ALL {
+        let (loaded, _) = VectorIndex::load(dir.path(), 32, hnsw_only_with(other))
+            .expect("not corrupt")
+            .expect("present");
+        assert_eq!(loaded.len(), index.len());
+        let bytes = loaded.graph_bytes();
+        assert_eq!(
+            bytes.mapped,
+            if other == Quantization::None {
+                0
+            } else {
+                index.dead_points() + index.len()
+            } * 32
+                * 4,
+            "a quantized graph keeps its full vectors in mapped files, an f32 graph none"
+        );
+        assert_eq!(bytes.full, 0, "no full vectors on the heap");
+        for i in 0..1000 {
+            let k = key(i);
+            assert_eq!(
+                loaded.get(&k),
+                index.get(&k),
+                "{quantization} -> {other}: {k}"
+            );
+        }
+    }
     // A second dump replaces the first and cleans it up.
     index.dump(dir.path(), 7).expect("second dump");
     let gens = std::fs::read_dir(dir.path())
@@ -610,7 +698,7 @@ fn dump_load_round_trip_gives_identical_results() {
         .count();
     assert_eq!(gens, 1);
 
-    let (loaded, version) = VectorIndex::load(dir.path(), 32, hnsw_only())
+    let (loaded, version) = VectorIndex::load(dir.path(), 32, hnsw_only_with(quantization))
         .expect("not corrupt")
         .expect("present");
     assert_eq!(version, 7, "the dump records the caller's store version");
@@ -874,8 +962,9 @@ proptest! {
         k in 0usize..25,
         modulus in 1usize..4,
         rebuild in any::<bool>(),
+        quantization in prop::sample::select(Quantization::ALL.to_vec()),
     ) {
-        let index = VectorIndex::new(8, hnsw_only());
+        let index = VectorIndex::new(8, hnsw_only_with(quantization));
         let mut model: HashMap<Arc<str>, Arc<[f32]>> = HashMap::new();
         for op in ops {
             match op {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 use super::{
-    eval,
+    engines, eval,
     loadgen::{self, LoadSpec, Rpc},
     perf,
 };
@@ -29,7 +29,7 @@ use crate::{
     config::{Config, Overrides},
     dataset::{self, ARTICLE_TYPE},
     encoder::Encoder,
-    index::{IndexParams, VectorIndex},
+    index::{IndexParams, Quantization, VectorIndex},
 };
 use std::io::Write as _;
 
@@ -135,6 +135,32 @@ pub enum Command {
         ef_search: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         threads: Vec<usize>,
+        /// `index.quantization` of the service's own index: none, f16 or int8.
+        #[arg(long, default_value = "none")]
+        quantization: Quantization,
+        /// Where a quantized index keeps its full-precision vectors (mapped
+        /// files, as the service keeps them in its data dir); default: a
+        /// `vectors` directory beside the dataset.
+        #[arg(long)]
+        vector_dir: Option<PathBuf>,
+        /// Measure the `usearch` engine with this vector storage instead of
+        /// the service's own index.
+        #[arg(long)]
+        usearch: Option<engines::UsearchStorage>,
+        /// With `--usearch`: candidates re-scored exactly from the
+        /// full-precision vectors (0: none).
+        #[arg(long, default_value_t = 0)]
+        rerank: usize,
+        /// Selectivity sweep: shares of the base that filtered searches
+        /// admit (e.g. 0.001,0.01,0.1,0.5), each against its own exact top 10.
+        #[arg(long, value_delimiter = ',')]
+        filter: Vec<f64>,
+        /// `ef_search` of the filtered searches.
+        #[arg(long, default_value_t = 64)]
+        filter_ef: usize,
+        /// Queries per selectivity.
+        #[arg(long, default_value_t = 200)]
+        filter_queries: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -254,25 +280,76 @@ pub async fn run(cli: Cli) -> Result<()> {
             ef_construction,
             ef_search,
             threads,
+            quantization,
+            vector_dir,
+            usearch,
+            rerank,
+            filter,
+            filter_ef,
+            filter_queries,
             json,
         } => {
+            anyhow::ensure!(
+                filter.iter().all(|s| *s > 0.0 && *s <= 1.0),
+                "--filter takes shares in (0, 1]"
+            );
+            let sweep = (!filter.is_empty()).then(|| perf::FilterSweep {
+                selectivities: filter,
+                ef: filter_ef.max(1),
+                queries: filter_queries.max(1),
+            });
             let params = IndexParams {
                 max_nb_connection: m,
                 ef_construction,
+                quantization,
+                vector_dir: Some(vector_dir.unwrap_or_else(|| data.join("vectors"))),
                 ..IndexParams::default()
             };
             params.validate()?;
             let report = tokio::task::spawn_blocking(move || {
                 let dataset = perf::Dataset::load(&data, true)?;
-                perf::bench_index(&dataset, params, &ef_search, &threads)
+                match usearch {
+                    Some(storage) => engines::bench_usearch(
+                        &dataset,
+                        m,
+                        ef_construction,
+                        &ef_search,
+                        &threads,
+                        engines::UsearchSetup { storage, rerank },
+                        sweep.as_ref(),
+                    ),
+                    None => {
+                        perf::bench_index(&dataset, params, &ef_search, &threads, sweep.as_ref())
+                    }
+                }
             })
             .await??;
             let mut out = std::io::stdout().lock();
             for r in &report.runs {
                 writeln!(
                     out,
-                    "lookbook {} n={}: ef={:<4} threads={} qps={:>9.1} recall@10={:.4}",
-                    report.scale, report.n, r.ef_search, r.threads, r.qps, r.recall_at_10
+                    "{} {} n={}: ef={:<4} threads={} qps={:>9.1} recall@10={:.4}",
+                    report.lib,
+                    report.scale,
+                    report.n,
+                    r.ef_search,
+                    r.threads,
+                    r.qps,
+                    r.recall_at_10
+                )?;
+            }
+            for r in &report.filtered {
+                writeln!(
+                    out,
+                    "{} {} filter {} ({} rows): ef={:<4} threads={} qps={:>9.1} recall@10={:.4}",
+                    report.lib,
+                    report.scale,
+                    r.selectivity,
+                    r.admitted,
+                    r.ef_search,
+                    r.threads,
+                    r.qps,
+                    r.recall_at_10
                 )?;
             }
             writeln!(
@@ -280,6 +357,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "build {:.1} s, {:.0} bytes/vector (raw {})",
                 report.build_seconds, report.memory_bytes_per_vector, report.raw_vector_bytes
             )?;
+            if let (Some(walk), Some(full), Some(mapped), Some(anon)) = (
+                report.graph_walk_bytes_per_vector,
+                report.graph_full_bytes_per_vector,
+                report.graph_mapped_bytes_per_vector,
+                report.anon_bytes_per_vector,
+            ) {
+                writeln!(
+                    out,
+                    "graph: {walk:.0} heap bytes/vector walked, {full:.0} on the heap and \
+                     {mapped:.0} mapped for re-ranking; anonymous RSS +{anon:.0} bytes/vector"
+                )?;
+            }
             emit(json.as_deref(), &report)
         }
         Command::LoadVectors {

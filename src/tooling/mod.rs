@@ -4,6 +4,7 @@
 //! server binary does not link it.
 
 pub mod cli;
+pub mod engines;
 pub mod eval;
 pub mod eval_personal;
 pub mod loadgen;

@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::client::{Client, SimilarTo};
 use crate::encoder::{Encoder, EncoderStats};
-use crate::index::{IndexParams, VectorIndex};
+use crate::index::{IndexParams, Quantization, VectorIndex};
 
 /// Neighbours asked for and checked, as in the ground truth files.
-const K: usize = 10;
+pub(crate) const K: usize = 10;
 /// Vectors handed to the index per `upsert_batch` while building: large
 /// enough for the parallel insert, small enough that the copies made for the
 /// call (freed afterwards, but kept by the allocator) hardly count in the
@@ -91,19 +91,34 @@ impl Dataset {
     }
 }
 
+/// Reads `values` little-endian f32s through a small buffer: a whole-file
+/// byte copy, freed after conversion, would be handed back to the index's
+/// first allocations by the allocator and hide them from the RSS-growth
+/// memory figure.
 fn read_f32(path: &Path, values: usize) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read as _;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = file.metadata()?.len();
     ensure!(
-        bytes.len() == values * 4,
-        "{} has {} bytes, expected {}",
+        bytes == values as u64 * 4,
+        "{} has {bytes} bytes, expected {}",
         path.display(),
-        bytes.len(),
         values * 4
     );
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    let mut out = Vec::with_capacity(values);
+    let mut buffer = vec![0u8; 1 << 20];
+    while out.len() < values {
+        let take = ((values - out.len()) * 4).min(buffer.len());
+        file.read_exact(&mut buffer[..take])
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        out.extend(
+            buffer[..take]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    Ok(out)
 }
 
 /// Writes `value` as pretty JSON to `path` (creating its folder).
@@ -122,8 +137,19 @@ pub fn rss_bytes() -> Option<u64> {
 
 /// Resident set size of process `pid` (`"self"` for this one).
 pub fn rss_of(pid: &str) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The anonymous part of this process's resident set: heap and other
+/// memory no file backs, which the kernel cannot drop under pressure (file
+/// pages it maps, such as a quantized index's full vectors, it can).
+pub fn rss_anon_bytes() -> Option<u64> {
+    status_bytes("self", "RssAnon:")
+}
+
+fn status_bytes(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -267,7 +293,114 @@ pub struct IndexReport {
     pub build_seconds: f64,
     pub memory_bytes_per_vector: f64,
     pub raw_vector_bytes: usize,
+    /// The own index only: heap bytes per vector its graph accounts for,
+    /// what the search walk reads (codes and links) and the full-precision
+    /// copies a quantized graph keeps for re-ranking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_walk_bytes_per_vector: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_full_bytes_per_vector: Option<f64>,
+    /// The own index only: full-precision bytes per vector in mapped files
+    /// (page cache, not heap; see `index.quantization`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_mapped_bytes_per_vector: Option<f64>,
+    /// The own index only: growth of anonymous resident memory (`RssAnon`)
+    /// over the build, per vector: what cannot be paged out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_bytes_per_vector: Option<f64>,
     pub runs: Vec<IndexRun>,
+    /// The selectivity sweep (`--filter`): searches restricted to the rows
+    /// `admitted` lets through, against their own exact top 10.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filtered: Vec<FilteredRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FilteredRun {
+    /// Share of the base rows the filter admits (asked for).
+    pub selectivity: f64,
+    /// Rows it admits (counted).
+    pub admitted: usize,
+    pub ef_search: usize,
+    pub threads: usize,
+    /// Queries measured (the first `nq` of the dataset).
+    pub nq: usize,
+    pub qps: f64,
+    pub recall_at_10: f64,
+}
+
+/// Whether the selectivity-`share` filter admits base row `row`: a
+/// multiplicative hash of the row number below `share * 2^32`. Every
+/// harness (`bench/peers/index_peers.py` computes the same in numpy) admits
+/// the same rows with no file to share, spread over the whole base rather
+/// than a contiguous block of it.
+pub fn admitted(row: u32, share: f64) -> bool {
+    u64::from(row.wrapping_mul(0x9E37_79B1)) < (share * 4_294_967_296.0) as u64
+}
+
+/// The filter sweep's settings.
+#[derive(Debug, Clone)]
+pub struct FilterSweep {
+    pub selectivities: Vec<f64>,
+    /// `ef_search` of the filtered searches.
+    pub ef: usize,
+    /// Queries per selectivity (each needs an exact top 10 of its own).
+    pub queries: usize,
+}
+
+/// Exact top `K` (row numbers, best first, ties by row) among the rows the
+/// `share` filter admits, for the first `nq` queries.
+pub(crate) fn filtered_truth(data: &Dataset, share: f64, nq: usize) -> (usize, Vec<Vec<u32>>) {
+    use rayon::prelude::*;
+    let rows: Vec<u32> = (0..data.meta.n as u32)
+        .filter(|&r| admitted(r, share))
+        .collect();
+    let truth = (0..nq)
+        .into_par_iter()
+        .map(|q| {
+            let query = data.query(q);
+            let mut scored: Vec<(f32, u32)> = rows
+                .iter()
+                .map(|&r| (dot(query, data.row(r as usize)), r))
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            scored.into_iter().take(K).map(|(_, r)| r).collect()
+        })
+        .collect();
+    (rows.len(), truth)
+}
+
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Runs the filter sweep with `search(query, share)` (row numbers of the top
+/// `K`, best first) at each thread count.
+pub(crate) fn sweep_filters(
+    data: &Dataset,
+    sweep: &FilterSweep,
+    threads: &[usize],
+    search: &(dyn Fn(usize, f64) -> Vec<u32> + Sync),
+) -> Vec<FilteredRun> {
+    let nq = sweep.queries.min(data.meta.nq);
+    let mut runs = Vec::new();
+    for &share in &sweep.selectivities {
+        let (rows, truth) = filtered_truth(data, share, nq);
+        for &t in threads {
+            let (qps, recall) =
+                measure_against(nq, &|q| &truth[q], t.max(1), &|q| search(q, share));
+            runs.push(FilteredRun {
+                selectivity: share,
+                admitted: rows,
+                ef_search: sweep.ef,
+                threads: t,
+                nq,
+                qps,
+                recall_at_10: recall,
+            });
+        }
+    }
+    runs
 }
 
 /// Builds the service's index over `data`'s base vectors (keys are row
@@ -279,11 +412,18 @@ pub fn bench_index(
     params: IndexParams,
     efs: &[usize],
     threads: &[usize],
+    filters: Option<&FilterSweep>,
 ) -> Result<IndexReport> {
     let (n, nq, dim) = (data.meta.n, data.meta.nq, data.meta.dim);
     ensure!(nq > 0 && data.truth.len() == nq * K, "no ground truth");
     let (m, ef_construction) = (params.max_nb_connection, params.ef_construction);
+    let lib = match params.quantization {
+        Quantization::None => "lookbook",
+        Quantization::F16 => "lookbook-f16",
+        Quantization::Int8 => "lookbook-int8",
+    };
     let rss_before = rss_bytes().unwrap_or(0);
+    let anon_before = rss_anon_bytes().unwrap_or(0);
     let started = Instant::now();
     let mut index = VectorIndex::new(dim, params);
     for start in (0..n).step_by(BUILD_CHUNK) {
@@ -299,6 +439,7 @@ pub fn bench_index(
     }
     let build_seconds = started.elapsed().as_secs_f64();
     let rss_after = rss_bytes().unwrap_or(0);
+    let anon_after = rss_anon_bytes().unwrap_or(0);
     ensure!(
         index.len() == n,
         "the index holds {} of {n} vectors",
@@ -318,8 +459,23 @@ pub fn bench_index(
             });
         }
     }
+    let filtered = match filters {
+        Some(sweep) => {
+            index.set_ef_search(sweep.ef);
+            sweep_filters(data, sweep, threads, &|q, share| {
+                let accept = |key: &str| key.parse::<u32>().is_ok_and(|r| admitted(r, share));
+                index
+                    .search(data.query(q), K, &accept)
+                    .iter()
+                    .filter_map(|h| h.key.parse::<u32>().ok())
+                    .collect()
+            })
+        }
+        None => Vec::new(),
+    };
+    let bytes = index.graph_bytes();
     Ok(IndexReport {
-        lib: "lookbook",
+        lib,
         version: env!("CARGO_PKG_VERSION"),
         scale: data.meta.scale.clone(),
         n,
@@ -331,31 +487,58 @@ pub fn bench_index(
         build_seconds,
         memory_bytes_per_vector: rss_after.saturating_sub(rss_before) as f64 / n as f64,
         raw_vector_bytes: dim * 4,
+        graph_walk_bytes_per_vector: Some(bytes.walk as f64 / n as f64),
+        graph_full_bytes_per_vector: Some(bytes.full as f64 / n as f64),
+        graph_mapped_bytes_per_vector: Some(bytes.mapped as f64 / n as f64),
+        anon_bytes_per_vector: Some(anon_after.saturating_sub(anon_before) as f64 / n as f64),
         runs,
+        filtered,
     })
 }
 
 /// Queries per second and recall@10 with `threads` searching threads.
 fn measure_search(index: &VectorIndex, data: &Dataset, threads: usize) -> (f64, f64) {
-    let nq = data.meta.nq;
-    let search = |q: usize| index.search(data.query(q), K, &|_| true);
-    // Warm-up pass, which also gives the recall (searches are deterministic).
-    let mut found = 0usize;
-    for q in 0..nq {
-        let truth = &data.truth[q * K..(q + 1) * K];
-        found += search(q)
+    measure_searcher(data, threads, &|q| {
+        index
+            .search(data.query(q), K, &|_| true)
             .iter()
             .filter_map(|h| h.key.parse::<u32>().ok())
-            .filter(|id| truth.contains(id))
-            .count();
+            .collect()
+    })
+}
+
+/// Queries per second and recall@10 of `search` (query number -> row
+/// numbers of the top `K`, best first) with `threads` searching threads,
+/// each searching one query at a time.
+pub(crate) fn measure_searcher(
+    data: &Dataset,
+    threads: usize,
+    search: &(dyn Fn(usize) -> Vec<u32> + Sync),
+) -> (f64, f64) {
+    let truth = |q: usize| &data.truth[q * K..(q + 1) * K];
+    measure_against(data.meta.nq, &truth, threads, search)
+}
+
+/// `measure_searcher` over the first `nq` queries against `truth(q)`.
+fn measure_against<'t>(
+    nq: usize,
+    truth: &dyn Fn(usize) -> &'t [u32],
+    threads: usize,
+    search: &(dyn Fn(usize) -> Vec<u32> + Sync),
+) -> (f64, f64) {
+    // Warm-up pass, which also gives the recall (searches are deterministic).
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for q in 0..nq {
+        let truth = truth(q);
+        wanted += truth.len();
+        found += search(q).iter().filter(|id| truth.contains(id)).count();
     }
-    let recall = found as f64 / (nq * K) as f64;
+    let recall = found as f64 / wanted.max(1) as f64;
     let started = Instant::now();
     let mut done = 0usize;
     while started.elapsed() < MIN_MEASURE {
         std::thread::scope(|s| {
             for t in 0..threads {
-                let search = &search;
                 s.spawn(move || {
                     for q in (t..nq).step_by(threads) {
                         std::hint::black_box(search(q));
@@ -545,4 +728,114 @@ pub fn read_photos(
             std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
         })
         .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rand::{RngExt as _, SeedableRng, rngs::StdRng};
+
+    /// A small dataset of unit vectors in a few clusters, with its exact
+    /// unfiltered top `K` per query.
+    pub(crate) fn dataset(n: usize, nq: usize, dim: usize) -> Dataset {
+        let mut rng = StdRng::seed_from_u64(7);
+        let centres: Vec<Vec<f32>> = (0..8)
+            .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let point = |rng: &mut StdRng| {
+            let c = &centres[rng.random_range(0..centres.len())];
+            let mut v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-0.5..0.5)).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        };
+        let base: Vec<f32> = (0..n).flat_map(|_| point(&mut rng)).collect();
+        let queries: Vec<f32> = (0..nq).flat_map(|_| point(&mut rng)).collect();
+        let mut data = Dataset {
+            meta: DatasetMeta {
+                scale: "test".into(),
+                n,
+                nq,
+                dim,
+            },
+            base,
+            queries,
+            truth: Vec::new(),
+        };
+        let (rows, truth) = filtered_truth(&data, 1.0, nq);
+        assert_eq!(rows, n, "share 1.0 admits every row");
+        data.truth = truth.into_iter().flatten().collect();
+        data
+    }
+
+    #[test]
+    fn the_filter_admits_its_share_spread_over_the_rows() {
+        let n = 100_000u32;
+        for share in [0.001, 0.01, 0.1, 0.5] {
+            let rows: Vec<u32> = (0..n).filter(|&r| admitted(r, share)).collect();
+            let got = rows.len() as f64 / f64::from(n);
+            assert!(
+                (got - share).abs() <= share * 0.1 + 1e-4,
+                "share {share}: admitted {got}"
+            );
+            // Spread, not a block: both halves of the rows get their part.
+            let first_half = rows.iter().filter(|&&r| r < n / 2).count() as f64;
+            assert!(
+                (first_half / rows.len() as f64 - 0.5).abs() < 0.15,
+                "share {share}"
+            );
+        }
+        assert!((0..1000).all(|r| admitted(r, 1.0)));
+        assert!(!(0..1000).any(|r| admitted(r, 0.0)));
+    }
+
+    #[test]
+    fn filtered_truth_is_the_exact_top_among_admitted_rows() {
+        let data = dataset(500, 4, 8);
+        let (rows, truth) = filtered_truth(&data, 0.1, 4);
+        assert!(rows > 20 && rows < 90, "{rows} rows admitted of 500");
+        for (q, top) in truth.iter().enumerate() {
+            assert_eq!(top.len(), K);
+            assert!(top.iter().all(|&r| admitted(r, 0.1)));
+            let worst = dot(data.query(q), data.row(top[K - 1] as usize));
+            let better_outside = (0..500u32)
+                .filter(|&r| admitted(r, 0.1) && !top.contains(&r))
+                .any(|r| dot(data.query(q), data.row(r as usize)) > worst);
+            assert!(
+                !better_outside,
+                "query {q}: an admitted row beats the top 10"
+            );
+        }
+    }
+
+    #[test]
+    fn bench_index_reports_the_graph_sweep_and_the_filter_sweep() {
+        let data = dataset(3000, 20, 16);
+        let params = IndexParams {
+            // The graph is the point: no exact scan below a size threshold.
+            exact_threshold: 0,
+            ..IndexParams::default()
+        };
+        let sweep = FilterSweep {
+            selectivities: vec![0.01, 0.5],
+            ef: 64,
+            queries: 10,
+        };
+        let report = bench_index(&data, params, &[64], &[1, 2], Some(&sweep)).expect("bench");
+        assert_eq!(report.n, 3000);
+        assert_eq!(report.runs.len(), 2);
+        assert!(
+            report
+                .runs
+                .iter()
+                .all(|r| r.recall_at_10 >= 0.9 && r.qps > 0.0)
+        );
+        assert_eq!(report.filtered.len(), 4);
+        for r in &report.filtered {
+            assert_eq!(r.nq, 10);
+            assert!(r.recall_at_10 >= 0.9, "{r:?}");
+            let expected = (0..3000u32).filter(|&x| admitted(x, r.selectivity)).count();
+            assert_eq!(r.admitted, expected);
+        }
+    }
 }
