@@ -569,7 +569,10 @@ INDEX_PEERS_HNSW = ("lookbook", "hnswlib", "faiss")
 
 # Engine candidates measured in the same harness as the own graph
 # (`bench-index --usearch`): fragment name suffix -> label.
-INDEX_ENGINES = {"usearch-f32": "usearch f32", "usearch-f16": "usearch f16",
+# `lookbook` itself is the service's default (int8 codes, exact re-rank);
+# `lookbook-none` / `lookbook-f16` are its other `index.quantization` modes.
+INDEX_ENGINES = {"lookbook-none": "own graph, f32 (quantization none)", "lookbook-f16": "own graph, f16",
+                 "usearch-f32": "usearch f32", "usearch-f16": "usearch f16",
                  "usearch-i8": "usearch int8 + exact re-rank of 40"}
 
 
@@ -580,7 +583,8 @@ def engine_table(s: Section, sc: str, ours, engines: dict) -> list[str]:
         return []
     out = ["Index engine candidates in the same harness (`bench-index --usearch`): best QPS at each recall "
            "target (ef_search), build seconds, memory per vector:", "",
-           "| | lookbook (own graph, f32) | " + " | ".join(INDEX_ENGINES[lib] for lib in present) + " |",
+           "| | lookbook (own graph, int8 codes, the default) | "
+           + " | ".join(INDEX_ENGINES[lib] for lib in present) + " |",
            "|---" * (len(present) + 2) + "|"]
     for threads in INDEX_THREADS:
         for target in RECALL_TARGETS:
@@ -603,6 +607,9 @@ def engine_table(s: Section, sc: str, ours, engines: dict) -> list[str]:
     out.append("| memory per vector | " + " | ".join(
         fmt(num(get(f, "memory_bytes_per_vector")), "bytes") if num(get(f, "memory_bytes_per_vector")) is not None
         else "missing" for f in [ours, *present.values()]) + " |")
+    out.append("| anonymous memory per vector (RssAnon; mapped full vectors are page cache) | " + " | ".join(
+        fmt(num(get(f, "anon_bytes_per_vector")), "bytes") if num(get(f, "anon_bytes_per_vector")) is not None
+        else "not measured" for f in [ours, *present.values()]) + " |")
     return out + [""]
 
 

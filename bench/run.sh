@@ -20,6 +20,7 @@
 #                          for the million-vector run, which alone takes over an
 #                          hour here: see the README)
 #   BENCH_SECONDS          measured seconds per load point (default 8)
+#   BENCH_F16              1: also measure f16 storage (own graph and usearch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,17 +95,28 @@ for scale in sample ${scales//,/ }; do
     # beyond the sample, whose 0.1% would be a handful of rows.
     filter=()
     [[ $scale == sample ]] || filter=(--filter "$filters" --filter-ef 64 --filter-queries 200)
+    # The service's default: int8 codes, full vectors in mapped files.
     "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
-        --ef-search "$efs" --threads 1,2 "${filter[@]}" \
+        --ef-search "$efs" --threads 1,2 --quantization int8 --vector-dir "$work/vectors" "${filter[@]}" \
         --json "$results/index-$scale-lookbook.json"
-    # The engine decision (README, "index engine"): the usearch crate in the
-    # same harness, with f32, f16 and int8 storage (int8 re-ranked exactly).
-    for storage in f32 f16 i8; do
-        rerank=$([[ $storage == i8 ]] && echo 40 || echo 0)
+    if [[ $scale != sample ]]; then
+        # The other quantization, and the engine decision (README, "index
+        # engine"): the usearch crate in the same harness. f16 storage for
+        # either only with BENCH_F16=1 (about 3 min more at 100K).
         "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
-            --ef-search "$efs" --threads 1,2 --usearch "$storage" --rerank "$rerank" "${filter[@]}" \
-            --json "$results/index-$scale-usearch-$storage.json"
-    done
+            --ef-search "$efs" --threads 1,2 --quantization none \
+            --json "$results/index-$scale-lookbook-none.json"
+        storages=(f32 i8)
+        [[ ${BENCH_F16:-0} == 1 ]] && storages+=(f16) && "$bench" bench-index "$work/$scale" --m 16 \
+            --ef-construction 200 --ef-search "$efs" --threads 1,2 --quantization f16 --vector-dir "$work/vectors" \
+            --json "$results/index-$scale-lookbook-f16.json"
+        for storage in "${storages[@]}"; do
+            rerank=$([[ $storage == i8 ]] && echo 40 || echo 0)
+            "$bench" bench-index "$work/$scale" --m 16 --ef-construction 200 \
+                --ef-search "$efs" --threads 1,2 --usearch "$storage" --rerank "$rerank" \
+                --json "$results/index-$scale-usearch-$storage.json"
+        done
+    fi
     for lib in hnswlib faiss; do
         "$py" bench/peers/index_peers.py --data "$work/$scale" --lib "$lib" --m 16 \
             --ef-construction 200 --ef-search "$efs" \

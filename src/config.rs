@@ -317,10 +317,15 @@ pub struct IndexConfig {
     /// unit length), `dot`, `euclidean` or `manhattan` (vectors stored as
     /// given). A property of the data: choose it before the first import.
     pub metric: Metric,
-    /// How the graph keeps the vectors its search walks: `none` (f32),
-    /// `f16` or `int8` (a quarter of the bytes per dimension); results are
-    /// re-ranked with the full-precision vectors either way. Not a property
-    /// of the data: it can change between restarts.
+    /// How the graph keeps the vectors its search walks: `int8` (the
+    /// default: a quarter of the bytes per dimension), `f16` or `none`
+    /// (f32). Quantized, the full-precision vectors live in mapped files
+    /// under `<data_dir>/index-vectors/` rather than on the heap, and what
+    /// a search found is re-ranked with them, so scores are exact in every
+    /// mode. int8 is the default because it measured best on every count
+    /// (README, "Index: memory and speed"). Not a property of the data: the
+    /// store and the dumps hold full vectors, so it can change between
+    /// restarts.
     pub quantization: Quantization,
 }
 
@@ -428,7 +433,10 @@ impl Default for IndexConfig {
             maintenance_interval: Duration::from_secs(5),
             checkpoint_changes: 10_000,
             metric: p.metric,
-            quantization: p.quantization,
+            // Not `IndexParams`' default (none): the library keeps quantized
+            // graphs' full vectors on the heap unless given a directory, and
+            // the service always gives one.
+            quantization: Quantization::Int8,
         }
     }
 }

@@ -30,8 +30,10 @@ echo "gen $(date +%T)"
 
 if [[ " $parts " == *" index "* ]]; then
     echo "lookbook $(date +%T)"
+    # The service's default quantization (int8 codes, full vectors mapped).
     /usr/bin/time -v $bench bench-index $work/1m --m 16 --ef-construction 200 \
-        --ef-search $efs --threads 1,2 --json $res/index-1m-lookbook.json > $work/1m-lookbook.log 2>&1
+        --ef-search $efs --threads 1,2 --quantization int8 --vector-dir $work/vectors \
+        --json $res/index-1m-lookbook.json > $work/1m-lookbook.log 2>&1
     echo "hnswlib $(date +%T)"
     /usr/bin/time -v $py bench/peers/index_peers.py --data $work/1m --lib hnswlib --m 16 \
         --ef-construction 200 --ef-search $efs --threads 1,2 --build-threads 2 \

@@ -28,6 +28,14 @@
 //! batch publishes all its nodes first (one writer), then links them in
 //! parallel (a new graph's first nodes one by one; see `Generation`).
 //!
+//! **Codes and prefetch.** A node holds its vector as the walk compares it:
+//! f32, or an f16 / int8 code (`quant`), whose full-precision vector a
+//! quantized graph keeps apart and reads only to re-rank what a walk found.
+//! Expanding a node first asks the CPU for all its unvisited neighbours'
+//! codes (`prefetch`), then compares them, so their cache misses overlap;
+//! at 100K x 1280-d, int8, ef 24, one thread, searches answer 2.2x the
+//! queries per second they do without it (`lookbook-bench bench-index`).
+//!
 //! **Determinism.** A node's level is a hash of its id, so the same inserts
 //! in the same order build the same graph (parallel linking aside).
 
@@ -43,6 +51,7 @@ use rayon::prelude::*;
 
 use super::IndexError;
 use super::distance::Metric;
+use super::prefetch::prefetch;
 use super::quant::{Code, Probe, Quantization};
 use super::slots::AppendTable;
 use super::spill::FullVectors;
@@ -192,6 +201,10 @@ impl Visited {
         }
     }
 }
+
+/// Neighbours whose codes are asked for before any is compared (a
+/// layer-0 list of the default `M` = 16 holds 32).
+const PREFETCH_GROUP: usize = 32;
 
 thread_local! {
     /// One visited set per thread, kept between searches (a search never
@@ -536,20 +549,33 @@ impl Graph {
                 let Some(node) = self.nodes.get(candidate.id as usize) else {
                     continue;
                 };
-                for slot in self.neighbours(node, layer) {
-                    let id = slot.load(Ordering::Relaxed);
-                    if !visited.insert(id) {
-                        continue;
+                // The unvisited neighbours first, asking for their codes
+                // as they are found; then the comparisons, whose cache
+                // misses now overlap instead of following one another.
+                for group in self.neighbours(node, layer).chunks(PREFETCH_GROUP) {
+                    let mut fresh = [0_u32; PREFETCH_GROUP];
+                    let mut count = 0;
+                    for slot in group {
+                        let id = slot.load(Ordering::Relaxed);
+                        if visited.insert(id)
+                            && let Some(neighbour) = self.nodes.get(id as usize)
+                        {
+                            neighbour.code.prefetch();
+                            fresh[count] = id;
+                            count += 1;
+                        }
                     }
-                    let Some(near) = self.near(query, id) else {
-                        continue;
-                    };
-                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0.sim);
-                    if results.len() < ef || near.sim > worst {
-                        candidates.push(near);
-                        results.push(Reverse(near));
-                        if results.len() > ef {
-                            results.pop();
+                    for &id in &fresh[..count] {
+                        let Some(near) = self.near(query, id) else {
+                            continue;
+                        };
+                        let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0.sim);
+                        if results.len() < ef || near.sim > worst {
+                            candidates.push(near);
+                            results.push(Reverse(near));
+                            if results.len() > ef {
+                                results.pop();
+                            }
                         }
                     }
                 }
@@ -567,6 +593,12 @@ impl Graph {
         let probe = Probe::of_query(self.shape.quantization, query);
         let mut found = self.walk(&probe, ef);
         if self.shape.quantization != Quantization::None {
+            // As in `beam`: ask for every vector, then compare.
+            for near in &found {
+                if let Some(vector) = self.vector(near.id as usize) {
+                    prefetch(vector);
+                }
+            }
             for near in &mut found {
                 if let Some(vector) = self.vector(near.id as usize) {
                     near.sim = self.shape.metric.similarity(query, vector);

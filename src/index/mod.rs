@@ -34,16 +34,20 @@
 //! * **Dumps** (`persist`): temp dir + fsync + atomic rename, a checksummed
 //!   manifest, and a checksummed graph file verified before it is parsed.
 //!
-//! **Where vectors live.** Each vector is stored once, in its graph node;
-//! exact search, rebuild and `get` read it from there. Keeping an
-//! `Arc<[f32]>` as well would double the memory (12K x 1280-d is 61 MB per
-//! copy) for no gain. The costs: `get` returns a fresh `Arc<[f32]>` copy,
-//! and a rebuild briefly holds two copies.
+//! **Where vectors live.** Each vector is stored once per generation:
+//! without quantization in its graph node, otherwise as a code in the node
+//! (what the walk compares: int8 is a quarter of the bytes, and with the
+//! walk's prefetch it is also the fastest) plus the full-precision vector
+//! in a mapped file (`spill`), read to re-rank what a walk found, for exact
+//! scans, rebuilds and `get`. Keeping an `Arc<[f32]>` as well would double
+//! the memory for no gain. The costs: `get` returns a fresh `Arc<[f32]>`
+//! copy, and a rebuild briefly holds two copies.
 
 mod distance;
 mod generation;
 mod hnsw;
 mod persist;
+mod prefetch;
 mod quant;
 mod slots;
 mod spill;

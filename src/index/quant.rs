@@ -176,6 +176,16 @@ impl Code {
         }
     }
 
+    /// Starts loading this code's first cache lines (see `prefetch`).
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        match self {
+            Self::F32(v) => super::prefetch::prefetch(v),
+            Self::F16(v) => super::prefetch::prefetch(v),
+            Self::I8(c) => super::prefetch::prefetch(&c.values),
+        }
+    }
+
     /// Heap bytes of this code (what a node pays for its vector).
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
