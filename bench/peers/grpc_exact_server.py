@@ -2,7 +2,7 @@
 """End-to-end benchmark peer: the original design served from Python.
 
 ResNet-style features + exact k-NN cosine search with numpy, behind a grpcio
-server that speaks lookbook's own proto (`lookbook.v1.Recommender`), so that
+server that speaks lookbook's own proto (`lookbook.v1.RecommenderService`), so that
 `lookbook bench --rpc similar` drives it exactly as it drives lookbook:
 
     python bench/peers/grpc_exact_server.py --vectors V.f32 --ids IDS.txt \
@@ -251,7 +251,7 @@ def make_servicer(pb2, pb2_grpc, index: Index, attributes: list[dict], dim: int,
         "diversity",
     )
 
-    class Recommender(pb2_grpc.RecommenderServicer):
+    class Recommender(pb2_grpc.RecommenderServiceServicer):
         def _check(self, request):
             """-> (status code, message) or (row, k, exclude rows)."""
             which = request.WhichOneof("query")
@@ -283,7 +283,7 @@ def make_servicer(pb2, pb2_grpc, index: Index, attributes: list[dict], dim: int,
 
         def _answer(self, request, hits):
             reason = f"similar to {request.product_id}"
-            return pb2.RecommendResponse(
+            return pb2.RecommendSimilarResponse(
                 items=[
                     pb2.Recommendation(
                         product_id=index.ids[i],
@@ -307,7 +307,7 @@ def make_servicer(pb2, pb2_grpc, index: Index, attributes: list[dict], dim: int,
             return self._answer(request, hits)
 
         def GetStats(self, request, context):
-            return pb2.Stats(
+            return pb2.GetStatsResponse(
                 catalog_size=len(index.ids), model="peer:numpy-exact", dim=dim
             )
 
@@ -396,7 +396,7 @@ def serve_sync(args, pb2, pb2_grpc, index, attributes):
         options=[("grpc.so_reuseport", 0)],
     )
     servicer = make_servicer(pb2, pb2_grpc, index, attributes, args.dim, make_batcher(args, index))()
-    pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
+    pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(args.listen)
     if port == 0:
         sys.exit(f"cannot listen on {args.listen}")
@@ -423,7 +423,7 @@ def serve_aio(args, pb2, pb2_grpc, index, attributes):
 
     async def main():
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
+        pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port(args.listen)
         if port == 0:
             sys.exit(f"cannot listen on {args.listen}")

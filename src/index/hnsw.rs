@@ -51,7 +51,6 @@ use rayon::prelude::*;
 
 use super::IndexError;
 use super::distance::Metric;
-use super::prefetch::prefetch;
 use super::quant::{Code, Probe, Quantization};
 use super::slots::AppendTable;
 use super::spill::FullVectors;
@@ -585,18 +584,30 @@ impl Graph {
         })
     }
 
-    /// The `ef` nodes nearest to `query` that the graph finds, most similar
-    /// first (fewer only if the graph has fewer), with exact similarities:
-    /// a quantized graph walks its codes, then re-ranks what it found with
-    /// the full-precision vectors.
-    pub(crate) fn search(&self, query: &[f32], ef: usize) -> Vec<Near> {
+    /// The `ef` nodes nearest to `query` that the graph finds (fewer only if
+    /// the graph has fewer), most similar first by what the walk compares:
+    /// exact similarities unless the graph [`is_quantized`](Self::is_quantized),
+    /// similarities of codes if it is (the caller re-ranks what it keeps,
+    /// with [`vector`](Self::vector)).
+    pub(crate) fn find(&self, query: &[f32], ef: usize) -> Vec<Near> {
         let probe = Probe::of_query(self.shape.quantization, query);
-        let mut found = self.walk(&probe, ef);
-        if self.shape.quantization != Quantization::None {
+        self.walk(&probe, ef)
+    }
+
+    /// Whether [`find`](Self::find) ranks by codes rather than vectors.
+    pub(crate) fn is_quantized(&self) -> bool {
+        self.shape.quantization != Quantization::None
+    }
+
+    /// [`find`](Self::find) with every result re-ranked exactly.
+    #[cfg(test)]
+    pub(crate) fn search(&self, query: &[f32], ef: usize) -> Vec<Near> {
+        let mut found = self.find(query, ef);
+        if self.is_quantized() {
             // As in `beam`: ask for every vector, then compare.
             for near in &found {
                 if let Some(vector) = self.vector(near.id as usize) {
-                    prefetch(vector);
+                    super::prefetch::prefetch(vector);
                 }
             }
             for near in &mut found {

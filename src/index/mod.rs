@@ -660,8 +660,8 @@ impl VectorIndex {
         // everything.) ef is scaled up by the dead fraction so ~ef live
         // candidates remain.
         let ef_live = oversampled(ef, total, live);
-        let found = generation.graph.search(query, ef_live);
-        let hits = generation.rank_found(k, &found, accept);
+        let found = generation.graph.find(query, ef_live);
+        let hits = generation.rank_found(query, k, &found, accept);
         if hits.len() >= k {
             return hits;
         }
@@ -686,8 +686,8 @@ impl VectorIndex {
             return generation.exact_ids(query, k, &allowed, accept);
         }
         if ef_wide > ef_live {
-            let found = generation.graph.search(query, ef_wide);
-            let hits = generation.rank_found(k, &found, accept);
+            let found = generation.graph.find(query, ef_wide);
+            let hits = generation.rank_found(query, k, &found, accept);
             if hits.len() >= k {
                 return hits;
             }
