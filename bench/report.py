@@ -198,7 +198,9 @@ def machine_info() -> dict:
         mem_total = int(m.group(1)) * 1024 if m else None
     except OSError:
         pass
-    peak = cores * FLOP_PER_CYCLE_FP32 * max_mhz / 1000 if max_mhz else None
+    # AVX-512: 16 lanes per FMA (two FMA units assumed, as on server Xeons).
+    per_cycle = FLOP_PER_CYCLE_FP32 * (2 if flag_view.get("avx512f") else 1)
+    peak = cores * per_cycle * max_mhz / 1000 if max_mhz else None
     return {
         "cpu_model": model,
         "cores": cores,
@@ -208,7 +210,10 @@ def machine_info() -> dict:
         "max_mhz": max_mhz,
         "max_mhz_source": mhz_source,
         "peak_fp32_gflops": peak,
-        "peak_fp32_formula": f"cores x {FLOP_PER_CYCLE_FP32} FLOP/cycle (AVX2: 2 FMA units x 8 lanes x 2) x max MHz",
+        "flop_per_cycle_fp32": per_cycle,
+        "peak_fp32_formula": f"cores x {per_cycle} FLOP/cycle (2 FMA units x "
+                             f"{per_cycle // 4} lanes x 2: {'AVX-512' if per_cycle > FLOP_PER_CYCLE_FP32 else 'AVX2'})"
+                             " x max MHz",
     }
 
 
@@ -338,7 +343,7 @@ def section_encoding(fr: Fragments, machine: dict, params: dict) -> Section:
         s.notes.append(f"GFLOP/s = {flops / 1e9:.3f} GFLOP per image (flops.json, 2 x MACs of Conv/Gemm/MatMul) "
                        "x images / inference seconds (split_seconds.inference; per busy inference-second).")
     if peak is not None:
-        s.notes.append(f"Machine peak fp32 = {machine['cores']} cores x {FLOP_PER_CYCLE_FP32} FLOP/cycle x "
+        s.notes.append(f"Machine peak fp32 = {machine['cores']} cores x {machine['flop_per_cycle_fp32']} FLOP/cycle x "
                        f"{machine['max_mhz']:.0f} MHz = {peak:.1f} GFLOP/s; MHz from {machine['max_mhz_source']}.")
     else:
         s.notes.append("Machine peak fp32 unknown: no CPU MHz in lscpu or /proc/cpuinfo.")
