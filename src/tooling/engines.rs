@@ -1,6 +1,6 @@
 //! Other HNSW engines in the same harness as the index's own graph, so that
 //! the choice of engine is made on one run's measurements (`bench-index
-//! --engine`): same dataset files, `M`, `ef_construction`, `ef` sweep and
+//! --usearch`): same dataset files, `M`, `ef_construction`, `ef` sweep and
 //! thread counts, and the same report schema as `perf::bench_index` and the
 //! Python peers.
 //!
