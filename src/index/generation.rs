@@ -345,7 +345,6 @@ impl Generation {
     }
 }
 
-/// The graph shape the index parameters ask for.
 /// How many of a quantized graph's candidates, in the order of their codes,
 /// are scored again from full-precision vectors for a top `k`. int8 codes
 /// rank well enough that the true top 10 is among the first 40: at 100K x
@@ -360,6 +359,7 @@ pub(crate) fn rerank_depth(k: usize) -> usize {
 const RERANK_PER_RESULT: usize = 4;
 const RERANK_MIN: usize = 40;
 
+/// The graph shape the index parameters ask for.
 pub(crate) fn shape_of(params: &IndexParams) -> Shape {
     Shape {
         m: params.max_nb_connection,
