@@ -9,7 +9,7 @@
 
 /// Cache lines asked for per slice: a whole 1280-d int8 code. Measured at
 /// 100K x 1280-d (`lookbook-bench bench-index`, ef 24, one thread): asking
-/// for its first 4 or 8 lines gave 0.63x / 0.75x the QPS of asking for all
+/// for its first 4 or 8 lines gave about 2/3 and 3/4 of the QPS of asking for all
 /// 20; for 5,120-byte f32 vectors, asking for all 80 lines was slower than
 /// asking for the first 20, after which the hardware prefetcher follows.
 const LINES: usize = 20;
