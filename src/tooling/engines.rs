@@ -18,7 +18,7 @@ use anyhow::{Result, anyhow, ensure};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::perf::{
-    Dataset, FilterSweep, IndexReport, IndexRun, K, admitted, dot, measure_searcher, rss_bytes,
+    Dataset, FilterSweep, IndexReport, K, admitted, dot, ef_sweep, measure_searcher, rss_bytes,
     sweep_filters,
 };
 
@@ -131,19 +131,10 @@ pub fn bench_usearch(
             Err(_) => Vec::new(),
         }
     };
-    let mut runs = Vec::new();
-    for &ef in efs {
+    let runs = ef_sweep(efs, threads, |ef, t| {
         index.change_expansion_search(ef);
-        for &t in threads {
-            let (qps, recall) = measure_searcher(data, t.max(1), &search);
-            runs.push(IndexRun {
-                ef_search: ef,
-                threads: t,
-                qps,
-                recall_at_10: recall,
-            });
-        }
-    }
+        measure_searcher(data, t, &search)
+    });
     let filtered = match filters {
         Some(sweep) => {
             index.change_expansion_search(sweep.ef);

@@ -446,19 +446,10 @@ pub fn bench_index(
         index.len()
     );
 
-    let mut runs = Vec::new();
-    for &ef in efs {
+    let runs = ef_sweep(efs, threads, |ef, t| {
         index.set_ef_search(ef);
-        for &t in threads {
-            let (qps, recall) = measure_search(&index, data, t.max(1));
-            runs.push(IndexRun {
-                ef_search: ef,
-                threads: t,
-                qps,
-                recall_at_10: recall,
-            });
-        }
-    }
+        measure_search(&index, data, t)
+    });
     let filtered = match filters {
         Some(sweep) => {
             index.set_ef_search(sweep.ef);
@@ -494,6 +485,29 @@ pub fn bench_index(
         runs,
         filtered,
     })
+}
+
+/// One run per `ef` and thread count: `measure(ef, threads)` sets the
+/// engine's `ef` and returns (QPS, recall@10) with that many threads (at
+/// least 1).
+pub(super) fn ef_sweep(
+    efs: &[usize],
+    threads: &[usize],
+    mut measure: impl FnMut(usize, usize) -> (f64, f64),
+) -> Vec<IndexRun> {
+    let mut runs = Vec::new();
+    for &ef in efs {
+        for &t in threads {
+            let (qps, recall) = measure(ef, t.max(1));
+            runs.push(IndexRun {
+                ef_search: ef,
+                threads: t,
+                qps,
+                recall_at_10: recall,
+            });
+        }
+    }
+    runs
 }
 
 /// Queries per second and recall@10 with `threads` searching threads.
