@@ -80,10 +80,48 @@ pub use quant::{Quantization, UnknownQuantization};
 /// with probability `16^-l`, so 16 layers suffice for any catalogue.
 pub const HNSW_MAX_LAYERS: usize = 16;
 
-/// Cost of one unit of HNSW `ef` in exact dot products, for choosing between
-/// a wide graph pass and an exact scan of a filter's accepted points. Measured
-/// on 12K x 1280-d: ef 512 took ~11 ms, an exact scan ~3 us per point.
-const GRAPH_CANDIDATE_COST: usize = 6;
+/// Cost of one unit of HNSW `ef` in exact scores of full-precision vectors,
+/// for choosing between a graph pass and an exact scan. Measured with the
+/// default int8 index on 100K x 1280-d (bench-index's filter sweep with each
+/// plan forced, 2 threads so that both plans are charged in CPU time): a
+/// graph pass took 1.7-2.5 us of CPU per unit of `ef`, an exact score from
+/// the mapped full vectors 0.44 us.
+const GRAPH_CANDIDATE_COST: usize = 5;
+
+/// Points an exact scan checks against the filter in the time of one exact
+/// score: 11 ns of CPU per check of the sweep's predicate (a key parse and
+/// a hash) in the same measurement. With these two costs the plans cross
+/// at about 4.5% admitted on 100K, where both measured the same QPS.
+const SCAN_CHECKS_PER_SCORE: usize = 40;
+
+/// Estimated cost of an exact scan of `total` slots of which `accepted`
+/// pass, in exact scores.
+fn exact_cost(total: usize, accepted: usize) -> usize {
+    accepted.saturating_add(total / SCAN_CHECKS_PER_SCORE)
+}
+
+/// Estimated cost of a graph pass of width `ef`, in exact scores.
+fn graph_cost(ef: usize) -> usize {
+    ef.saturating_mul(GRAPH_CANDIDATE_COST)
+}
+
+/// How [`VectorIndex::search`] answered a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Plan {
+    /// An empty index, `k` = 0 or an invalid query.
+    Nothing,
+    /// Exact scan: the index is under `exact_threshold` or `k` covers it.
+    Small,
+    /// Exact scan: the filter admits few enough points that scanning costs
+    /// less than a graph pass widened to match.
+    Exact,
+    /// One graph pass, widened by the filter's estimated share.
+    Graph,
+    /// The first pass fell short of `k`; a pass four times as wide filled it.
+    GraphWidened,
+    /// The graph passes fell short; an exact scan of the admitted points.
+    GraphThenExact,
+}
 
 /// `ef` scaled by `total / part` (at least `ef`, at most `total`): the
 /// candidate count at which about `ef` of them fall in a `part`-sized subset.
@@ -638,18 +676,28 @@ impl VectorIndex {
         k: usize,
         accept: &(dyn Fn(&str) -> bool + Sync),
     ) -> Vec<Hit> {
+        self.search_planned(query, k, accept).0
+    }
+
+    /// [`Self::search`], and the plan it ran.
+    pub(crate) fn search_planned(
+        &self,
+        query: &[f32],
+        k: usize,
+        accept: &(dyn Fn(&str) -> bool + Sync),
+    ) -> (Vec<Hit>, Plan) {
         if k == 0 || !self.query_is_valid(query) {
-            return Vec::new();
+            return (Vec::new(), Plan::Nothing);
         }
         let generation = self.current.load_full();
         let live = generation.live();
         if live == 0 {
-            return Vec::new();
+            return (Vec::new(), Plan::Nothing);
         }
         // With k >= live every live point is returned anyway (and this keeps
         // a huge k from becoming a huge graph candidate list).
         if live <= self.params.exact_threshold || k >= live {
-            return generation.exact_scan(query, k, accept);
+            return (generation.exact_scan(query, k, accept), Plan::Small);
         }
         let total = generation.slots.len();
         let ef = self.params.ef_search.max(k);
@@ -657,47 +705,62 @@ impl VectorIndex {
         // applied to its candidate list. (Filtering inside the beam, as
         // hnsw_rs's `FilterT` did, drops the early exit: on 12K x 1280-d that
         // took 3.7 ms vs 1.1 ms at ef 64 even with a filter that accepted
-        // everything.) ef is scaled up by the dead fraction so ~ef live
-        // candidates remain.
-        let ef_live = oversampled(ef, total, live);
-        let found = generation.graph.find(query, ef_live);
+        // everything.) So the pass is widened to ~ef accepted candidates:
+        // ef scaled by the share of points that are dead or filtered out,
+        // estimated from a sample before the first pass. An exact scan runs
+        // instead where it costs less, so a query's cost follows the cheaper
+        // of the two as a filter grows more selective, with no step where
+        // the plan changes.
+        let expected = generation.sample_share(accept).of(live);
+        // A filtered pass aims at 2k accepted candidates when ef is below
+        // that: aimed at k, one pass in two would fall short through the
+        // sample's error and chance alone.
+        let wanted = if expected < live {
+            ef.max(k.saturating_mul(2))
+        } else {
+            ef
+        };
+        let ef_pass = oversampled(wanted, total, expected);
+        if expected <= self.params.exact_threshold.max(k)
+            || exact_cost(total, expected) < graph_cost(ef_pass)
+        {
+            return (generation.exact_scan(query, k, accept), Plan::Exact);
+        }
+        let found = generation.graph.find(query, ef_pass);
         let hits = generation.rank_found(query, k, &found, accept);
         if hits.len() >= k {
-            return hits;
+            return (hits, Plan::Graph);
         }
-        // Too few passed the filter. Find out how many can pass at all.
+        // Fewer passed near the query than the sample promised: a filter
+        // that avoids this region of the space. Count what passes, then run
+        // a pass four times as wide or an exact scan of those, whichever
+        // costs less.
         let allowed = generation.accepted_ids(accept);
         if allowed.len() <= hits.len() {
-            return hits;
+            return (hits, Plan::Graph);
         }
-        // A wider graph pass expecting ~ef accepted candidates, unless
-        // scanning the accepted points exactly is cheaper.
-        let ef_wide = oversampled(ef, total, allowed.len());
-        let exact_is_cheaper = allowed.len() <= ef_wide.saturating_mul(GRAPH_CANDIDATE_COST);
+        let ef_wide = oversampled(ef, total, allowed.len()).max(ef_pass.saturating_mul(4));
         debug!(
             k,
             found = hits.len(),
+            expected,
             allowed = allowed.len(),
+            ef_pass,
             ef_wide,
-            exact_is_cheaper,
-            "filter is selective"
+            "graph pass fell short of k"
         );
-        if allowed.len() <= self.params.exact_threshold.max(k) || exact_is_cheaper {
-            return generation.exact_ids(query, k, &allowed, accept);
-        }
-        if ef_wide > ef_live {
-            let found = generation.graph.find(query, ef_wide);
+        if allowed.len() > self.params.exact_threshold.max(k) && graph_cost(ef_wide) < allowed.len()
+        {
+            let found = generation.graph.find(query, ef_wide.min(total));
             let hits = generation.rank_found(query, k, &found, accept);
             if hits.len() >= k {
-                return hits;
+                return (hits, Plan::GraphWidened);
             }
         }
-        debug!(
-            k,
-            allowed = allowed.len(),
-            "wide graph pass fell short; exact scan"
-        );
-        generation.exact_ids(query, k, &allowed, accept)
+        (
+            generation.exact_ids(query, k, &allowed, accept),
+            Plan::GraphThenExact,
+        )
     }
 
     /// Exact k-NN among live points whose key `accept`s (brute force).

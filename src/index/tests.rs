@@ -50,7 +50,13 @@ impl Clusters {
     }
 
     fn sample(&self, rng: &mut StdRng) -> Arc<[f32]> {
-        let centre = &self.centres[rng.random_range(0..self.centres.len())];
+        let c = rng.random_range(0..self.centres.len());
+        self.sample_near(rng, c)
+    }
+
+    /// A point of cluster `c`.
+    fn sample_near(&self, rng: &mut StdRng, c: usize) -> Arc<[f32]> {
+        let centre = &self.centres[c];
         // Noise of L2 norm ~0.5..1.0 relative to the unit centre.
         let spread = rng.random_range(0.5..1.0) / (self.dim as f32).sqrt();
         normalize(centre.iter().map(|c| c + spread * gaussian(rng)).collect())
@@ -302,8 +308,9 @@ fn selective_filter_still_returns_k_with(quantization: Quantization) {
         .filter(|(k, _)| accept(k))
         .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
         .collect();
-    // Default params take the exact route for a small allowed set; with a
-    // zero threshold the filtered-HNSW route (plus fallback) runs instead.
+    // Default params scan exactly because the admitted set is under
+    // exact_threshold; with a zero threshold because a graph pass widened to
+    // find ~ef of 13 admitted points would cover the whole index.
     let exact_route = IndexParams {
         exact_threshold: IndexParams::default().exact_threshold,
         ..hnsw_only_with(quantization)
@@ -313,7 +320,8 @@ fn selective_filter_still_returns_k_with(quantization: Quantization) {
         for q in 0..20 {
             let query = clusters.sample(&mut rng);
             let k = if q % 2 == 0 { 10 } else { 30 };
-            let hits = index.search(&query, k, &accept);
+            let (hits, plan) = index.search_planned(&query, k, &accept);
+            assert_eq!(plan, Plan::Exact);
             assert_eq!(hits.len(), k.min(13));
             assert_well_formed(&hits);
             assert!(hits.iter().all(|h| accept(&h.key)));
@@ -323,8 +331,9 @@ fn selective_filter_still_returns_k_with(quantization: Quantization) {
     }
 }
 
-/// A filter passing half the points with k above what the first graph pass
-/// yields: the wider graph pass (not the exact scan) must fill the list.
+/// A filter passing half the points with k above ef: the one graph pass,
+/// widened by the filter's share (not an exact scan, not a second pass),
+/// must fill the list.
 #[test]
 fn half_filter_with_large_k_fills_the_list() {
     for quantization in Quantization::ALL {
@@ -344,7 +353,8 @@ fn half_filter_with_large_k_fills_the_list_with(quantization: Quantization) {
     let mut found = 0;
     for _ in 0..20 {
         let query = clusters.sample(&mut rng);
-        let hits = index.search(&query, k, &accept);
+        let (hits, plan) = index.search_planned(&query, k, &accept);
+        assert_eq!(plan, Plan::Graph);
         assert_eq!(hits.len(), k);
         assert_well_formed(&hits);
         assert!(hits.iter().all(|h| accept(&h.key)));
@@ -353,6 +363,105 @@ fn half_filter_with_large_k_fills_the_list_with(quantization: Quantization) {
     }
     let recall = found as f64 / (20 * k) as f64;
     assert!(recall >= 0.9, "recall@{k} = {recall}");
+}
+
+/// A filter that admits half the index but almost nothing near the query:
+/// the graph pass sized from the sample falls short, and the fallback
+/// fills the list. With the query's cluster rarely admitted the pass four
+/// times as wide does it; with the cluster not admitted at all, nothing in
+/// the graph's reach passes and the admitted points are scanned exactly.
+#[test]
+fn filter_avoiding_the_query_falls_back_and_fills_the_list() {
+    for quantization in Quantization::ALL {
+        filter_avoiding_the_query_falls_back_with(quantization);
+    }
+}
+
+fn filter_avoiding_the_query_falls_back_with(quantization: Quantization) {
+    let mut rng = StdRng::seed_from_u64(12);
+    let clusters = Clusters::new(&mut rng, 20, 32);
+    // Half the points in cluster 0, where the queries are; the rest spread
+    // over the other 19.
+    let n = 8000;
+    let items: Vec<Item> = (0..n)
+        .map(|i| {
+            let c = if i % 2 == 0 { 0 } else { 1 + i % 19 };
+            (key(i), clusters.sample_near(&mut rng, c))
+        })
+        .collect();
+    let model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
+    let index = VectorIndex::build(32, hnsw_only_with(quantization), items).expect("valid vectors");
+    // Cluster 0 (even i) admitted one in `rare`; the others all but one in 20.
+    let number = |k: &str| k[1..].parse::<usize>().expect("key of the form p000123");
+    for (rare, expected_plan) in [(Some(16), Plan::GraphWidened), (None, Plan::GraphThenExact)] {
+        let accept = move |k: &str| {
+            let i = number(k);
+            if i % 2 == 0 {
+                rare.is_some_and(|r: usize| i % (2 * r) == 0)
+            } else {
+                i % 20 != 1
+            }
+        };
+        let admitted: HashMap<Arc<str>, Arc<[f32]>> = model
+            .iter()
+            .filter(|(k, _)| accept(k))
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect();
+        let mut plans = HashMap::new();
+        let mut found = 0;
+        for _ in 0..20 {
+            let query = clusters.sample_near(&mut rng, 0);
+            let (hits, plan) = index.search_planned(&query, 10, &accept);
+            *plans.entry(plan).or_insert(0) += 1;
+            assert_eq!(hits.len(), 10);
+            assert_well_formed(&hits);
+            assert!(hits.iter().all(|h| accept(&h.key)));
+            let truth = brute_force(&admitted, &query, 10);
+            if plan == Plan::GraphThenExact {
+                let keys: Vec<Arc<str>> = hits.iter().map(|h| Arc::clone(&h.key)).collect();
+                assert_eq!(keys, truth);
+            }
+            found += hits.iter().filter(|h| truth.contains(&h.key)).count();
+        }
+        assert!(
+            plans.get(&expected_plan).copied().unwrap_or(0) >= 15,
+            "{quantization:?}, cluster 0 admitted 1 in {rare:?}: plans {plans:?}"
+        );
+        let recall = f64::from(u32::try_from(found).expect("small")) / 200.0;
+        assert!(recall >= 0.9, "{quantization:?}: recall@10 = {recall}");
+    }
+}
+
+/// The share a filter is estimated to pass, from the sample the planner
+/// takes: close to the truth for common and rare filters, zero for a filter
+/// that passes nothing, and blind to dead points.
+#[test]
+fn sampled_share_follows_the_filter() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let n = 20_000;
+    let items: Vec<Item> = (0..n).map(|i| (key(i), random_unit(&mut rng, 8))).collect();
+    let index = VectorIndex::build(8, hnsw_only(), items).expect("valid vectors");
+    let number = |k: &str| k[1..].parse::<usize>().expect("key of the form p000123");
+    let estimate = |index: &VectorIndex, accept: &(dyn Fn(&str) -> bool + Sync)| {
+        let generation = index.current.load();
+        generation.sample_share(accept).of(generation.live())
+    };
+    for share in [2, 10, 100] {
+        let truth = n / share;
+        let got = estimate(&index, &|k| number(k) % share == 0);
+        assert!(
+            got.abs_diff(truth) * 100 <= truth * 35,
+            "1 in {share}: estimated {got}, true {truth}"
+        );
+    }
+    assert_eq!(estimate(&index, &|_| false), 0);
+    // With every even key removed, a filter for even keys passes nothing
+    // live, and one for odd keys is the whole live index.
+    for i in (0..n).step_by(2) {
+        assert!(index.remove(&key(i)));
+    }
+    assert_eq!(estimate(&index, &|k| number(k) % 2 == 0), 0);
+    assert_eq!(estimate(&index, &|k| number(k) % 2 == 1), n / 2);
 }
 
 #[test]
