@@ -37,8 +37,9 @@ py=.cache/bench-venv/bin/python
 int8=models/efficientnet_lite2_int8.toml
 # ef_search values swept for every HNSW library (M 16, ef_construction 200 for all).
 efs=10,16,24,32,64,128,256
-# Shares of the base admitted by the filtered searches of the selectivity sweep.
-filters=0.001,0.01,0.1,0.5
+# Shares of the base admitted by the filtered searches of the selectivity sweep;
+# 2% and 5% bracket the point where the planner turns from exact scan to graph.
+filters=0.001,0.01,0.02,0.05,0.1,0.5
 
 [[ -f "$data/styles.csv" ]] || { echo "bench: no sample at $data (set LOOKBOOK_FASHION_DATA)" >&2; exit 1; }
 started=$(date +%s)
@@ -146,22 +147,31 @@ serve() {
     "$py" - "$name" "$t0" "$(date +%s.%N)" "$server_pid" "$results/startup-$name.json" << 'EOF'
 import json, sys
 name, t0, t1, pid, out = sys.argv[1:]
-rss = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
-json.dump({"name": name, "seconds_to_serving": float(t1) - float(t0), "rss_bytes": rss}, open(out, "w"))
+status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(("Rss", "VmRSS"))}
+json.dump({"name": name, "seconds_to_serving": float(t1) - float(t0), "rss_bytes": status["VmRSS"],
+           "rss_anon_bytes": status["RssAnon"], "rss_file_bytes": status["RssFile"]}, open(out, "w"))
 EOF
 }
 stop() {
     kill -TERM "$server_pid"
     wait "$server_pid" || true
 }
+# The server's memory now: VmRSS, its anonymous part (the heap: what a
+# memory limit has to hold) and its file-backed part (the binary, the ONNX
+# Runtime library and the mapped vector files: page cache the kernel can
+# drop and read again). $1: output file.
 rss_now() {
     "$py" - "$server_pid" "$1" << 'EOF'
 import json, sys
 pid, out = sys.argv[1:]
-rss = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
-json.dump({"rss_bytes": rss}, open(out, "w"))
+status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(("Rss", "VmRSS"))}
+json.dump({"rss_bytes": status["VmRSS"], "rss_anon_bytes": status["RssAnon"], "rss_file_bytes": status["RssFile"]}, open(out, "w"))
 EOF
 }
+# jemalloc hands freed pages back after its 10 s decay (src/main.rs), so
+# memory read at SERVING still holds start-up's garbage; the steady-state
+# figures are read after this many seconds idle.
+settle=12
 load() { # rpc concurrency out [extra args]
     local rpc=$1 c=$2 out=$3
     shift 3
@@ -172,14 +182,19 @@ load() { # rpc concurrency out [extra args]
 rm -rf "$work/server"
 step "server (empty): start-up, then ingest with photos and with embeddings to 12,000 products"
 serve empty
+sleep "$settle"
+rss_now "$results/rss-empty-settled.json"
 "$bin" import "$data" --server "$url" --json "$results/ingest-images.json" > /dev/null
 "$bench" load-vectors "$work/12k" --server "$url" --skip "$(wc -l < "$work/sample.ids")" \
     --json "$results/ingest-vectors.json"
+sleep "$settle"
 rss_now "$results/rss-12k.json"
 stop
 
 step "server (12K, from its dump): start-up, RecommendSimilar load, Embed load with dynamic batching"
 serve dump12k
+sleep "$settle"
+rss_now "$results/rss-dump12k-settled.json"
 for c in 1 32; do load similar "$c" "similar-lookbook-c$c" --connections "$(( c < 4 ? 1 : 4 ))"; done
 for c in 1 4 16; do load embed "$c" "embed-batching-c$c"; done
 "$bench" freshness "$work/12k" --server "$url" --count 200 --json "$results/freshness.json"

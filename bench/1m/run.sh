@@ -69,7 +69,7 @@ if [[ " $parts " == *" server "* ]]; then
     dir=$work/server-1m
     server_pid=
     trap '[[ -n $server_pid ]] && kill $server_pid 2> /dev/null; true' EXIT
-    empty_rss=0
+    empty_rss=0 empty_anon=0
     # $1: name, $2: products in it. Starts the server on $dir, waits for
     # SERVING, writes $sres-<name>.json with the time to SERVING and the RSS.
     serve() {
@@ -85,19 +85,23 @@ if [[ " $parts " == *" server "* ]]; then
     }
     # $1: name, $2: products, $3/$4: start/end of the timed span (optional).
     # Per product as bench/report.py computes it at 12K: (RSS - RSS of the
-    # empty server) / products, i.e. without the model and runtime.
+    # empty server) / products, i.e. without the model and runtime; the same
+    # for the anonymous part alone (the file-backed rest is page cache of
+    # the binary, the runtime and the mapped vector files).
     rss() {
         local out=$sres-$1.json
-        $py - "$1" "$2" "$server_pid" "$empty_rss" "$sdata/meta.json" "${3:-0}" "${4:-0}" > "$out" << 'EOF'
+        $py - "$1" "$2" "$server_pid" "$empty_rss" "$empty_anon" "$sdata/meta.json" "${3:-0}" "${4:-0}" > "$out" << 'EOF'
 import json, sys
-name, n, pid, empty, meta, t0, t1 = sys.argv[1:]
-n, empty = int(n), int(empty)
-rss = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
+name, n, pid, empty, empty_anon, meta, t0, t1 = sys.argv[1:]
+n, empty, empty_anon = int(n), int(empty), int(empty_anon)
+status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(("Rss", "VmRSS"))}
+rss, anon = status["VmRSS"], status["RssAnon"]
 raw = 4 * json.load(open(meta))["dim"]
-doc = {"name": name, "products": n, "rss_bytes": rss}
+doc = {"name": name, "products": n, "rss_bytes": rss, "rss_anon_bytes": anon, "rss_file_bytes": status["RssFile"]}
 if n:
     doc |= {"rss_empty_server_bytes": empty, "rss_bytes_per_product": (rss - empty) / n,
-            "raw_vector_bytes": raw, "per_product_vs_raw": (rss - empty) / n / raw}
+            "raw_vector_bytes": raw, "per_product_vs_raw": (rss - empty) / n / raw,
+            "rss_anon_empty_server_bytes": empty_anon, "rss_anon_bytes_per_product": (anon - empty_anon) / n}
 if float(t1) > 0:
     doc["seconds_to_serving"] = float(t1) - float(t0)
 print(json.dumps(doc, indent=2))
@@ -116,13 +120,21 @@ EOF
     echo "server: empty, load 1M $(date +%T)"
     rm -rf "$dir"
     serve empty 0
-    empty_rss=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["rss_bytes"])' "$sres-empty.json")
+    # The baseline is settled too, like every reading it is subtracted from.
+    sleep 12
+    rss empty-settled 0
+    empty_rss=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["rss_bytes"])' "$sres-empty-settled.json")
+    empty_anon=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["rss_anon_bytes"])' "$sres-empty-settled.json")
     n=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["n"])' "$sdata/meta.json")
     $bench load-vectors "$sdata" --server "$url" --json "$sres-ingest.json"
+    # Read after jemalloc's 10 s decay has handed back the ingest's garbage.
+    sleep 12
     rss loaded "$n"
     stop loaded
     echo "server: from the dump $(date +%T)"
     serve from-dump "$n"
+    sleep 12
+    rss from-dump-settled "$n"
     for c in 1 32; do
         $bench bench --server "$url" --rpc similar --catalog "$data" --concurrency $c \
             --connections $(( c < 4 ? 1 : 4 )) --duration 8 --warmup 2 --json "$sres-similar-c$c.json"
