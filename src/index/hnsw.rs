@@ -753,7 +753,7 @@ impl Graph {
     /// [`Self::connect_unreachable_with`]); searches may run, and see each
     /// changed list either before or after its one changed id.
     pub(crate) fn connect_unreachable(&self, cancelled: &AtomicBool) -> usize {
-        self.connect_unreachable_with(cancelled, || ())
+        self.connect_unreachable_with(cancelled, None, || ())
     }
 
     /// [`Self::connect_unreachable`] on a graph that inserts may change
@@ -764,9 +764,18 @@ impl Graph {
     /// linking can only make a node reachable that the fill found
     /// unreachable, which costs one superfluous link; nodes published after
     /// the fill wait for the next repair.
+    ///
+    /// The searches run on `pool` (else on the current rayon pool) and
+    /// `exclusive` is called on this thread, never in a pool job: a writer
+    /// that holds the lock while it links a batch on the same pool waits
+    /// for that pool's jobs, and a pool thread blocked on the lock inside a
+    /// job it took up while waiting in its own part of the batch (rayon
+    /// threads run other jobs while they wait) would never finish it. A 1M
+    /// ingest with checkpoints deadlocked that way.
     pub(crate) fn connect_unreachable_with<G>(
         &self,
         cancelled: &AtomicBool,
+        pool: Option<&rayon::ThreadPool>,
         exclusive: impl Fn() -> G,
     ) -> usize {
         let Some((_, top)) = self.entry() else {
@@ -791,18 +800,24 @@ impl Graph {
                 if missing.is_empty() {
                     break;
                 }
-                // The searches for hosts only read, so they run in parallel
-                // (on the caller's rayon pool); the links are then added one
-                // by one, each seeing the lists the previous ones left.
-                let hosts: Vec<(u32, Vec<Near>)> = missing
-                    .par_iter()
-                    .map(|&id| {
-                        if cancelled.load(Ordering::Relaxed) {
-                            return (id, Vec::new());
-                        }
-                        (id, self.hosts_for(id, layer, &reached))
-                    })
-                    .collect();
+                // The searches for hosts only read, so they run in parallel;
+                // the links are then added one by one, each seeing the lists
+                // the previous ones left.
+                let search = || -> Vec<(u32, Vec<Near>)> {
+                    missing
+                        .par_iter()
+                        .map(|&id| {
+                            if cancelled.load(Ordering::Relaxed) {
+                                return (id, Vec::new());
+                            }
+                            (id, self.hosts_for(id, layer, &reached))
+                        })
+                        .collect()
+                };
+                let hosts = match pool {
+                    Some(pool) => pool.install(search),
+                    None => search(),
+                };
                 if cancelled.load(Ordering::Relaxed) {
                     return linked;
                 }
@@ -823,6 +838,30 @@ impl Graph {
             above = reached;
         }
         linked
+    }
+
+    /// Removes every link to one level-0 node other than the entry point,
+    /// so that no search reaches it; returns its id. For tests of the
+    /// repair.
+    #[cfg(test)]
+    pub(crate) fn cut_off_a_node(&self) -> u32 {
+        let entry = self.entry().expect("a graph with nodes").0;
+        let orphan = (0..u32::try_from(self.len()).expect("a small test graph"))
+            .find(|&id| id != entry && self.nodes.get(id as usize).is_some_and(|n| n.level == 0))
+            .expect("a level-0 node");
+        for id in 0..self.len() {
+            let node = self.nodes.get(id).expect("published");
+            for layer in 0..=usize::from(node.level) {
+                let kept: Vec<u32> = self
+                    .neighbours(node, layer)
+                    .iter()
+                    .map(|s| s.load(Ordering::Relaxed))
+                    .filter(|&link| link != orphan)
+                    .collect();
+                self.write_list(node, layer, kept.into_iter());
+            }
+        }
+        orphan
     }
 
     /// How many layer-0 links a node has.
@@ -1542,22 +1581,7 @@ mod tests {
         for v in &vectors {
             graph.insert(v).expect("room");
         }
-        let entry = graph.entry().expect("entry").0;
-        let orphan = (0..400_u32)
-            .find(|&id| id != entry && graph.nodes.get(id as usize).is_some_and(|n| n.level == 0))
-            .expect("a level-0 node");
-        for id in 0..graph.len() {
-            let node = graph.nodes.get(id).expect("published");
-            for layer in 0..=usize::from(node.level) {
-                let kept: Vec<u32> = graph
-                    .neighbours(node, layer)
-                    .iter()
-                    .map(|s| s.load(Ordering::Relaxed))
-                    .filter(|&link| link != orphan)
-                    .collect();
-                graph.write_list(node, layer, kept.into_iter());
-            }
-        }
+        let orphan = graph.cut_off_a_node();
         let own = &vectors[orphan as usize];
         assert!(graph.search(own, 400).iter().all(|n| n.id != orphan));
 
@@ -1575,7 +1599,7 @@ mod tests {
                     inserted.fetch_add(1, Ordering::AcqRel);
                 }
             });
-            let linked = graph.connect_unreachable_with(&AtomicBool::new(false), || {
+            let linked = graph.connect_unreachable_with(&AtomicBool::new(false), None, || {
                 if exclusive_calls.fetch_add(1, Ordering::AcqRel) == 0 {
                     // This round's fill and searches are done: 50 inserts
                     // from here on land between them and its linking.

@@ -484,11 +484,13 @@ impl VectorIndex {
             return 0;
         };
         let generation = self.current.load_full();
-        let linked = self.in_pool(|| {
-            generation
-                .graph
-                .connect_unreachable_with(&self.rebuilds_cancelled, || self.writer.lock())
-        });
+        // Not in `in_pool`: the writer lock must be taken off the pool (see
+        // `connect_unreachable_with`); only the searches run there.
+        let linked = generation.graph.connect_unreachable_with(
+            &self.rebuilds_cancelled,
+            self.pool(),
+            || self.writer.lock(),
+        );
         if linked > 0 {
             debug!(linked, "unreachable points linked into the graph");
         }

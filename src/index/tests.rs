@@ -464,6 +464,82 @@ fn sampled_share_follows_the_filter() {
     assert_eq!(estimate(&index, &|k| number(k) % 2 == 1), n / 2);
 }
 
+/// The repair of a live index never waits for the writer lock inside a job
+/// of the insert pool. A writer holds that lock while it waits for the pool
+/// to link its batch, so a pool thread blocked on the lock would stop the
+/// writer and itself for good (a 1M ingest with checkpoints deadlocked so,
+/// the blocked job taken up by a pool thread waiting inside its part of a
+/// batch). With a one-thread pool the order is forced: the writer holds
+/// the lock, the repair (which has an unreachable node to link) starts,
+/// then the writer needs the pool before it lets go.
+#[test]
+fn repair_waits_for_the_writer_off_the_insert_pool() {
+    let mut rng = StdRng::seed_from_u64(25);
+    let items: Vec<Item> = (0..600)
+        .map(|i| (key(i), random_unit(&mut rng, 8)))
+        .collect();
+    let index = Arc::new(VectorIndex::new(8, hnsw_only()));
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    assert!(
+        index.pool.set(Some(one_thread)).is_ok(),
+        "the pool is set before first use"
+    );
+    index.upsert_batch(items).expect("valid vectors");
+    let orphan = index.current.load().graph.cut_off_a_node();
+
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer = index.writer.lock();
+    let repair = {
+        let index = Arc::clone(&index);
+        std::thread::spawn(move || {
+            let linked = index.connect_unreachable();
+            let _ = done.send(());
+            linked
+        })
+    };
+    // Long enough for the repair's searches to run and for it to ask for
+    // the lock; the order only decides whether the old design deadlocked.
+    std::thread::sleep(Duration::from_millis(200));
+    let (pool_ran, pool_done) = std::sync::mpsc::channel();
+    let waiting_writer = {
+        let index = Arc::clone(&index);
+        std::thread::spawn(move || {
+            index.in_pool(|| ());
+            let _ = pool_ran.send(());
+        })
+    };
+    assert!(
+        pool_done.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the insert pool is stuck behind a job waiting for the writer lock"
+    );
+    drop(writer);
+    assert!(
+        finished.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the repair never finished"
+    );
+    waiting_writer.join().expect("no panic");
+    assert!(
+        repair.join().expect("no panic") >= 1,
+        "the cut-off node was linked"
+    );
+    let generation = index.current.load();
+    let own = generation
+        .graph
+        .vector(orphan as usize)
+        .expect("a vector")
+        .to_vec();
+    assert!(
+        generation
+            .graph
+            .search(&own, 50)
+            .iter()
+            .any(|n| n.id == orphan)
+    );
+}
+
 #[test]
 fn tiny_index_returns_min_k_live() {
     let mut rng = StdRng::seed_from_u64(6);
