@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render bench/1m/RESULTS.md from the JSON that bench/1m/run.sh writes.
 
-Why a report of its own: the million-product run takes about two hours here,
+Why a report of its own: the million-product run takes 35 min to 2 h, by machine,
 so it cannot be part of the 30-minute `make bench`; its figures are kept in
 bench/1m/ with the commit they were measured at. The goals and the way the
 best QPS at a recall target is picked are bench/report.py's, imported from
@@ -160,7 +160,7 @@ def main() -> int:
     ds = load(d, "dataset-1m.json") or {}
     ran = load(d, "run-index.json") or load(d, "run-server.json") or {}
     md = ["# lookbook at one million products", "",
-          "Measured by `bash bench/1m/run.sh` (about two hours here, too long for `make bench`), rendered by "
+          "Measured by `bash bench/1m/run.sh` (35 min to 2 h by machine, too long for `make bench`), rendered by "
           "bench/1m/report.py from the JSON beside this file; none is typed by hand. Goals as in bench/RESULTS.md.", "",
           f"- **Index part**: {prov('index')}",
           f"- **Server part**: {prov('server')}",
