@@ -770,8 +770,7 @@ impl Graph {
     /// that holds the lock while it links a batch on the same pool waits
     /// for that pool's jobs, and a pool thread blocked on the lock inside a
     /// job it took up while waiting in its own part of the batch (rayon
-    /// threads run other jobs while they wait) would never finish it. A 1M
-    /// ingest with checkpoints deadlocked that way.
+    /// threads run other jobs while they wait) would never finish it.
     pub(crate) fn connect_unreachable_with<G>(
         &self,
         cancelled: &AtomicBool,

@@ -466,12 +466,12 @@ fn sampled_share_follows_the_filter() {
 
 /// The repair of a live index never waits for the writer lock inside a job
 /// of the insert pool. A writer holds that lock while it waits for the pool
-/// to link its batch, so a pool thread blocked on the lock would stop the
-/// writer and itself for good (a 1M ingest with checkpoints deadlocked so,
-/// the blocked job taken up by a pool thread waiting inside its part of a
-/// batch). With a one-thread pool the order is forced: the writer holds
-/// the lock, the repair (which has an unreachable node to link) starts,
-/// then the writer needs the pool before it lets go.
+/// to link its batch, so a pool thread blocked on the lock (for instance in
+/// a repair job it took up while waiting inside its part of the batch)
+/// would stop the writer and itself for good. With a one-thread pool the
+/// order is forced: the writer holds the lock, the repair (which has an
+/// unreachable node to link) starts, then the writer needs the pool before
+/// it lets go.
 #[test]
 fn repair_waits_for_the_writer_off_the_insert_pool() {
     let mut rng = StdRng::seed_from_u64(25);
