@@ -16,6 +16,11 @@ fn key(i: usize) -> Arc<str> {
     Arc::from(format!("p{i:06}"))
 }
 
+/// The number in a key made by [`key`].
+fn number(key: &str) -> usize {
+    key[1..].parse().expect("a key made by `key`")
+}
+
 fn normalize(mut v: Vec<f32>) -> Arc<[f32]> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= norm);
@@ -392,12 +397,11 @@ fn filter_avoiding_the_query_falls_back_with(quantization: Quantization) {
     let model: HashMap<Arc<str>, Arc<[f32]>> = items.iter().cloned().collect();
     let index = VectorIndex::build(32, hnsw_only_with(quantization), items).expect("valid vectors");
     // Cluster 0 (even i) admitted one in `rare`; the others all but one in 20.
-    let number = |k: &str| k[1..].parse::<usize>().expect("key of the form p000123");
     for (rare, expected_plan) in [(Some(16), Plan::GraphWidened), (None, Plan::GraphThenExact)] {
         let accept = move |k: &str| {
             let i = number(k);
-            if i % 2 == 0 {
-                rare.is_some_and(|r: usize| i % (2 * r) == 0)
+            if i.is_multiple_of(2) {
+                rare.is_some_and(|r: usize| i.is_multiple_of(2 * r))
             } else {
                 i % 20 != 1
             }
@@ -441,14 +445,13 @@ fn sampled_share_follows_the_filter() {
     let n = 20_000;
     let items: Vec<Item> = (0..n).map(|i| (key(i), random_unit(&mut rng, 8))).collect();
     let index = VectorIndex::build(8, hnsw_only(), items).expect("valid vectors");
-    let number = |k: &str| k[1..].parse::<usize>().expect("key of the form p000123");
     let estimate = |index: &VectorIndex, accept: &(dyn Fn(&str) -> bool + Sync)| {
         let generation = index.current.load();
         generation.sample_share(accept).of(generation.live())
     };
     for share in [2, 10, 100] {
         let truth = n / share;
-        let got = estimate(&index, &|k| number(k) % share == 0);
+        let got = estimate(&index, &|k| number(k).is_multiple_of(share));
         assert!(
             got.abs_diff(truth) * 100 <= truth * 35,
             "1 in {share}: estimated {got}, true {truth}"
@@ -460,7 +463,7 @@ fn sampled_share_follows_the_filter() {
     for i in (0..n).step_by(2) {
         assert!(index.remove(&key(i)));
     }
-    assert_eq!(estimate(&index, &|k| number(k) % 2 == 0), 0);
+    assert_eq!(estimate(&index, &|k| number(k).is_multiple_of(2)), 0);
     assert_eq!(estimate(&index, &|k| number(k) % 2 == 1), n / 2);
 }
 
@@ -643,10 +646,7 @@ fn parallel_batch_matches_exact_neighbours() {
     let mut seen = 0;
     index.for_each_live(&mut |k, v| {
         seen += 1;
-        assert_eq!(
-            v,
-            &items[k[1..].parse::<usize>().expect("our key format")].1[..]
-        );
+        assert_eq!(v, &items[number(k)].1[..]);
     });
     assert_eq!(seen, 500);
     let (k, v) = &items[123];
