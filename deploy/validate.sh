@@ -57,7 +57,7 @@ installed() {
     fi
 ) 9>"$root/.cache/deploy-venv.lock"
 
-targets=(base dev prod)
+targets=(base dev prod cluster)
 for t in "${targets[@]}"; do
     if [ "$t" = base ]; then dir=$root/deploy/k8s/base; else dir=$root/deploy/k8s/overlays/$t; fi
     rendered=$out/$t.yaml
@@ -89,6 +89,7 @@ EXPECT = {
     "base": {"reflection": False, "tls": False, "ui": True},
     "dev": {"reflection": True, "tls": False, "ui": True},
     "prod": {"reflection": False, "tls": True, "ui": False},
+    "cluster": {"reflection": False, "tls": False, "ui": True, "replicas": 3},
 }
 GRACE_MARGIN_S = 10  # seconds the pod must have after drain_delay + shutdown_grace
 problems = []
@@ -301,8 +302,14 @@ def check(t):
     if [v["metadata"]["name"] for v in vcts] != ["data"] or mounts.get(
             cfg.get("storage", {}).get("data_dir"), {}).get("name") != "data":
         err("storage.data_dir must be the mount of the volumeClaimTemplate 'data'")
-    if sts["spec"].get("replicas") != 1:
-        err("replicas must be 1 (each pod owns its redb volume)")
+    want_replicas = expect.get("replicas", 1)
+    if sts["spec"].get("replicas") != want_replicas:
+        err(f"replicas must be {want_replicas} (more than one only in cluster mode: each pod owns its redb volume)")
+    nats_url = cfg.get("cluster", {}).get("nats_url", "")
+    if (want_replicas > 1) != bool(nats_url):
+        err("cluster.nats_url must be set exactly when there are several replicas")
+    if nats_url and cfg.get("cluster", {}).get("stream_replicas") != 3:
+        err("cluster.stream_replicas must be 3 (one NATS server may be lost)")
 
     # Disruption budget and network policy select this pod.
     for obj, what in ((pdb, "PodDisruptionBudget"), (netpol, "NetworkPolicy")):
@@ -319,6 +326,9 @@ def check(t):
             err(f"NetworkPolicy ingress ports {sorted(ingress_ports, key=str)}, want exactly 50051 and 8080")
         if "Egress" not in netpol["spec"].get("policyTypes", []):
             err("NetworkPolicy must restrict egress")
+        egress_ports = {p.get("port") for rule in netpol["spec"].get("egress", []) for p in rule.get("ports", [])}
+        if bool(nats_url) != (4222 in egress_ports):
+            err("NetworkPolicy egress to NATS (4222) exactly when cluster.nats_url is set")
     return list(dict.fromkeys(errs))
 
 

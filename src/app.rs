@@ -21,7 +21,8 @@ use crate::{
         tls::{TlsError, TlsMaterial},
     },
     catalog::{Catalog, CatalogError, StartupReport},
-    config::Config,
+    cluster::{self, ClusterError, Log, ModelIdentity, Writes},
+    config::{ClusterConfig, Config},
     encoder::{Encoder, EncoderError},
     personalize::{PersonalizeError, Personalizer},
     recommend::Recommender,
@@ -44,6 +45,8 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
     #[error("cannot load shopper state: {0}")]
     Personalize(#[from] PersonalizeError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] ClusterError),
     #[error(transparent)]
     Serve(#[from] api::ServeError),
     #[error("start-up task failed: {0}")]
@@ -197,6 +200,62 @@ impl Bound {
             damaged_trending = shoppers.damaged_trending,
             "shopper state loaded"
         );
+        let personalizer = Arc::new(personalizer);
+        let log = if config.cluster.enabled() {
+            let joined = tokio::select! {
+                joined = join(&config.cluster, &catalog) => joined,
+                () = shutdown.cancelled() => {
+                    readiness.not_serving().await;
+                    close.cancel();
+                    return finish(server).await;
+                }
+            };
+            match joined {
+                Ok(log) => Some(Arc::new(log)),
+                Err(error) => {
+                    close.cancel();
+                    let _ = finish(server).await;
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
+        let appliers = log.as_ref().map(|log| {
+            tokio::spawn(cluster::run_appliers(
+                Arc::clone(log),
+                Arc::clone(&catalog),
+                Arc::clone(&personalizer),
+                shutdown.clone(),
+            ))
+        });
+        if let Some(log) = &log {
+            // NOT_SERVING until caught up: a new replica would otherwise
+            // answer from a partial catalogue.
+            let caught_up = tokio::select! {
+                caught_up = log.wait_caught_up() => caught_up,
+                () = shutdown.cancelled() => Ok(()),
+            };
+            if let Err(error) = caught_up {
+                close.cancel();
+                let _ = finish(server).await;
+                return Err(error.into());
+            }
+            let lag = Arc::clone(log);
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { lag.report_lag(shutdown).await }
+            });
+            // A replica that stops following (an event of another model)
+            // must leave the load balancers' rotation.
+            let halted = Arc::clone(log);
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                let reason = halted.halted().await;
+                tracing::error!(%reason, "NOT_SERVING: this replica no longer follows the cluster");
+                readiness.not_serving().await;
+            });
+        }
         let limits = RequestLimits {
             dim: catalog.dim() as usize,
             max_k: config.limits.max_k,
@@ -214,9 +273,10 @@ impl Bound {
         ));
         readiness
             .serving(Ready {
+                writes: Writes::new(Arc::clone(&catalog), Arc::clone(&personalizer), log),
                 recommender: Recommender::new(
                     Arc::clone(&catalog),
-                    Arc::new(personalizer),
+                    personalizer,
                     config.server.search_concurrency,
                     config.server.max_pending_searches,
                     config.index.exact_threshold,
@@ -247,6 +307,12 @@ impl Bound {
         if let Err(error) = maintenance.await {
             tracing::error!(%error, "maintenance task failed");
         }
+        // The appliers stop at `shutdown`, after the commit they are in.
+        if let Some(appliers) = appliers
+            && let Err(error) = appliers.await
+        {
+            tracing::error!(%error, "cluster applier failed");
+        }
         match tokio::time::timeout_at(deadline, catalog.dump_index()).await {
             Ok(Ok(())) => tracing::info!("index dump written"),
             // Not fatal: the next start rebuilds from the store.
@@ -276,6 +342,39 @@ async fn finish(
 ) -> Result<(), AppError> {
     server.await??;
     Ok(())
+}
+
+/// Connects to the cluster's logs. An unreachable NATS (or a JetStream
+/// not ready yet) is retried every 2 s, logged, while health says
+/// NOT_SERVING; a replica of another model is refused for good.
+async fn join(config: &ClusterConfig, catalog: &Catalog) -> Result<Log, AppError> {
+    let model = ModelIdentity {
+        name: catalog.model().to_owned(),
+        sha256: catalog.encoder().model_sha256().to_owned(),
+        dim: catalog.dim(),
+        metric: catalog.metric().as_str().to_owned(),
+    };
+    let store = Arc::clone(catalog.store());
+    let applied = tokio::task::spawn_blocking(move || store.applied())
+        .await?
+        .map_err(CatalogError::from)?;
+    loop {
+        match Log::connect(config, model.clone(), applied).await {
+            Ok(log) => {
+                tracing::info!(
+                    products = applied.0,
+                    interactions = applied.1,
+                    "joined the cluster; applying its logs from the stored positions"
+                );
+                return Ok(log);
+            }
+            Err(error @ ClusterError::ModelMismatch { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach the cluster's logs yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 /// Loads the encoder (blocking: reads and optimises the ONNX graph) and

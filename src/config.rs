@@ -74,6 +74,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub personalize: PersonalizeConfig,
     pub telemetry: TelemetryConfig,
+    pub cluster: ClusterConfig,
     /// Read from the files and variables `[auth]` names by [`Config::load`];
     /// never part of the file.
     #[serde(skip)]
@@ -395,6 +396,73 @@ impl Default for HttpConfig {
     }
 }
 
+/// Cluster mode: replicas kept in step through NATS JetStream (see
+/// `crate::cluster`). Off (a single node with its embedded store) while
+/// `nats_url` is empty. Secrets are never keys here: the NATS credentials
+/// and TLS key come from files (a mounted Secret), like `[auth]`'s tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated (`nats://nats:4222`); empty: off.
+    pub nats_url: String,
+    /// A NATS `.creds` file (user JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// CA bundle to verify the NATS servers with (turns TLS on).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS with NATS (set together).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The key-value bucket holding the latest state of every product.
+    pub products_bucket: String,
+    /// The stream holding interactions, one subject per shopper.
+    pub interactions_stream: String,
+    /// How long the interaction stream keeps events.
+    #[serde(with = "humantime_serde")]
+    pub interactions_retention: Duration,
+    /// JetStream replicas of the bucket and stream when this replica
+    /// creates them (3 on a 3-node NATS cluster; existing ones are kept).
+    pub stream_replicas: usize,
+    /// Longest wait for JetStream's acknowledgement of a write, and then
+    /// again for this replica to apply it, before the call fails.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Health stays NOT_SERVING at start until this replica is behind the
+    /// logs by at most this many events.
+    pub max_ready_lag: u64,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.trim().is_empty()
+    }
+
+    /// The NATS servers `nats_url` names, comma-separated.
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, async_nats::Error> {
+        self.nats_url
+            .split(',')
+            .map(|u| Ok(u.trim().parse::<async_nats::ServerAddr>()?))
+            .collect()
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: String::new(),
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            products_bucket: "lookbook_products".to_owned(),
+            interactions_stream: "LOOKBOOK_INTERACTIONS".to_owned(),
+            interactions_retention: Duration::from_secs(90 * 24 * 3600),
+            stream_replicas: 1,
+            write_timeout: Duration::from_secs(10),
+            max_ready_lag: 100,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
@@ -638,6 +706,42 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_filter)
             .map_err(|e| invalid("telemetry.log_filter", e.to_string()))?;
+        let c = &self.cluster;
+        if c.enabled() {
+            c.servers()
+                .map_err(|e| invalid("cluster.nats_url", e.to_string()))?;
+            if !(1..=5).contains(&c.stream_replicas) {
+                return Err(invalid("cluster.stream_replicas", "must be in 1..=5"));
+            }
+            if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
+                return Err(invalid(
+                    "cluster",
+                    "tls_cert_file and tls_key_file must be set together",
+                ));
+            }
+            if c.write_timeout.is_zero() {
+                return Err(invalid("cluster.write_timeout", "must be positive"));
+            }
+            if c.interactions_retention.is_zero() {
+                return Err(invalid(
+                    "cluster.interactions_retention",
+                    "must be positive",
+                ));
+            }
+            // Bucket and stream names become subject tokens.
+            for (field, name) in [
+                ("cluster.products_bucket", &c.products_bucket),
+                ("cluster.interactions_stream", &c.interactions_stream),
+            ] {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(invalid(field, "must be letters, digits, '_' or '-'"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -680,6 +784,48 @@ mod tests {
         Config::default()
             .validate()
             .expect("defaults must be valid");
+    }
+
+    #[test]
+    fn cluster_mode_is_off_by_default_and_checked_when_on() {
+        assert!(!Config::default().cluster.enabled());
+        let mut c = Config::default();
+        c.cluster.nats_url = "nats://127.0.0.1:4222".to_owned();
+        c.validate().expect("a URL alone is a valid cluster set-up");
+        c.cluster.nats_url = "nats://a:4222, nats://b:4222,nats://c:4222".to_owned();
+        assert_eq!(c.cluster.servers().unwrap().len(), 3);
+        for (field, broken) in [
+            ("cluster.stream_replicas", {
+                let mut b = c.clone();
+                b.cluster.stream_replicas = 0;
+                b
+            }),
+            ("cluster", {
+                let mut b = c.clone();
+                b.cluster.tls_cert_file = Some("cert.pem".into());
+                b
+            }),
+            ("cluster.products_bucket", {
+                let mut b = c.clone();
+                b.cluster.products_bucket = "a.b".to_owned();
+                b
+            }),
+            ("cluster.write_timeout", {
+                let mut b = c.clone();
+                b.cluster.write_timeout = Duration::ZERO;
+                b
+            }),
+            ("cluster.nats_url", {
+                let mut b = c.clone();
+                b.cluster.nats_url = "nats://127.0.0.1:4222,nats://:x".to_owned();
+                b
+            }),
+        ] {
+            match broken.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected Invalid, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -86,8 +86,16 @@ macro_rules! id_type {
 id_type!(ProductId);
 
 impl ProductId {
-    /// For ids read back from our own store or index, which were validated
-    /// when they were written.
+    /// For ids read back from our own store or index, or from the
+    /// replicated log, which were validated when they were written.
+    pub fn from_trusted(raw: Arc<str>) -> Self {
+        Self(raw)
+    }
+}
+
+impl UserId {
+    /// For ids read back from the replicated log, validated by the replica
+    /// that wrote them.
     pub fn from_trusted(raw: Arc<str>) -> Self {
         Self(raw)
     }

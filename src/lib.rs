@@ -10,6 +10,8 @@
 //! - [`app`]: wiring: bind, load, serve, drain.
 //! - [`cli`]: the `lookbook` command line: `serve`, `check` and the
 //!   operator's client commands.
+//! - [`cluster`]: cluster mode: replicas kept in step through NATS
+//!   JetStream (the write path through the log, the appliers).
 //! - [`recommend`]: query planning: similar products (Qdrant-style
 //!   positives/negatives) and per-shopper recommendations; shares, caps,
 //!   MMR and reasons.
@@ -33,6 +35,7 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod domain;

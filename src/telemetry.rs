@@ -167,6 +167,23 @@ fn describe() {
         "lookbook_ready",
         "1 once the model and index are loaded and the server is SERVING"
     );
+    describe_gauge!(
+        "lookbook_cluster_lag_events",
+        "cluster mode: events in the replicated log this replica has not applied"
+    );
+    describe_gauge!(
+        "lookbook_cluster_lag_seconds",
+        Unit::Seconds,
+        "cluster mode: age of the newest applied event while events wait (0 when caught up)"
+    );
+    describe_gauge!(
+        "lookbook_cluster_applied_sequence",
+        "cluster mode: the last log sequence applied to the store and memory"
+    );
+    describe_counter!(
+        "lookbook_cluster_skipped_events_total",
+        "cluster mode: events every replica skips alike (undecodable, unusable vector)"
+    );
 }
 
 /// What must outlive serving: the trace exporter, flushed on drop.

@@ -14,7 +14,7 @@ use std::process::Command;
 use lookbook::config::{Config, Overrides};
 
 /// What deploy/validate.sh renders: `OUT/<target>/lookbook.toml` for each.
-const TARGETS: [&str; 3] = ["base", "dev", "prod"];
+const TARGETS: [&str; 4] = ["base", "dev", "prod", "cluster"];
 
 fn kubectl_available() -> bool {
     Command::new("kubectl")

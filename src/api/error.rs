@@ -12,8 +12,8 @@ use tonic::{Code, Status};
 
 use super::convert::InvalidRequest;
 use crate::{
-    catalog::CatalogError, encoder::EncoderError, index::IndexError, personalize::PersonalizeError,
-    recommend::RecommendError, store::StoreError,
+    catalog::CatalogError, cluster::ClusterError, encoder::EncoderError, index::IndexError,
+    personalize::PersonalizeError, recommend::RecommendError, store::StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum ApiError {
     Recommend(#[from] RecommendError),
     #[error(transparent)]
     Personalize(#[from] PersonalizeError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// What the caller is told, and whether the cause is ours.
@@ -136,6 +138,22 @@ fn personalize(e: &PersonalizeError) -> Public {
     }
 }
 
+fn cluster(e: &ClusterError) -> Public {
+    match e {
+        ClusterError::Catalog(e) => catalog(e),
+        ClusterError::Personalize(e) => personalize(e),
+        // The caller may retry: nothing of the failed part was stored.
+        ClusterError::Unavailable(_) | ClusterError::Halted(_) | ClusterError::Connect { .. } => {
+            Public::caller(Code::Unavailable, e)
+        }
+        // Stored in the cluster, not yet visible here: the call's outcome
+        // is "done, later", which is what DEADLINE_EXCEEDED allows.
+        ClusterError::NotApplied(_) => Public::caller(Code::DeadlineExceeded, e),
+        ClusterError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
+        ClusterError::Setup { .. } | ClusterError::Encode(_) => Public::internal(),
+    }
+}
+
 impl ApiError {
     fn public(&self) -> Public {
         match self {
@@ -149,6 +167,7 @@ impl ApiError {
                 RecommendError::Personalize(e) => personalize(e),
             },
             Self::Personalize(e) => personalize(e),
+            Self::Cluster(e) => cluster(e),
         }
     }
 }

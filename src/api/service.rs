@@ -45,6 +45,8 @@ const RECORD_BATCH: usize = 256;
 #[derive(Debug)]
 pub struct Ready {
     pub recommender: Recommender,
+    /// Where writes go: local, or through the cluster's log.
+    pub writes: crate::cluster::Writes,
     pub limits: RequestLimits,
 }
 
@@ -177,12 +179,7 @@ impl RecommenderRpc for RecommenderService {
         let ready = self.ready()?;
         let product =
             NewProduct::try_from((request.into_inner(), &ready.limits)).map_err(ApiError::from)?;
-        let outcome = ready
-            .recommender
-            .catalog()
-            .add(product)
-            .await
-            .map_err(ApiError::from)?;
+        let outcome = ready.writes.add(product).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::AddProductResponse {
             created: outcome.created,
             catalog_size: outcome.catalog_size,
@@ -194,6 +191,7 @@ impl RecommenderRpc for RecommenderService {
         request: Request<Streaming<proto::AddProductsRequest>>,
     ) -> Result<Response<proto::AddProductsResponse>, Status> {
         let ready = self.ready()?;
+        let writes = &ready.writes;
         let catalog = ready.recommender.catalog();
         let mut stream = request.into_inner();
         let mut summary = ImportSummary::default();
@@ -215,11 +213,11 @@ impl RecommenderRpc for RecommenderService {
             }
             position += 1;
             if batch.len() >= IMPORT_BATCH || photos >= IMPORT_BATCH_PHOTOS {
-                summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;
+                summary.catalog_size = flush(writes, catalog, &mut batch, &mut summary).await?;
                 photos = 0;
             }
         }
-        summary.catalog_size = flush(catalog, &mut batch, &mut summary).await?;
+        summary.catalog_size = flush(writes, catalog, &mut batch, &mut summary).await?;
         Ok(Response::new(summary.into_proto()))
     }
 
@@ -318,8 +316,7 @@ impl RecommenderRpc for RecommenderService {
             ProductUpdate::try_from((request.into_inner(), &ready.limits))
                 .map_err(ApiError::from)?;
         let product = ready
-            .recommender
-            .catalog()
+            .writes
             .update(&id, update)
             .await
             .map_err(ApiError::from)?;
@@ -335,12 +332,7 @@ impl RecommenderRpc for RecommenderService {
         let ready = self.ready()?;
         let id =
             requested_id(&request.get_ref().product_id, &ready.limits).map_err(ApiError::from)?;
-        let (deleted, catalog_size) = ready
-            .recommender
-            .catalog()
-            .delete(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let (deleted, catalog_size) = ready.writes.delete(&id).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::DeleteProductResponse {
             deleted,
             catalog_size,
@@ -372,8 +364,7 @@ impl RecommenderRpc for RecommenderService {
         let interaction = Interaction::try_from((request.into_inner(), &ready.limits, now_ms()))
             .map_err(ApiError::from)?;
         let mut results = ready
-            .recommender
-            .personalizer()
+            .writes
             .record(vec![interaction])
             .await
             .map_err(ApiError::from)?;
@@ -388,7 +379,7 @@ impl RecommenderRpc for RecommenderService {
         request: Request<Streaming<proto::RecordInteractionsRequest>>,
     ) -> Result<Response<proto::RecordInteractionsResponse>, Status> {
         let ready = self.ready()?;
-        let personalizer = ready.recommender.personalizer();
+        let writes = &ready.writes;
         let mut stream = request.into_inner();
         let mut summary = RecordSummary::default();
         let mut batch: Vec<(usize, Interaction)> = Vec::with_capacity(RECORD_BATCH);
@@ -408,10 +399,10 @@ impl RecommenderRpc for RecommenderService {
             }
             position += 1;
             if batch.len() >= RECORD_BATCH {
-                summary.flush(personalizer, &mut batch).await?;
+                summary.flush(writes, &mut batch).await?;
             }
         }
-        summary.flush(personalizer, &mut batch).await?;
+        summary.flush(writes, &mut batch).await?;
         // Bad requests fail as they arrive, unknown products at their
         // batch's commit: in stream order for the caller.
         summary.errors.sort_by_key(|e| e.index);
@@ -446,12 +437,7 @@ impl RecommenderRpc for RecommenderService {
         let ready = self.ready()?;
         let user =
             requested_user(&request.get_ref().user_id, &ready.limits).map_err(ApiError::from)?;
-        let forgotten = ready
-            .recommender
-            .personalizer()
-            .forget(user)
-            .await
-            .map_err(ApiError::from)?;
+        let forgotten = ready.writes.forget(user).await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ForgetUserResponse {
             forgotten: forgotten.existed,
             interactions_erased: forgotten.interactions,
@@ -502,7 +488,7 @@ impl RecordSummary {
     /// failed commit ends the call.
     async fn flush(
         &mut self,
-        personalizer: &crate::personalize::Personalizer,
+        writes: &crate::cluster::Writes,
         batch: &mut Vec<(usize, Interaction)>,
     ) -> Result<(), Status> {
         if batch.is_empty() {
@@ -514,7 +500,7 @@ impl RecordSummary {
             .iter()
             .map(|i| (i.user.to_string(), i.product.to_string()))
             .collect();
-        let results = personalizer.record(items).await.map_err(ApiError::from)?;
+        let results = writes.record(items).await.map_err(ApiError::from)?;
         for ((position, (user, product)), result) in positions.iter().zip(&who).zip(results) {
             match result {
                 Ok(()) => self.recorded += 1,
@@ -559,6 +545,7 @@ impl ImportSummary {
 /// Commits the buffered items; item-level failures go into the summary,
 /// failures of the whole batch (store down, shutting down) end the call.
 async fn flush(
+    writes: &crate::cluster::Writes,
     catalog: &crate::catalog::Catalog,
     batch: &mut Vec<(usize, NewProduct)>,
     summary: &mut ImportSummary,
@@ -569,7 +556,7 @@ async fn flush(
     let items: Vec<(usize, NewProduct)> = std::mem::take(batch);
     let (positions, products): (Vec<usize>, Vec<NewProduct>) = items.into_iter().unzip();
     let ids: Vec<String> = products.iter().map(|p| p.id.to_string()).collect();
-    let outcome = catalog.add_batch(products).await.map_err(ApiError::from)?;
+    let outcome = writes.add_batch(products).await.map_err(ApiError::from)?;
     for ((position, id), result) in positions.iter().zip(&ids).zip(outcome.results) {
         match result {
             Ok(true) => summary.added += 1,

@@ -39,7 +39,7 @@ use crate::{
     encoder::{Encoded, Encoder, EncoderError},
     gate::{Busy, Gate},
     index::{IndexError, IndexParams, RebuildOutcome, VectorIndex},
-    store::{Store, StoreError, StoredProduct, Upsert},
+    store::{Applied, Store, StoreError, StoredProduct, Upsert},
 };
 
 pub use attributes::{AttributeTable, AttributeView, Facet};
@@ -168,8 +168,9 @@ pub struct ProductPage {
     pub next_after: Option<ProductId>,
 }
 
-/// A product with what it was made from, ready to commit.
-type Embedded = (ProductId, Attributes, Embedding, Option<Vec<u8>>);
+/// A product with what it was made from, ready to commit: id, attributes,
+/// embedding and thumbnail (JPEG).
+pub type Embedded = (ProductId, Attributes, Embedding, Option<Vec<u8>>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogStats {
@@ -515,7 +516,10 @@ impl Catalog {
             }
         };
         let mut outcome = self
-            .commit(vec![(product.id, product.attributes, embedding, thumbnail)])
+            .commit(
+                vec![(product.id, product.attributes, embedding, thumbnail)],
+                None,
+            )
             .await?;
         let created = outcome.results.pop().ok_or(CatalogError::Internal(
             "commit returned no result for its item",
@@ -530,7 +534,46 @@ impl Catalog {
     /// to decode fails only its own item), then every good item is committed
     /// in one durable transaction.
     pub async fn add_batch(&self, products: Vec<NewProduct>) -> Result<BulkOutcome, CatalogError> {
+        let prepared = self.prepare(products).await?;
         let mut results: Vec<Option<Result<bool, CatalogError>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        let mut order = Vec::new();
+        let mut items = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok(item) => {
+                    order.push(i);
+                    items.push(item);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let committed = self.commit(items, None).await?;
+        for (i, r) in order.into_iter().zip(committed.results) {
+            results[i] = Some(r);
+        }
+        Ok(BulkOutcome {
+            results: results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or(Err(CatalogError::Internal(
+                        "bulk item left without a result",
+                    )))
+                })
+                .collect(),
+            catalog_size: committed.catalog_size,
+        })
+    }
+
+    /// Embeds the images of a batch (together; an image that fails to
+    /// decode fails only its own item) and makes their thumbnails, without
+    /// committing anything: each item comes back ready for a commit, here
+    /// or, in cluster mode, on every replica through the replicated log.
+    pub async fn prepare(
+        &self,
+        products: Vec<NewProduct>,
+    ) -> Result<Vec<Result<Embedded, CatalogError>>, CatalogError> {
+        let mut results: Vec<Option<Result<Embedded, CatalogError>>> =
             (0..products.len()).map(|_| None).collect();
         let mut embeddings: Vec<Option<(Embedding, Option<Vec<u8>>)>> =
             (0..products.len()).map(|_| None).collect();
@@ -562,34 +605,45 @@ impl Catalog {
                 Err(other) => return Err(other),
             }
         }
-        let mut order = Vec::new();
-        let mut items = Vec::new();
         for (i, (p, e)) in products.into_iter().zip(embeddings).enumerate() {
             if let Some((e, thumbnail)) = e {
-                order.push(i);
-                items.push((p.id, p.attributes, e, thumbnail));
+                results[i] = Some(Ok((p.id, p.attributes, e, thumbnail)));
             }
         }
-        let committed = self.commit(items).await?;
-        for (i, r) in order.into_iter().zip(committed.results) {
-            results[i] = Some(r);
-        }
-        Ok(BulkOutcome {
-            results: results
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_or(Err(CatalogError::Internal(
-                        "bulk item left without a result",
-                    )))
-                })
-                .collect(),
-            catalog_size: committed.catalog_size,
-        })
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or(Err(CatalogError::Internal(
+                    "prepared item left without a result",
+                )))
+            })
+            .collect())
+    }
+
+    /// Commits products read from the replicated log at `seq` (cluster
+    /// mode); the store records `seq` in the same transaction, so a restart
+    /// resumes after it. An empty batch records only the position.
+    pub async fn apply_products(
+        &self,
+        items: Vec<Embedded>,
+        seq: u64,
+    ) -> Result<BulkOutcome, CatalogError> {
+        self.commit(items, Some(Applied::Products(seq))).await
+    }
+
+    /// Deletes a product read from the replicated log at `seq` (see
+    /// [`Self::apply_products`]).
+    pub async fn apply_delete(&self, id: &ProductId, seq: u64) -> Result<bool, CatalogError> {
+        Ok(self.remove(id, Some(Applied::Products(seq))).await?.0)
     }
 
     /// Durably stores, then publishes, a batch of embedded products.
-    async fn commit(&self, items: Vec<Embedded>) -> Result<BulkOutcome, CatalogError> {
-        if items.is_empty() {
+    async fn commit(
+        &self,
+        items: Vec<Embedded>,
+        applied: Option<Applied>,
+    ) -> Result<BulkOutcome, CatalogError> {
+        if items.is_empty() && applied.is_none() {
             return Ok(BulkOutcome {
                 results: Vec::new(),
                 catalog_size: self.len(),
@@ -618,7 +672,7 @@ impl Catalog {
                 .collect();
             let thumbnails: Vec<Option<&[u8]>> =
                 items.iter().map(|(_, _, _, t)| t.as_deref()).collect();
-            let upserts = store.put_batch_with_thumbnails(&stored, &thumbnails)?;
+            let upserts = store.put_batch_applied(&stored, &thumbnails, applied)?;
             // Attributes before vectors: a point must never be searchable
             // without the attributes that filters are evaluated on.
             let mut vectors = Vec::with_capacity(items.len());
@@ -787,6 +841,14 @@ impl Catalog {
 
     /// Deletes a product; `Ok(false)` if it did not exist.
     pub async fn delete(&self, id: &ProductId) -> Result<(bool, u64), CatalogError> {
+        self.remove(id, None).await
+    }
+
+    async fn remove(
+        &self,
+        id: &ProductId,
+        applied: Option<Applied>,
+    ) -> Result<(bool, u64), CatalogError> {
         let writer = self.writer.enter().await?;
         let store = Arc::clone(&self.store);
         let index = Arc::clone(&self.index);
@@ -797,7 +859,7 @@ impl Catalog {
         // As in `commit`: the task owns the permit and finishes regardless.
         tokio::task::spawn_blocking(move || -> Result<(bool, u64), CatalogError> {
             let _writer = writer;
-            let deleted = store.delete(id.as_str())?;
+            let deleted = store.delete_applied(id.as_str(), applied)?;
             // Vector before attributes: the reverse of insertion.
             index.remove(id.as_str());
             attributes.remove(id.as_str());

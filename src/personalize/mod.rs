@@ -202,17 +202,60 @@ impl Personalizer {
         if items.is_empty() {
             return Ok(results);
         }
-        let (done, reply) = oneshot::channel();
-        submit(&self.jobs, Job::Record { items, done })?;
-        reply.await.map_err(|_| PersonalizeError::WriterStopped)??;
+        self.commit_record(items, None).await?;
         Ok(results)
     }
 
     /// Erases the user's history and profile, in memory and durably,
     /// whether or not they are resident.
     pub async fn forget(&self, user: UserId) -> Result<Forgotten, PersonalizeError> {
+        self.apply_forget(user, None).await
+    }
+
+    /// Applies interactions read from the replicated log, with the vectors
+    /// their events carry (not the catalogue's: a replica that has not yet
+    /// applied a product, or has applied its later deletion, must still
+    /// build the same profile), and records `applied` with them.
+    pub async fn apply_record(
+        &self,
+        items: Vec<(Interaction, Arc<[f32]>)>,
+        applied: Option<u64>,
+    ) -> Result<(), PersonalizeError> {
+        self.commit_record(items, applied).await
+    }
+
+    /// [`Self::forget`] read from the replicated log at `applied`.
+    pub async fn apply_forget(
+        &self,
+        user: UserId,
+        applied: Option<u64>,
+    ) -> Result<Forgotten, PersonalizeError> {
         let (done, reply) = oneshot::channel();
-        submit(&self.jobs, Job::Forget { user, done })?;
+        submit(
+            &self.jobs,
+            Job::Forget {
+                user,
+                applied,
+                done,
+            },
+        )?;
+        reply.await.map_err(|_| PersonalizeError::WriterStopped)?
+    }
+
+    async fn commit_record(
+        &self,
+        items: Vec<(Interaction, Arc<[f32]>)>,
+        applied: Option<u64>,
+    ) -> Result<(), PersonalizeError> {
+        let (done, reply) = oneshot::channel();
+        submit(
+            &self.jobs,
+            Job::Record {
+                items,
+                applied,
+                done,
+            },
+        )?;
         reply.await.map_err(|_| PersonalizeError::WriterStopped)?
     }
 
@@ -275,6 +318,7 @@ mod tests {
         let (done, _reply) = oneshot::channel();
         Job::Forget {
             user: UserId::parse("ann", 64).unwrap(),
+            applied: None,
             done,
         }
     }

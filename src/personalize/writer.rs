@@ -25,10 +25,14 @@ use crate::{
 pub(super) enum Job {
     Record {
         items: Vec<(Interaction, Arc<[f32]>)>,
+        /// In cluster mode, the interaction log's sequence of the last item,
+        /// recorded in the same transaction.
+        applied: Option<u64>,
         done: oneshot::Sender<Result<(), PersonalizeError>>,
     },
     Forget {
         user: UserId,
+        applied: Option<u64>,
         done: oneshot::Sender<Result<Forgotten, PersonalizeError>>,
     },
 }
@@ -47,27 +51,39 @@ impl std::fmt::Debug for Job {
 pub(super) fn writer_loop(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
+        // The log position the batch brings the store to: jobs arrive in
+        // log order, so the latest one's.
+        let mut batch_applied = None;
         let mut queued = 0usize;
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Record { items, done } => {
+                Job::Record {
+                    items,
+                    applied,
+                    done,
+                } => {
                     queued += items.len();
                     batch.push((items, done));
+                    batch_applied = applied.or(batch_applied);
                 }
-                Job::Forget { user, done } => {
+                Job::Forget {
+                    user,
+                    applied,
+                    done,
+                } => {
                     // Order matters: what was recorded before the forget
                     // is committed first, then erased with the rest.
-                    commit(shared, std::mem::take(&mut batch));
+                    commit(shared, std::mem::take(&mut batch), batch_applied.take());
                     queued = 0;
-                    let _ = done.send(forget(shared, &user));
+                    let _ = done.send(forget(shared, &user, applied));
                 }
             }
             if queued < shared.config.commit_batch {
                 next = rx.try_recv().ok();
             }
         }
-        commit(shared, batch);
+        commit(shared, batch, batch_applied);
     }
     tracing::debug!("interaction writer stopped");
 }
@@ -81,11 +97,11 @@ type Pending = Vec<(
 /// the sequence numbers it evicts.
 type Touched = (UserState, Vec<(u64, StoredInteraction)>, Vec<u64>);
 
-fn commit(shared: &Shared, batch: Pending) {
+fn commit(shared: &Shared, batch: Pending, applied: Option<u64>) {
     if batch.is_empty() {
         return;
     }
-    let result = apply(shared, &batch).map_err(Arc::new);
+    let result = apply(shared, &batch, applied).map_err(Arc::new);
     if result.is_ok() {
         for (items, _) in &batch {
             for (interaction, _) in items {
@@ -105,7 +121,7 @@ fn commit(shared: &Shared, batch: Pending) {
 }
 
 /// Commits the batch and publishes its states; a failure fails all of it.
-fn apply(shared: &Shared, batch: &Pending) -> Result<(), StoreError> {
+fn apply(shared: &Shared, batch: &Pending, applied: Option<u64>) -> Result<(), StoreError> {
     let config = &shared.config;
     let mut touched: HashMap<Arc<str>, Touched> = HashMap::new();
     let mut missing: Vec<Arc<str>> = Vec::new();
@@ -199,6 +215,7 @@ fn apply(shared: &Shared, batch: &Pending) -> Result<(), StoreError> {
             })
             .collect(),
         trends: trends.into_iter().collect(),
+        applied,
     };
     shared.store.commit_interactions(&write)?;
     // Durable: now visible to the next recommendation.
@@ -210,8 +227,12 @@ fn apply(shared: &Shared, batch: &Pending) -> Result<(), StoreError> {
 }
 
 /// Erases the shopper from the store, resident or not, then from memory.
-fn forget(shared: &Shared, user: &UserId) -> Result<Forgotten, PersonalizeError> {
-    let (interactions, stored) = shared.store.forget_user(user.as_str())?;
+fn forget(
+    shared: &Shared,
+    user: &UserId,
+    applied: Option<u64>,
+) -> Result<Forgotten, PersonalizeError> {
+    let (interactions, stored) = shared.store.forget_user_applied(user.as_str(), applied)?;
     let resident = shared.resident.remove(user.as_str());
     let existed = stored || resident;
     if existed {
@@ -275,7 +296,7 @@ mod tests {
     /// Commits `items` as one group commit and checks it succeeded.
     fn commit_ok(shared: &Shared, items: Vec<(Interaction, Arc<[f32]>)>) {
         let (done, mut reply) = oneshot::channel();
-        commit(shared, vec![(items, done)]);
+        commit(shared, vec![(items, done)], None);
         reply.try_recv().unwrap().unwrap();
     }
 
@@ -331,7 +352,7 @@ mod tests {
         commit_ok(&shared, vec![item("bo", 0)]);
         assert!(shared.resident.get("ann").is_none(), "evicted by bo");
         let ann = UserId::parse("ann", 64).unwrap();
-        let f = forget(&shared, &ann).unwrap();
+        let f = forget(&shared, &ann, None).unwrap();
         assert_eq!(
             f,
             Forgotten {
@@ -342,7 +363,7 @@ mod tests {
         assert_eq!(shared.load_stored(&["ann"]).unwrap(), vec![None]);
         assert!(shared.shopper_state(&Arc::from("ann")).unwrap().is_none());
         assert_eq!(shared.shoppers.load(Ordering::Relaxed), 1);
-        assert!(!forget(&shared, &ann).unwrap().existed);
+        assert!(!forget(&shared, &ann, None).unwrap().existed);
     }
 
     /// One vector per product, as a catalogue has: `item`'s products with

@@ -10,6 +10,10 @@
 //!   was built with.
 //! - `catalog_metric` (format 1: `u32` length + name): the similarity metric the catalog was
 //!   created with (`cosine`, `dot`, `euclidean`, `manhattan`).
+//! - `applied_products`, `applied_interactions` (format 1: `u64`): in cluster mode, the last
+//!   sequence of each replicated log whose change this store holds, written in the same
+//!   transaction as that change so that a restart resumes exactly after it. Absent means 0
+//!   (nothing applied; always the case on a single node).
 
 use redb::{ReadableTable, Table, TableDefinition};
 
@@ -23,6 +27,8 @@ const META_NAME: &str = "meta";
 const VERSION_KEY: &str = "products_version";
 const CATALOG_MODEL_KEY: &str = "catalog_model";
 const CATALOG_METRIC_KEY: &str = "catalog_metric";
+const APPLIED_PRODUCTS_KEY: &str = "applied_products";
+const APPLIED_INTERACTIONS_KEY: &str = "applied_interactions";
 const FORMAT_V1: u8 = 1;
 
 /// Reads and decodes `key`, or `None` if it was never written.
@@ -131,5 +137,49 @@ pub(super) fn set_catalog_metric(
     table
         .insert(CATALOG_METRIC_KEY, w.finish().as_slice())
         .map_err(db("set catalog metric"))?;
+    Ok(())
+}
+
+/// A position in one of the replicated logs (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Products(u64),
+    Interactions(u64),
+}
+
+impl Applied {
+    fn key(self) -> (&'static str, u64) {
+        match self {
+            Self::Products(seq) => (APPLIED_PRODUCTS_KEY, seq),
+            Self::Interactions(seq) => (APPLIED_INTERACTIONS_KEY, seq),
+        }
+    }
+}
+
+/// The applied sequences `(products, interactions)`; 0 for a log never applied.
+pub(super) fn applied(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(u64, u64), StoreError> {
+    let products = read(table, APPLIED_PRODUCTS_KEY, "read applied", |r| {
+        r.u64("seq")
+    })?;
+    let interactions = read(table, APPLIED_INTERACTIONS_KEY, "read applied", |r| {
+        r.u64("seq")
+    })?;
+    Ok((products.unwrap_or(0), interactions.unwrap_or(0)))
+}
+
+/// Records `applied` inside the caller's write transaction.
+pub(super) fn set_applied(
+    table: &mut Table<'_, &str, &[u8]>,
+    applied: Applied,
+) -> Result<(), StoreError> {
+    let (key, seq) = applied.key();
+    let mut w = Writer::with_capacity(9);
+    w.u8(FORMAT_V1);
+    w.u64(seq);
+    table
+        .insert(key, w.finish().as_slice())
+        .map_err(db("set applied"))?;
     Ok(())
 }

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 pub use error::StoreError;
+pub use meta::Applied;
 pub use products::StoredProduct;
 pub use users::{
     InteractionCommit, StoredInteraction, StoredInterest, StoredProfile, StoredShopper,
@@ -199,7 +200,7 @@ impl Store {
     /// thumbnail showed the photo the product was last added from.
     pub fn put(&self, p: &StoredProduct) -> Result<Upsert, StoreError> {
         let mut upsert = Upsert::Created;
-        self.write_products("put", std::slice::from_ref(p), &[], |u| upsert = u)?;
+        self.write_products("put", std::slice::from_ref(p), &[], None, |u| upsert = u)?;
         Ok(upsert)
     }
 
@@ -219,8 +220,20 @@ impl Store {
         ps: &[StoredProduct],
         thumbnails: &[Option<&[u8]>],
     ) -> Result<Vec<Upsert>, StoreError> {
+        self.put_batch_applied(ps, thumbnails, None)
+    }
+
+    /// [`Self::put_batch_with_thumbnails`] that also records `applied` (a replicated log's
+    /// position) in the same transaction; with `applied` the transaction commits even when
+    /// `ps` is empty.
+    pub fn put_batch_applied(
+        &self,
+        ps: &[StoredProduct],
+        thumbnails: &[Option<&[u8]>],
+        applied: Option<Applied>,
+    ) -> Result<Vec<Upsert>, StoreError> {
         let mut upserts = Vec::with_capacity(ps.len());
-        self.write_products("put_batch", ps, thumbnails, |u| upserts.push(u))?;
+        self.write_products("put_batch", ps, thumbnails, applied, |u| upserts.push(u))?;
         Ok(upserts)
     }
 
@@ -230,11 +243,12 @@ impl Store {
         op: &'static str,
         ps: &[StoredProduct],
         thumbnails: &[Option<&[u8]>],
+        applied: Option<Applied>,
         mut report: impl FnMut(Upsert),
     ) -> Result<(), StoreError> {
-        let Some(first) = ps.first() else {
+        if ps.is_empty() && applied.is_none() {
             return Ok(());
-        };
+        }
         let thumbnail = |i: usize| thumbnails.get(i).copied().flatten();
         // Encode before taking the write transaction, which excludes every other writer.
         let values = ps
@@ -270,8 +284,16 @@ impl Store {
                 });
             }
             let mut meta = txn.open_table(META).map_err(db(op))?;
-            meta::init_catalog_model(&mut meta, &first.model, first.embedding.len())?;
-            meta::bump_version(&mut meta)?
+            if let Some(applied) = applied {
+                meta::set_applied(&mut meta, applied)?;
+            }
+            match ps.first() {
+                Some(first) => {
+                    meta::init_catalog_model(&mut meta, &first.model, first.embedding.len())?;
+                    meta::bump_version(&mut meta)?
+                }
+                None => meta::version(&meta)?,
+            }
         };
         commit(txn, op)?;
         tracing::debug!(products = ps.len(), version, "products written");
@@ -280,10 +302,19 @@ impl Store {
 
     /// Deletes a product durably; `false` (and no version bump) if the id was absent.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_applied(id, None)
+    }
+
+    /// [`Self::delete`] that also records `applied` in the same transaction, which then
+    /// commits even when the id was absent.
+    pub fn delete_applied(&self, id: &str, applied: Option<Applied>) -> Result<bool, StoreError> {
         const OP: &str = "delete";
         let txn = self.begin_write(OP)?;
         let version = {
             let mut table = txn.open_table(PRODUCTS).map_err(db(OP))?;
+            if let Some(applied) = applied {
+                meta::set_applied(&mut txn.open_table(META).map_err(db(OP))?, applied)?;
+            }
             if table.remove(id).map_err(db(OP))?.is_none() {
                 None
             } else {
@@ -300,6 +331,10 @@ impl Store {
                 commit(txn, OP)?;
                 tracing::debug!(id, version, "product deleted");
                 Ok(true)
+            }
+            None if applied.is_some() => {
+                commit(txn, OP)?;
+                Ok(false)
             }
             None => {
                 txn.abort().map_err(db(OP))?;
@@ -396,6 +431,15 @@ impl Store {
         commit(txn, OP)
     }
 
+    /// The replicated logs' applied sequences `(products, interactions)` (see
+    /// [`Applied`]); `(0, 0)` on a single node.
+    pub fn applied(&self) -> Result<(u64, u64), StoreError> {
+        const OP: &str = "applied";
+        let txn = self.db.begin_read().map_err(db(OP))?;
+        let table = txn.open_table(META).map_err(db(OP))?;
+        meta::applied(&table)
+    }
+
     /// Number of stored products (O(1): redb keeps the count in the table header).
     pub fn len(&self) -> Result<u64, StoreError> {
         const OP: &str = "len";
@@ -484,11 +528,15 @@ impl Store {
     /// the product version (the index dump does not depend on it).
     pub fn commit_interactions(&self, c: &InteractionCommit) -> Result<(), StoreError> {
         const OP: &str = "commit interactions";
-        if c.users.is_empty() && c.trends.is_empty() {
+        if c.users.is_empty() && c.trends.is_empty() && c.applied.is_none() {
             return Ok(());
         }
         let txn = self.begin_write(OP)?;
         {
+            if let Some(seq) = c.applied {
+                let mut meta = txn.open_table(META).map_err(db(OP))?;
+                meta::set_applied(&mut meta, Applied::Interactions(seq))?;
+            }
             let mut history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
             let mut profiles = txn.open_table(PROFILES).map_err(db(OP))?;
             for u in &c.users {
@@ -522,8 +570,21 @@ impl Store {
     /// Durably erases a user's history and profile; returns how many
     /// history rows were erased and whether anything was stored at all.
     pub fn forget_user(&self, user: &str) -> Result<(u64, bool), StoreError> {
+        self.forget_user_applied(user, None)
+    }
+
+    /// [`Self::forget_user`] that also records `applied` in the same transaction.
+    pub fn forget_user_applied(
+        &self,
+        user: &str,
+        applied: Option<u64>,
+    ) -> Result<(u64, bool), StoreError> {
         const OP: &str = "forget user";
         let txn = self.begin_write(OP)?;
+        if let Some(seq) = applied {
+            let mut meta = txn.open_table(META).map_err(db(OP))?;
+            meta::set_applied(&mut meta, Applied::Interactions(seq))?;
+        }
         let (erased, had_profile) = {
             let mut history = txn.open_table(INTERACTIONS).map_err(db(OP))?;
             let mut erased = 0u64;

@@ -605,12 +605,14 @@ fn interaction_commits_round_trip_evict_and_survive_reopen() {
                     at_ms: 42,
                 },
             )],
+            applied: None,
         })
         .unwrap();
     store
         .commit_interactions(&InteractionCommit {
             users: vec![user_write("ann", 3..4, vec![0])],
             trends: vec![],
+            applied: None,
         })
         .unwrap();
     assert_eq!(
@@ -686,12 +688,14 @@ fn shoppers_load_one_by_one_without_their_neighbours() {
                 user_write("anna", 0..1, vec![]),
             ],
             trends: vec![],
+            applied: None,
         })
         .unwrap();
     store
         .commit_interactions(&InteractionCommit {
             users: vec![user_write("ann", 3..4, vec![0])],
             trends: vec![],
+            applied: None,
         })
         .unwrap();
     assert_eq!(store.shopper_counts().unwrap(), (3, 6));
@@ -773,6 +777,7 @@ fn damaged_shopper_rows_are_reported_by_key_and_the_rest_still_reads() {
                 user_write("bo", 0..2, vec![]),
             ],
             trends: vec![("p1".into(), trend(1.0)), ("p2".into(), trend(2.0))],
+            applied: None,
         })
         .unwrap();
     let flip = |v: &mut Vec<u8>| {
@@ -872,6 +877,7 @@ fn damaged_shopper_rows_are_reported_by_key_and_the_rest_still_reads() {
         .commit_interactions(&InteractionCommit {
             users: vec![user_write("ann", 3..4, vec![1])],
             trends: vec![("p1".into(), trend(3.0))],
+            applied: None,
         })
         .unwrap();
     let ann = store.load_shoppers(&["ann"]).unwrap().remove(0);
@@ -896,6 +902,7 @@ fn shopper_rows_of_format_v1_are_still_read() {
                     at_ms: 7,
                 },
             )],
+            applied: None,
         })
         .unwrap();
     // v1 is v2 with format byte 1 and no checksum.
@@ -972,4 +979,47 @@ fn a_crash_image_opens_without_a_full_repair() {
         let clean = Store::open(&path).unwrap();
         assert!(!clean.opened_with_full_repair(), "a clean close needs none");
     }
+}
+
+#[test]
+fn applied_positions_commit_with_their_change_and_alone() {
+    let (_dir, path, store) = temp_store();
+    assert_eq!(store.applied().unwrap(), (0, 0));
+    let p = StoredProduct {
+        id: "p1".into(),
+        attributes: Default::default(),
+        embedding: vec![1.0, 0.0],
+        model: "m".into(),
+        has_thumbnail: false,
+    };
+    store
+        .put_batch_applied(std::slice::from_ref(&p), &[], Some(Applied::Products(7)))
+        .unwrap();
+    assert_eq!(store.applied().unwrap(), (7, 0));
+    // A delete of an absent id still records its position.
+    assert!(
+        !store
+            .delete_applied("nope", Some(Applied::Products(9)))
+            .unwrap()
+    );
+    assert_eq!(store.applied().unwrap(), (9, 0));
+    // An empty batch records only the position, without a version bump.
+    let version = store.version().unwrap();
+    store
+        .put_batch_applied(&[], &[], Some(Applied::Products(11)))
+        .unwrap();
+    assert_eq!(store.version().unwrap(), version);
+    store
+        .commit_interactions(&InteractionCommit {
+            applied: Some(4),
+            ..Default::default()
+        })
+        .unwrap();
+    store.forget_user_applied("ann", Some(5)).unwrap();
+    assert_eq!(store.applied().unwrap(), (11, 5));
+    // Single-node writes leave the positions alone.
+    store.put(&p).unwrap();
+    assert!(store.delete("p1").unwrap());
+    drop(store);
+    assert_eq!(Store::open(&path).unwrap().applied().unwrap(), (11, 5));
 }

@@ -120,6 +120,8 @@ pub struct StoredShopper {
 pub struct InteractionCommit {
     pub users: Vec<UserWrite>,
     pub trends: Vec<(String, StoredTrend)>,
+    /// In cluster mode, the interaction log's sequence this commit brings the store to.
+    pub applied: Option<u64>,
 }
 
 /// The key of a history row as its checksum covers it.

@@ -187,6 +187,23 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Cluster mode: add synthetic products through one replica (the
+    /// writer, `--server`) and time until another (`--replica`) returns
+    /// each: the replication lag. `--preload` first adds that many
+    /// products in bulk (for a catch-up measurement afterwards).
+    ClusterLag {
+        #[command(flatten)]
+        server: ServerArg,
+        /// gRPC address of the replica that reads.
+        #[arg(long)]
+        replica: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Evaluate personalized recommendations on simulated shoppers built
     /// from the catalogue's labels (prints a Markdown report).
     EvalPersonal {
@@ -209,7 +226,8 @@ impl Command {
             Self::Bench { server, .. }
             | Self::Synth { server, .. }
             | Self::LoadVectors { server, .. }
-            | Self::Freshness { server, .. } => Some(server),
+            | Self::Freshness { server, .. }
+            | Self::ClusterLag { server, .. } => Some(server),
             Self::Eval { .. }
             | Self::BenchEncode { .. }
             | Self::BenchIndex { .. }
@@ -411,6 +429,39 @@ pub async fn run(cli: Cli) -> Result<()> {
                 report.graph_missed.len()
             )?;
             emit(json.as_deref(), &report)
+        }
+        Command::ClusterLag {
+            server,
+            replica,
+            preload,
+            count,
+            json,
+        } => {
+            let mut writer = server.connect().await?;
+            if preload > 0 {
+                let started = Instant::now();
+                perf::preload(&mut writer, preload).await?;
+                let seconds = started.elapsed().as_secs_f64();
+                writeln!(
+                    std::io::stdout().lock(),
+                    "preloaded {preload} products through the writer in {seconds:.1} s ({:.0}/s)",
+                    preload as f64 / seconds
+                )?;
+            }
+            if let Some(replica) = replica {
+                let mut reader = crate::api::client::Client::connect(&replica, 64 << 20).await?;
+                let report = perf::cluster_lag(&mut writer, &mut reader, count).await?;
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{} products added on the writer were returned by the replica after p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    report.products,
+                    report.lag_ms.p50,
+                    report.lag_ms.p99,
+                    report.max_ms
+                )?;
+                emit(json.as_deref(), &report)?;
+            }
+            Ok(())
         }
         Command::EvalPersonal {
             dir,

@@ -709,6 +709,91 @@ pub async fn freshness(
     })
 }
 
+/// Replication lag between two replicas of a cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterLagReport {
+    pub products: usize,
+    /// From the writer's AddProduct reply until the replica's GetProduct
+    /// returns the product.
+    pub lag_ms: Percentiles,
+    pub max_ms: f64,
+}
+
+/// A synthetic unit vector of `dim`, the same for the same `seed`.
+fn synthetic(seed: u64, dim: usize) -> Vec<f32> {
+    use rand::{RngExt as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// Adds `n` synthetic products (`preload-NNNNNNN`) through AddProducts.
+pub async fn preload(client: &mut Client, n: usize) -> Result<()> {
+    let dim = client.stats().await?.dim as usize;
+    let items = futures::stream::iter((0..n).map(move |i| {
+        (
+            format!("preload-{i:07}"),
+            synthetic(i as u64, dim),
+            BTreeMap::from([("shard".to_owned(), format!("s{}", i % 16))]),
+        )
+    }));
+    let summary = client.import_embeddings(items).await?;
+    ensure!(
+        summary.failed == 0,
+        "AddProducts refused: {:?}",
+        summary.errors
+    );
+    Ok(())
+}
+
+/// Adds `count` products one at a time on `writer` and polls `reader`
+/// until each is there.
+pub async fn cluster_lag(
+    writer: &mut Client,
+    reader: &mut Client,
+    count: usize,
+) -> Result<ClusterLagReport> {
+    let dim = writer.stats().await?.dim as usize;
+    let run = crate::personalize::now_ms();
+    let mut lags = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("lag-{run}-{i:05}");
+        let item = (
+            id.clone(),
+            synthetic(1 << 40 | i as u64, dim),
+            BTreeMap::new(),
+        );
+        let summary = writer
+            .import_embeddings(futures::stream::iter([item]))
+            .await?;
+        ensure!(summary.failed == 0, "AddProducts refused {id}");
+        let replied = Instant::now();
+        loop {
+            if reader.product(&id).await?.is_some() {
+                break;
+            }
+            ensure!(
+                replied.elapsed() < Duration::from_secs(30),
+                "{id} did not reach the replica within 30 s"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(replied.elapsed().as_secs_f64() * 1e3);
+    }
+    let max_ms = lags.iter().copied().fold(0.0, f64::max);
+    Ok(ClusterLagReport {
+        products: count,
+        lag_ms: percentiles(&mut lags),
+        max_ms,
+    })
+}
+
 /// The 1-based number of the first of up to `tries` `RecommendSimilar`
 /// queries by `vector` that returned `id` first; `None` if none did.
 async fn first_try_returning(
