@@ -128,7 +128,7 @@ pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn f16_values(bytes: &[u8]) -> Result<Vec<f32>, InvalidEvent> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(InvalidEvent::Vector(bytes.len()));
     }
     Ok(bytes
