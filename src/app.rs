@@ -346,7 +346,8 @@ async fn finish(
 
 /// Connects to the cluster's logs. An unreachable NATS (or a JetStream
 /// not ready yet) is retried every 2 s, logged, while health says
-/// NOT_SERVING; a replica of another model is refused for good.
+/// NOT_SERVING; a replica of another model, or with a store ahead of the
+/// log, is refused for good.
 async fn join(config: &ClusterConfig, catalog: &Catalog) -> Result<Log, AppError> {
     let model = ModelIdentity {
         name: catalog.model().to_owned(),
@@ -368,7 +369,9 @@ async fn join(config: &ClusterConfig, catalog: &Catalog) -> Result<Log, AppError
                 );
                 return Ok(log);
             }
-            Err(error @ ClusterError::ModelMismatch { .. }) => return Err(error.into()),
+            Err(error @ (ClusterError::ModelMismatch { .. } | ClusterError::AheadOfLog { .. })) => {
+                return Err(error.into());
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the cluster's logs yet; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;

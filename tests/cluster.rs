@@ -739,3 +739,29 @@ async fn a_replica_with_another_model_refuses_to_join() {
     assert!(message.contains("same model"), "{message}");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_ahead_of_a_wiped_log_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    {
+        let nats = Nats::single(&dir.path().join("nats-1"));
+        let a = TestServer::start(replica_config(&data, &nats.url())).await;
+        let mut ca = a.client().await;
+        for i in 0..5u64 {
+            add(&mut ca, &format!("p{i}"), i, "blue").await.unwrap();
+        }
+        a.stop().await;
+    }
+    // The same data dir against a NATS whose storage is new and empty.
+    let nats = Nats::single(&dir.path().join("nats-2"));
+    let bound = Bound::bind(replica_config(&data, &nats.url())).await.unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(120),
+        bound.run(CancellationToken::new()),
+    )
+    .await
+    .expect("refused within 120 s");
+    let message = run.expect_err("a store ahead of the log must not join").to_string();
+    assert!(message.contains("empty data directory"), "{message}");
+}

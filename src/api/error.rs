@@ -149,7 +149,9 @@ fn cluster(e: &ClusterError) -> Public {
         // Stored in the cluster, not yet visible here: the call's outcome
         // is "done, later", which is what DEADLINE_EXCEEDED allows.
         ClusterError::NotApplied(_) => Public::caller(Code::DeadlineExceeded, e),
-        ClusterError::ModelMismatch { .. } => Public::caller(Code::FailedPrecondition, e),
+        ClusterError::ModelMismatch { .. } | ClusterError::AheadOfLog { .. } => {
+            Public::caller(Code::FailedPrecondition, e)
+        }
         ClusterError::Setup { .. } | ClusterError::Encode(_) => Public::internal(),
     }
 }

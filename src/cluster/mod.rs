@@ -81,6 +81,16 @@ pub enum ClusterError {
          comparable: configure that model, or use another bucket for a new catalogue"
     )]
     ModelMismatch { local: String, cluster: String },
+    #[error(
+        "this data directory has applied the {log} log up to {applied}, but the log ends at \
+         {last}: the log was reset (its storage wiped); start this replica with an empty data \
+         directory so it catches up from the log as it is"
+    )]
+    AheadOfLog {
+        log: &'static str,
+        applied: u64,
+        last: u64,
+    },
     /// The write did not reach JetStream (or its acknowledgement did not
     /// come back): nothing was applied anywhere by this call's part that
     /// failed. Retrying is safe for upserts and deletes.
@@ -264,6 +274,30 @@ impl Log {
             .await
             .map_err(|e| setup(&format!("bucket {meta_bucket}"), &e))?;
         check_model(&meta, &model).await?;
+        // A store ahead of the log (NATS' storage wiped and started anew)
+        // would skip the new log's first events as already applied.
+        for (log, stream, position) in [
+            ("products", &products_stream, applied.0),
+            ("interactions", &config.interactions_stream, applied.1),
+        ] {
+            let mut handle = js
+                .get_stream(stream.as_str())
+                .await
+                .map_err(|e| setup(&format!("stream {stream}"), &e))?;
+            let last = handle
+                .info()
+                .await
+                .map_err(|e| setup(&format!("stream {stream}"), &e))?
+                .state
+                .last_sequence;
+            if position > last {
+                return Err(ClusterError::AheadOfLog {
+                    log,
+                    applied: position,
+                    last,
+                });
+            }
+        }
         Ok(Self {
             client,
             js,
