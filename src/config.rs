@@ -983,6 +983,13 @@ mod tests {
                 read_tokens_file: Some("r".into()),
                 write_tokens_file: Some("w".into()),
             },
+            cluster: ClusterConfig {
+                credentials_file: Some("n".into()),
+                tls_ca_file: Some("a".into()),
+                tls_cert_file: Some("c".into()),
+                tls_key_file: Some("k".into()),
+                ..ClusterConfig::default()
+            },
             ..Config::default()
         };
         let mut with_optional = std::collections::BTreeMap::new();
