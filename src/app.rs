@@ -3,11 +3,13 @@
 //! The ports are bound first; health answers NOT_SERVING (and `/readyz`
 //! 503, `/livez` 200) while the model and index load, so orchestrators can
 //! tell "starting" from "dead"; the recommender turns SERVING only once
-//! both are loaded. On shutdown readiness flips at once, calls are still
-//! served for `drain_delay` (while load balancers take the pod out), then
-//! the listeners close, in-flight calls drain (bounded by the grace
-//! period), and the index dump is written so the next start skips the
-//! rebuild.
+//! both are loaded (and, in cluster mode, once this replica has joined the
+//! cluster and caught up with its logs). On shutdown readiness flips at
+//! once, calls are still served for `drain_delay` (while load balancers
+//! take the pod out), then the listeners close, in-flight calls drain
+//! (bounded by the grace period), the cluster's appliers stop after the
+//! commit they are in, and the index dump is written so the next start
+//! skips the rebuild.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -248,12 +250,19 @@ impl Bound {
             });
             // A replica that stops following (an event of another model)
             // must leave the load balancers' rotation.
+            // Ends at shutdown: it holds the readiness handle, and with it
+            // the catalogue and its store file.
             let halted = Arc::clone(log);
             let readiness = readiness.clone();
+            let stop = shutdown.clone();
             tokio::spawn(async move {
-                let reason = halted.halted().await;
-                tracing::error!(%reason, "NOT_SERVING: this replica no longer follows the cluster");
-                readiness.not_serving().await;
+                tokio::select! {
+                    reason = halted.halted() => {
+                        tracing::error!(%reason, "NOT_SERVING: this replica no longer follows the cluster");
+                        readiness.not_serving().await;
+                    }
+                    () = stop.cancelled() => {}
+                }
             });
         }
         let limits = RequestLimits {

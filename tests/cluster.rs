@@ -755,13 +755,17 @@ async fn a_replica_ahead_of_a_wiped_log_refuses_to_start() {
     }
     // The same data dir against a NATS whose storage is new and empty.
     let nats = Nats::single(&dir.path().join("nats-2"));
-    let bound = Bound::bind(replica_config(&data, &nats.url())).await.unwrap();
+    let bound = Bound::bind(replica_config(&data, &nats.url()))
+        .await
+        .unwrap();
     let run = tokio::time::timeout(
         Duration::from_secs(120),
         bound.run(CancellationToken::new()),
     )
     .await
     .expect("refused within 120 s");
-    let message = run.expect_err("a store ahead of the log must not join").to_string();
+    let message = run
+        .expect_err("a store ahead of the log must not join")
+        .to_string();
     assert!(message.contains("empty data directory"), "{message}");
 }

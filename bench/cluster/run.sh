@@ -90,7 +90,9 @@ json.dump(figures, open(f"{out}/results.json", "w"), indent=2)
 md = f"""# Cluster mode: measured
 
 Written by `bash bench/cluster/run.sh` (PRODUCTS={products}) on {cpu}, {os.cpu_count()} cores;
-nats-server and every replica on this one machine.
+nats-server and every replica on this one machine. The products are uniformly random unit
+vectors, harder for an HNSW graph to take in than real, clustered embeddings; while A takes
+writes, A and B each insert every product into their own graph on the same cores.
 
 | | |
 |---|---|

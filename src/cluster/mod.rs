@@ -65,8 +65,8 @@ const MAX_FORGOTTEN: usize = 1024;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Pause before a publish whose acknowledgement failed is sent again.
 const PUBLISH_RETRY: Duration = Duration::from_millis(200);
-/// Largest product event (a thumbnail, the vector, attributes), well under
-/// NATS' default 1 MiB payload limit.
+/// Largest product event the bucket takes (a thumbnail, the vector,
+/// attributes: tens of KB in practice): NATS' default payload limit.
 const MAX_VALUE_BYTES: i32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +91,9 @@ pub enum ClusterError {
         applied: u64,
         last: u64,
     },
-    /// The write did not reach JetStream (or its acknowledgement did not
-    /// come back): nothing was applied anywhere by this call's part that
-    /// failed. Retrying is safe for upserts and deletes.
+    /// No acknowledgement from JetStream: not sent (not connected; nothing
+    /// stored), or sent and not acknowledged within `write_timeout` (then
+    /// it may still be stored). Retrying is safe for upserts and deletes.
     #[error("the replicated log is unavailable: {0}")]
     Unavailable(String),
     /// Durable in the cluster, but this replica had not applied it within
