@@ -13,8 +13,9 @@
 //!
 //! Consumers are JetStream ordered consumers (ephemeral, flow-controlled,
 //! recreated by the client at the next sequence after a gap); if one fails
-//! for good (NATS gone), the applier waits a second and starts a new one
-//! from the store's applied sequence.
+//! for good (NATS gone), or delivers nothing while the log is ahead (see
+//! `STALL`), the applier waits a second and starts a new one from the
+//! store's applied sequence.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
