@@ -717,6 +717,18 @@ async fn with_nats_down_writes_fail_reads_answer_and_nothing_is_lost() {
     b.stop().await;
 }
 
+/// Runs a replica that must refuse to start (bounded) and returns why.
+async fn refusal(config: Config, why: &str) -> String {
+    let bound = Bound::bind(config).await.expect("bind 127.0.0.1:0");
+    let run = tokio::time::timeout(
+        Duration::from_secs(120),
+        bound.run(CancellationToken::new()),
+    )
+    .await
+    .expect("refused within 120 s");
+    run.expect_err(why).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_with_another_model_refuses_to_join() {
     let dir = tempfile::tempdir().unwrap();
@@ -724,16 +736,7 @@ async fn a_replica_with_another_model_refuses_to_join() {
     let a = TestServer::start(replica_config(&dir.path().join("a"), &nats.url())).await;
     let mut config = replica_config(&dir.path().join("b"), &nats.url());
     config.model.manifest = repo_root().join("models/resnet50_random.toml");
-    let bound = Bound::bind(config).await.unwrap();
-    let run = tokio::time::timeout(
-        Duration::from_secs(120),
-        bound.run(CancellationToken::new()),
-    )
-    .await
-    .expect("refused within 120 s");
-    let message = run
-        .expect_err("a replica of another model must not join")
-        .to_string();
+    let message = refusal(config, "a replica of another model must not join").await;
     assert!(message.contains("resnet50-random"), "{message}");
     assert!(message.contains("efficientnet-lite2"), "{message}");
     assert!(message.contains("same model"), "{message}");
@@ -755,17 +758,10 @@ async fn a_replica_ahead_of_a_wiped_log_refuses_to_start() {
     }
     // The same data dir against a NATS whose storage is new and empty.
     let nats = Nats::single(&dir.path().join("nats-2"));
-    let bound = Bound::bind(replica_config(&data, &nats.url()))
-        .await
-        .unwrap();
-    let run = tokio::time::timeout(
-        Duration::from_secs(120),
-        bound.run(CancellationToken::new()),
+    let message = refusal(
+        replica_config(&data, &nats.url()),
+        "a store ahead of the log must not join",
     )
-    .await
-    .expect("refused within 120 s");
-    let message = run
-        .expect_err("a store ahead of the log must not join")
-        .to_string();
+    .await;
     assert!(message.contains("empty data directory"), "{message}");
 }

@@ -304,9 +304,6 @@ async fn flush_products(
     let Some((seq, published_ms)) = last else {
         return Ok(());
     };
-    if seq <= log.products.applied() {
-        return Ok(());
-    }
     ids.clear();
     catalog.apply_products(std::mem::take(batch), seq).await?;
     log.products.advance(seq, published_ms);

@@ -34,10 +34,7 @@ pub mod event;
 mod writes;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -314,10 +311,6 @@ impl Log {
         })
     }
 
-    pub fn model(&self) -> &ModelIdentity {
-        &self.model
-    }
-
     /// The subject of a shopper's interactions.
     fn user_subject(&self, user: &str) -> String {
         format!("{}.{}", self.interactions_stream, event::token(user))
@@ -497,11 +490,6 @@ impl Log {
         }
     }
 
-    /// The sequences applied so far: `(products, interactions)`.
-    pub fn applied(&self) -> (u64, u64) {
-        (self.products.applied(), self.interactions.applied())
-    }
-
     fn keep_forgotten(&self, seq: u64, f: Forgotten) {
         let mut kept = self.forgotten.lock();
         kept.insert(seq, f);
@@ -550,6 +538,3 @@ async fn check_model(meta: &kv::Store, model: &ModelIdentity) -> Result<(), Clus
 fn new_message_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
-
-/// The shared state the appliers and writers use.
-pub type SharedLog = Arc<Log>;

@@ -66,13 +66,22 @@ pub(super) fn bump_version(table: &mut Table<'_, &str, &[u8]>) -> Result<u64, St
             key: VERSION_KEY.to_owned(),
             reason: "version is u64::MAX and cannot be bumped".to_owned(),
         })?;
+    put_u64(table, VERSION_KEY, next, "bump version")?;
+    Ok(next)
+}
+
+/// Writes `value` as a format-1 `u64` singleton.
+fn put_u64(
+    table: &mut Table<'_, &str, &[u8]>,
+    key: &'static str,
+    value: u64,
+    op: &'static str,
+) -> Result<(), StoreError> {
     let mut w = Writer::with_capacity(9);
     w.u8(FORMAT_V1);
-    w.u64(next);
-    table
-        .insert(VERSION_KEY, w.finish().as_slice())
-        .map_err(db("bump version"))?;
-    Ok(next)
+    w.u64(value);
+    table.insert(key, w.finish().as_slice()).map_err(db(op))?;
+    Ok(())
 }
 
 pub(super) fn catalog_model(
@@ -175,11 +184,5 @@ pub(super) fn set_applied(
     applied: Applied,
 ) -> Result<(), StoreError> {
     let (key, seq) = applied.key();
-    let mut w = Writer::with_capacity(9);
-    w.u8(FORMAT_V1);
-    w.u64(seq);
-    table
-        .insert(key, w.finish().as_slice())
-        .map_err(db("set applied"))?;
-    Ok(())
+    put_u64(table, key, seq, "set applied")
 }
