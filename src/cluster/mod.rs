@@ -420,26 +420,32 @@ impl Log {
 
     /// Asks JetStream for both logs' last sequences and updates the lag
     /// metrics; an unreachable JetStream leaves the last known values.
-    async fn refresh_lag(&self) {
+    /// Returns whether both were read.
+    async fn refresh_lag(&self) -> bool {
+        let mut read_both = true;
         for (stream, progress) in [
             (&self.products_stream, &self.products),
             (&self.interactions_stream, &self.interactions),
         ] {
-            let info = match self.js.get_stream(stream).await {
-                Ok(mut s) => s.info().await.map(|i| i.state.clone()),
-                Err(e) => {
-                    tracing::debug!(%stream, error = %e, "cannot read the stream's state");
-                    continue;
-                }
+            let state = match self.js.get_stream(stream).await {
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .map(|i| i.state.clone())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            match info {
+            match state {
                 // A log with no messages left (all expired) has nothing to
                 // catch up on, whatever its last sequence was.
                 Ok(state) if state.messages == 0 => {
                     progress.last.store(progress.applied(), Ordering::Release);
                 }
                 Ok(state) => progress.last.store(state.last_sequence, Ordering::Release),
-                Err(e) => tracing::debug!(%stream, error = %e, "cannot read the stream's state"),
+                Err(error) => {
+                    read_both = false;
+                    tracing::debug!(%stream, %error, "cannot read the stream's state");
+                }
             }
         }
         let now = crate::personalize::now_ms();
@@ -448,6 +454,7 @@ impl Log {
             metrics::gauge!("lookbook_cluster_lag_seconds", "log" => p.name)
                 .set(p.lag_seconds(now));
         }
+        read_both
     }
 
     /// Whether both logs are applied to within `max_ready_lag` events (as
@@ -460,9 +467,12 @@ impl Log {
     /// `cluster.max_ready_lag`), refreshing the lag twice a second.
     pub async fn wait_caught_up(&self) -> Result<(), ClusterError> {
         loop {
-            self.refresh_lag().await;
+            // A log whose end could not be read (JetStream still
+            // recovering after a restart) is not one this replica has
+            // caught up with: its last known end may be none at all.
+            let read = self.refresh_lag().await;
             self.check_following()?;
-            if self.caught_up() {
+            if read && self.caught_up() {
                 tracing::info!(
                     products = self.products.applied(),
                     interactions = self.interactions.applied(),
